@@ -1,0 +1,46 @@
+# kubal. `make demo` runs the daemon on the embedded demo config; `make test` runs
+# every test (unit, rigs in network namespaces, the IPVS VM). See README.md.
+GO       ?= go
+# Test rigs (Debian packages, kube-apiserver, VM kernel) are cached outside the repo.
+export KUBAL_CACHE ?= $(HOME)/.cache/kubal
+BIN      := bin
+
+.PHONY: all build demo test unit lint setup test-rigs test-vm test-e2e fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+demo: build
+	./configs/demo/run.sh
+
+# The README's test command: lint, unit tests, rig tests (real etcd, kube-apiserver,
+# BIRD2, backends in namespaces; rigs required, a missing rig fails), and the VM.
+test: lint setup
+	KUBAL_REQUIRE_RIGS=1 $(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) test-vm
+
+unit:
+	$(GO) test -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) vet ./...
+	./integration/staticcheck.sh
+
+# Installs Debian packages and builds/fetches cached rig artifacts (idempotent).
+setup:
+	./integration/setup.sh
+
+test-vm: setup
+	./integration/vm/run-tests.sh
+
+test-e2e: setup
+	./integration/e2e/run.sh
+
+fuzz:
+	$(GO) test ./config -run '^$$' -fuzz FuzzParse -fuzztime 5m
+
+clean:
+	rm -rf $(BIN)
