@@ -1,0 +1,680 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// LevelCritical is PyBal's CRITICAL log level (above slog.LevelError). Handlers print it
+// as "ERROR+4" unless they rename it.
+const LevelCritical = slog.Level(12)
+
+// WhyPooledDown is the Why fragment of a server kept pooled only by the depool threshold.
+const WhyPooledDown = "pooled down: depool threshold"
+
+// server is the coordinator's private state of one real server (PyBal's server.Server).
+type server struct {
+	host    string
+	addr    netip.Addr
+	weight  int
+	enabled bool
+	reason  string // why disabled (source or admin)
+	ready   bool   // address known
+	up      bool
+	pooled  bool
+	// results holds the last verdict of each configured monitor; absent = no result yet.
+	results    map[string]MonitorResult
+	resolveErr string // last resolution error while not ready
+}
+
+// Coordinator is PyBal's Coordinator for one service (SPEC §4): a pure state machine
+// that does no I/O, starts no goroutine and reads no clock. It is not safe for
+// concurrent use: the service's goroutine owns it and reads its state through Snapshot.
+type Coordinator struct {
+	name       string
+	threshold  float64
+	monitors   []string
+	monitorSet map[string]struct{}
+	log        *slog.Logger
+
+	servers map[string]*server
+	// pooledDown is PyBal's pooledDownServers: servers kept pooled although down, because
+	// depooling them would break the depool threshold. Invariant: s in pooledDown iff
+	// s.pooled && !s.up.
+	pooledDown map[string]struct{}
+	// waiting holds servers added by Update whose address is not known yet (neither
+	// Resolved nor ResolveFailed). PyBal runs _ensureDepoolThreshold only once the new
+	// servers of an update have finished initialising; ensurePending records that one is due.
+	waiting       map[string]struct{}
+	ensurePending bool
+
+	upEnabled      int // count(up && enabled), kept incrementally: canDepool is O(1)
+	couldNotDepool uint64
+}
+
+// New returns the coordinator of service name with PyBal's depool-threshold and monitor
+// list. Log lines carry the attribute service=name (PyBal's "[name]" prefix).
+func New(name string, threshold float64, monitors []string, log *slog.Logger) *Coordinator {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Coordinator{
+		name:       name,
+		threshold:  threshold,
+		log:        log.With("service", name),
+		servers:    make(map[string]*server),
+		pooledDown: make(map[string]struct{}),
+		waiting:    make(map[string]struct{}),
+	}
+	c.setMonitors(monitors)
+	return c
+}
+
+func (c *Coordinator) setMonitors(monitors []string) {
+	c.monitors = slices.Clone(monitors)
+	c.monitorSet = make(map[string]struct{}, len(monitors))
+	for _, m := range monitors {
+		c.monitorSet[m] = struct{}{}
+	}
+}
+
+// logf logs a PyBal-style message. The message is only formatted when level is enabled,
+// so Debug lines cost nothing on large pools.
+func (c *Coordinator) logf(level slog.Level, host, format string, args ...any) {
+	ctx := context.Background()
+	if !c.log.Enabled(ctx, level) {
+		return
+	}
+	if host == "" {
+		c.log.Log(ctx, level, fmt.Sprintf(format, args...))
+		return
+	}
+	c.log.Log(ctx, level, fmt.Sprintf(format, args...), "host", host)
+}
+
+// setUp and setEnabled keep upEnabled in step; nothing else may write s.up or s.enabled.
+func (c *Coordinator) setUp(s *server, up bool) {
+	if s.up == up {
+		return
+	}
+	if s.enabled {
+		if up {
+			c.upEnabled++
+		} else {
+			c.upEnabled--
+		}
+	}
+	s.up = up
+}
+
+func (c *Coordinator) setEnabled(s *server, enabled bool) {
+	if s.enabled == enabled {
+		return
+	}
+	if s.up {
+		if enabled {
+			c.upEnabled++
+		} else {
+			c.upEnabled--
+		}
+	}
+	s.enabled = enabled
+}
+
+func enabledWord(enabled bool) string {
+	if enabled {
+		return "enabled"
+	}
+	return "disabled"
+}
+
+// Update applies the full server set (source plus admin overlay) as PyBal's
+// onConfigUpdate: new hosts are created (ready at once if Addr is set, else waiting for
+// Resolved), existing hosts merged (refreshPreexistingServer; a re-enabled server is
+// pooled iff all its monitors are up, fixing SPEC §14 #5), and hosts absent from
+// servers are dropped, also from the pooled-down set (fixing §14 #11). Disabling and
+// removal bypass the depool threshold, as in PyBal. Once no newly added server is
+// waiting for its address, the threshold is re-ensured by force-pooling.
+func (c *Coordinator) Update(servers []ServerConfig) {
+	firstConfig := len(c.servers) == 0
+	want := make(map[string]ServerConfig, len(servers))
+	for _, sc := range servers {
+		if sc.Host == "" {
+			c.logf(slog.LevelWarn, "", "Ignoring a server without a host name")
+			continue
+		}
+		want[sc.Host] = sc // the last entry for a host wins
+	}
+	hosts := make([]string, 0, len(want))
+	for h := range want {
+		hosts = append(hosts, h)
+	}
+	slices.Sort(hosts)
+
+	newLevel := slog.LevelInfo
+	if firstConfig {
+		newLevel = slog.LevelDebug // summarised below, as PyBal does at start-up
+	}
+	for _, h := range hosts {
+		sc := want[h]
+		if s, ok := c.servers[h]; ok {
+			c.merge(s, sc)
+			continue
+		}
+		c.add(sc)
+		c.logf(newLevel, h, "New %s server %s, weight %d", enabledWord(sc.Enabled), h, sc.Weight)
+	}
+	if firstConfig && len(c.servers) > 0 {
+		enabled := 0
+		for _, s := range c.servers {
+			if s.enabled {
+				enabled++
+			}
+		}
+		c.logf(slog.LevelInfo, "", "Added %d server(s): %d enabled server(s) and %d disabled server(s)",
+			len(c.servers), enabled, len(c.servers)-enabled)
+	}
+
+	var gone []string
+	for h := range c.servers {
+		if _, ok := want[h]; !ok {
+			gone = append(gone, h)
+		}
+	}
+	slices.Sort(gone)
+	for _, h := range gone {
+		c.logf(slog.LevelInfo, h, "Removing server %s (no longer found in new configuration)", h)
+		c.remove(h)
+	}
+
+	c.ensurePending = true
+	c.maybeEnsure()
+}
+
+func (c *Coordinator) add(sc ServerConfig) {
+	s := &server{host: sc.Host, weight: sc.Weight, enabled: sc.Enabled, reason: sc.Reason}
+	c.servers[sc.Host] = s
+	if sc.Addr.IsValid() {
+		c.becomeReady(s, sc.Addr)
+		return
+	}
+	c.waiting[sc.Host] = struct{}{}
+}
+
+func (c *Coordinator) remove(h string) {
+	s := c.servers[h]
+	c.setUp(s, false)
+	delete(c.servers, h)
+	delete(c.pooledDown, h) // PyBal leaves it there: a stale /alerts CRITICAL (§14 #11)
+	delete(c.waiting, h)
+}
+
+// becomeReady is PyBal's Server._ready: optimistic pooling before any health check
+// (up, and pooled if enabled). A monitor that already reported down is believed.
+func (c *Coordinator) becomeReady(s *server, addr netip.Addr) {
+	s.addr = addr
+	s.ready = true
+	s.resolveErr = ""
+	up := !c.anyDown(s)
+	c.setUp(s, up)
+	s.pooled = s.enabled && up
+}
+
+// merge is Server.merge (+ maintainState) followed by refreshPreexistingServer.
+func (c *Coordinator) merge(s *server, sc ServerConfig) {
+	changed := s.weight != sc.Weight || s.enabled != sc.Enabled || s.reason != sc.Reason ||
+		(sc.Addr.IsValid() && sc.Addr != s.addr)
+	s.weight = sc.Weight
+	s.reason = sc.Reason
+	c.setEnabled(s, sc.Enabled)
+	switch {
+	case sc.Addr.IsValid() && !s.ready:
+		delete(c.waiting, s.host)
+		c.becomeReady(s, sc.Addr)
+	default:
+		if sc.Addr.IsValid() {
+			s.addr = sc.Addr
+		}
+		c.refresh(s)
+	}
+	level := slog.LevelDebug
+	if changed {
+		level = slog.LevelInfo
+	}
+	c.logf(level, s.host, "Merged %s server %s, weight %d", enabledWord(s.enabled), s.host, s.weight)
+}
+
+// refresh recomputes pooled (and up) of a pre-existing server after a config merge.
+func (c *Coordinator) refresh(s *server) {
+	if !s.enabled || !s.ready {
+		// Disabling bypasses the depool threshold (PyBal). A disabled server leaves the
+		// pooled-down set too: PyBal kept it there and later tripped depool's assert.
+		if s.pooled {
+			c.logf(slog.LevelInfo, s.host, "Depooling %s server %s", enabledWord(s.enabled), s.host)
+		}
+		s.pooled = false
+		delete(c.pooledDown, s.host)
+		if s.enabled { // maintainState: not pooled and enabled => not up
+			c.setUp(s, false)
+		}
+		return
+	}
+	if s.pooled {
+		if s.up {
+			return
+		}
+		if _, ok := c.pooledDown[s.host]; ok {
+			return // stays pooled while enabled (pooled down by the threshold)
+		}
+		s.pooled = false // unreachable while pooledDown == pooled && !up
+		return
+	}
+	// Enabled, ready, not pooled: PyBal's maintainState sets up=False here and
+	// refreshPreexistingServer then asserts up == calcStatus(), which fails for a
+	// re-enabled server with healthy monitors and for monitor-less services (§14 #5).
+	// The intended semantics ([1.15]): pooled iff all monitors are up (or there are none).
+	up := c.healthy(s)
+	c.setUp(s, up)
+	s.pooled = up
+	if up {
+		c.logf(slog.LevelInfo, s.host, "Pooling enabled server %s: all monitors up", s.host)
+	}
+}
+
+func (c *Coordinator) maybeEnsure() {
+	if !c.ensurePending || len(c.waiting) > 0 {
+		return
+	}
+	c.ensurePending = false
+	c.logf(slog.LevelDebug, "", "Initialization complete")
+	c.ensureDepoolThreshold()
+}
+
+// ensureDepoolThreshold force-pools enabled and ready servers (in host order, up or
+// not) until at least len(servers) x threshold are pooled. Forced servers join the
+// pooled-down set. It reports whether the threshold is met.
+func (c *Coordinator) ensureDepoolThreshold() bool {
+	need := float64(len(c.servers)) * c.threshold
+	pooled := 0
+	for _, s := range c.servers {
+		if s.pooled {
+			pooled++
+		}
+	}
+	if float64(pooled) >= need {
+		return true
+	}
+	for _, h := range c.sortedHosts() {
+		s := c.servers[h]
+		if !s.enabled || !s.ready || s.pooled {
+			continue
+		}
+		c.logf(slog.LevelWarn, h, "Forcing %s to be pooled to meet depool threshold", h)
+		s.pooled = true
+		if !s.up {
+			c.pooledDown[h] = struct{}{}
+		}
+		pooled++
+		if float64(pooled) >= need {
+			return true
+		}
+	}
+	c.logf(LevelCritical, "", "Could not ensure depool threshold; insufficient enabled & ready servers.")
+	return false
+}
+
+func (c *Coordinator) sortedHosts() []string {
+	hosts := make([]string, 0, len(c.servers))
+	for h := range c.servers {
+		hosts = append(hosts, h)
+	}
+	slices.Sort(hosts)
+	return hosts
+}
+
+// Resolved marks a server ready with its address: optimistic pooling (up, and pooled if
+// enabled). For a server already ready it only records a changed address.
+func (c *Coordinator) Resolved(host string, addr netip.Addr) {
+	s, ok := c.servers[host]
+	if !ok {
+		c.logf(slog.LevelDebug, host, "Ignoring resolution of unknown server %s", host)
+		return
+	}
+	if s.ready {
+		if addr != s.addr {
+			c.logf(slog.LevelInfo, host, "Server %s address changed from %s to %s", host, s.addr, addr)
+			s.addr = addr
+		}
+		return
+	}
+	if s.resolveErr != "" {
+		c.logf(slog.LevelInfo, host, "Resolved %s to %s after earlier failures", host, addr)
+	} else {
+		c.logf(slog.LevelDebug, host, "Resolved %s to %s", host, addr)
+	}
+	c.becomeReady(s, addr)
+	delete(c.waiting, host)
+	c.maybeEnsure()
+}
+
+// ResolveFailed records why a server is not ready. Unlike PyBal (§14 #10) this is not
+// final: the caller keeps retrying and calls Resolved on success. A failure of an
+// already ready server (re-resolution) keeps its last address.
+func (c *Coordinator) ResolveFailed(host string, err error) {
+	s, ok := c.servers[host]
+	if !ok {
+		return
+	}
+	msg := "unknown error"
+	if err != nil {
+		msg = err.Error()
+	}
+	if s.ready {
+		c.logf(slog.LevelDebug, host, "Re-resolving %s failed, keeping %s: %s", host, s.addr, msg)
+		return
+	}
+	level := slog.LevelError
+	if msg == s.resolveErr {
+		level = slog.LevelDebug // the caller retries; log each new error once
+	}
+	c.logf(level, host, "Initialization failed for server %s: %s", host, msg)
+	s.resolveErr = msg
+	delete(c.waiting, host)
+	c.maybeEnsure()
+}
+
+// Result applies one monitor's verdict on host (PyBal's resultUp/resultDown). Results
+// of unknown hosts or of monitors not configured are ignored.
+func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
+	s, ok := c.servers[host]
+	if !ok {
+		c.logf(slog.LevelDebug, host, "Ignoring %s result for unknown server %s", monitor, host)
+		return
+	}
+	if _, ok := c.monitorSet[monitor]; !ok {
+		c.logf(slog.LevelDebug, host, "Ignoring result of unconfigured monitor %s for %s", monitor, host)
+		return
+	}
+	prev, had := s.results[monitor]
+	if s.results == nil {
+		s.results = make(map[string]MonitorResult, len(c.monitors))
+	}
+	s.results[monitor] = r
+	if r.Up {
+		c.resultUp(s, !had)
+		return
+	}
+	c.resultDown(s, monitor, r.Reason, !had || prev.Up || prev.Reason != r.Reason)
+}
+
+func (c *Coordinator) resultDown(s *server, monitor, reason string, news bool) {
+	if reason == "" {
+		reason = "(reason unknown)"
+	}
+	level := slog.LevelError
+	if !news {
+		level = slog.LevelDebug // a repeated verdict: PyBal's monitors would not report it
+	}
+	if c.log.Enabled(context.Background(), level) {
+		c.log.Log(context.Background(), level,
+			fmt.Sprintf("Monitoring instance %s reports server %s (%s) down: %s", monitor, s.host, c.textStatus(s), reason),
+			"host", s.host, "monitor", monitor)
+	}
+	if s.up {
+		c.setUp(s, false)
+		if s.pooled {
+			c.depool(s)
+		}
+	}
+}
+
+func (c *Coordinator) resultUp(s *server, first bool) {
+	// PyBal master: when the last monitor delivers its first result, repool even an up
+	// server, which drains the pooled-down set if the threshold now allows it.
+	firstChecksCompleted := first && c.allReported(s)
+	if (!s.up || firstChecksCompleted) && c.calcStatus(s) {
+		c.logf(slog.LevelInfo, s.host, "Server %s (%s) is up", s.host, c.textStatus(s))
+		c.setUp(s, true)
+		if s.enabled && s.ready {
+			c.repool(s)
+		}
+	}
+}
+
+func (c *Coordinator) canDepool() bool {
+	return float64(c.upEnabled) >= float64(len(c.servers))*c.threshold
+}
+
+// depool removes a pooled server, unless that would break the depool threshold: then
+// it stays pooled, in the pooled-down set.
+func (c *Coordinator) depool(s *server) {
+	if !s.pooled {
+		return
+	}
+	if c.canDepool() {
+		s.pooled = false
+		delete(c.pooledDown, s.host)
+		c.logf(slog.LevelInfo, s.host, "Depooling server %s", s.host)
+		return
+	}
+	c.pooledDown[s.host] = struct{}{}
+	c.couldNotDepool++
+	c.logf(slog.LevelError, s.host, "Could not depool server %s because of too many down!", s.host)
+}
+
+// repool pools an up server, then depools pooled-down servers (in host order, where
+// PyBal pops an arbitrary one) while the threshold allows.
+func (c *Coordinator) repool(s *server) {
+	if !s.pooled {
+		s.pooled = true
+		c.logf(slog.LevelInfo, s.host, "Repooling server %s", s.host)
+	} else if _, ok := c.pooledDown[s.host]; ok {
+		c.logf(slog.LevelInfo, s.host, "Leaving previously pooled but down server %s pooled", s.host)
+	} else {
+		c.logf(slog.LevelDebug, s.host, "Leaving previously pooled server %s pooled", s.host)
+	}
+	delete(c.pooledDown, s.host)
+	c.drain()
+}
+
+func (c *Coordinator) drain() {
+	for len(c.pooledDown) > 0 && c.canDepool() {
+		first := ""
+		for h := range c.pooledDown {
+			if first == "" || h < first {
+				first = h
+			}
+		}
+		s, ok := c.servers[first]
+		if !ok || !s.pooled {
+			delete(c.pooledDown, first)
+			continue
+		}
+		c.depool(s)
+	}
+}
+
+// calcStatus is Server.calcStatus: at least one monitor, and all monitors up.
+func (c *Coordinator) calcStatus(s *server) bool {
+	if len(c.monitors) == 0 {
+		return false
+	}
+	for _, m := range c.monitors {
+		if r, ok := s.results[m]; !ok || !r.Up {
+			return false
+		}
+	}
+	return true
+}
+
+// healthy is the up status a re-enabled server gets: calcStatus, or true for a service
+// without monitors (whose servers stay up while enabled, SPEC §4.7).
+func (c *Coordinator) healthy(s *server) bool {
+	return len(c.monitors) == 0 || c.calcStatus(s)
+}
+
+func (c *Coordinator) allReported(s *server) bool {
+	for _, m := range c.monitors {
+		if _, ok := s.results[m]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Coordinator) anyDown(s *server) bool {
+	for _, r := range s.results {
+		if !r.Up {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Coordinator) textStatus(s *server) string {
+	return ServerState{Enabled: s.enabled, Up: s.up, Pooled: s.pooled, Monitors: s.results}.TextStatus()
+}
+
+// Reconfigure applies a reloaded config's threshold and monitor list. Results of
+// monitors no longer configured are dropped; a server whose remaining monitors are all
+// up (or which now has none) comes up and is repooled; pooled-down servers are depooled
+// if the new threshold allows; then the threshold is re-ensured.
+func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
+	if threshold != c.threshold || !slices.Equal(monitors, c.monitors) {
+		c.logf(slog.LevelInfo, "", "Reconfigured: depool threshold %s, monitors %v",
+			formatFloat(threshold), monitors)
+	}
+	c.threshold = threshold
+	c.setMonitors(monitors)
+	hosts := c.sortedHosts()
+	for _, h := range hosts {
+		s := c.servers[h]
+		for m := range s.results {
+			if _, ok := c.monitorSet[m]; !ok {
+				delete(s.results, m)
+			}
+		}
+	}
+	for _, h := range hosts {
+		s := c.servers[h]
+		if s.up || !s.ready || !c.healthy(s) {
+			continue
+		}
+		c.logf(slog.LevelInfo, h, "Server %s (%s) is up", h, c.textStatus(s))
+		c.setUp(s, true)
+		if s.enabled {
+			c.repool(s)
+		}
+	}
+	c.drain()
+	c.ensurePending = true
+	c.maybeEnsure()
+}
+
+// DepoolAllowed says whether an admin depool of host keeps the pool at or above its
+// depool threshold, i.e. whether count(up && enabled) without host is still at least
+// len(servers) x threshold. Depooling a server that is already disabled or down does
+// not lower that count and is always allowed.
+func (c *Coordinator) DepoolAllowed(host string) error {
+	s, ok := c.servers[host]
+	if !ok {
+		return fmt.Errorf("server %s is not in pool %s", host, c.name)
+	}
+	if !s.enabled || !s.up {
+		return nil
+	}
+	left := c.upEnabled - 1
+	n := len(c.servers)
+	need := float64(n) * c.threshold
+	if float64(left) >= need {
+		return nil
+	}
+	return fmt.Errorf("depooling %s would leave %d of %d servers up and enabled, below threshold %s x %d = %s",
+		host, left, n, formatFloat(c.threshold), n, formatFloat(need))
+}
+
+// formatFloat prints a float for humans: 2 rather than 2.0000000000000004.
+func formatFloat(f float64) string {
+	return strconv.FormatFloat(math.Round(f*1e6)/1e6, 'f', -1, 64)
+}
+
+// Snapshot returns a deep copy of the state, servers sorted by host.
+func (c *Coordinator) Snapshot() Snapshot {
+	snap := Snapshot{
+		Name:           c.name,
+		Threshold:      c.threshold,
+		Servers:        make([]ServerState, 0, len(c.servers)),
+		PooledDown:     make([]string, 0, len(c.pooledDown)),
+		CanDepool:      c.canDepool(),
+		CouldNotDepool: c.couldNotDepool,
+	}
+	for _, h := range c.sortedHosts() {
+		s := c.servers[h]
+		mons := make(map[string]MonitorResult, len(s.results))
+		for m, r := range s.results {
+			mons[m] = r
+		}
+		snap.Servers = append(snap.Servers, ServerState{
+			Host:     s.host,
+			Addr:     s.addr,
+			Weight:   s.weight,
+			Enabled:  s.enabled,
+			Ready:    s.ready,
+			Up:       s.up,
+			Pooled:   s.pooled,
+			Monitors: mons,
+			Why:      c.why(s),
+		})
+	}
+	for h := range c.pooledDown {
+		snap.PooledDown = append(snap.PooledDown, h)
+	}
+	slices.Sort(snap.PooledDown)
+	return snap
+}
+
+// why explains, for an SRE, why a server is not enabled/up/pooled.
+func (c *Coordinator) why(s *server) string {
+	var parts []string
+	if !s.enabled {
+		if s.reason != "" {
+			parts = append(parts, s.reason)
+		} else {
+			parts = append(parts, "disabled")
+		}
+	}
+	if !s.ready {
+		if s.resolveErr != "" {
+			parts = append(parts, "resolve failed: "+s.resolveErr)
+		} else {
+			parts = append(parts, "resolving")
+		}
+	}
+	var pending []string
+	for _, m := range c.monitors {
+		r, ok := s.results[m]
+		switch {
+		case !ok:
+			pending = append(pending, m)
+		case !r.Up:
+			reason := r.Reason
+			if reason == "" {
+				reason = "(reason unknown)"
+			}
+			parts = append(parts, m+": "+reason)
+		}
+	}
+	if _, ok := c.pooledDown[s.host]; ok {
+		parts = append(parts, WhyPooledDown)
+	}
+	if s.enabled && s.ready && !s.up && len(pending) > 0 {
+		parts = append(parts, "waiting for first check: "+strings.Join(pending, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
