@@ -1,0 +1,461 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kubal/kubal/pool"
+)
+
+// notFound is PyBal's 404 body (instrumentation.py Resp404).
+const notFound = "The desired url was not found"
+
+// NewInstrumentation returns the read-only handler for the instrumentation listener:
+// PyBal's /pools, /pools/<pool>, /pools/<pool>/<host> and /alerts, byte-compatible with
+// PyBal; kubal's /v1/pools[/<pool>[/<host>]] and /v1/alerts (JSON with the "why");
+// /metrics from the gatherer (404 when nil, as PyBal without prometheus_client);
+// /healthz (the process serves) and /readyz (State.Ready).
+func NewInstrumentation(st State, metrics prometheus.Gatherer, log *slog.Logger) http.Handler {
+	h := &instrumentation{read: reader{st: st}, log: log}
+	if metrics != nil {
+		h.metrics = promhttp.HandlerFor(metrics, promhttp.HandlerOpts{
+			ErrorLog:      slogPrinter{log},
+			ErrorHandling: promhttp.ContinueOnError,
+		})
+	}
+	return h
+}
+
+type instrumentation struct {
+	read    reader
+	metrics http.Handler
+	log     *slog.Logger
+}
+
+func (h *instrumentation) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// Twisted answers 405 for a resource without render_<METHOD>.
+		w.Header().Set("Allow", "GET, HEAD")
+		writeBody(w, http.StatusMethodNotAllowed, "text/plain", []byte("Method Not Allowed"))
+		return
+	}
+	switch r.URL.Path {
+	case "/metrics":
+		if h.metrics != nil {
+			h.metrics.ServeHTTP(w, r)
+			return
+		}
+	case "/healthz":
+		writeBody(w, http.StatusOK, "text/plain", []byte("ok\n"))
+		return
+	case "/readyz":
+		if err := h.read.st.Ready(); err != nil {
+			writeBody(w, http.StatusServiceUnavailable, "text/plain", []byte("not ready: "+err.Error()+"\n"))
+			return
+		}
+		writeBody(w, http.StatusOK, "text/plain", []byte("ready\n"))
+		return
+	}
+	if !h.read.serve(w, r) {
+		h.read.notFound(w, r)
+	}
+}
+
+// reader serves the read-only endpoints; both listeners use it.
+type reader struct {
+	st State
+}
+
+// segments splits the escaped path into unescaped segments, as Twisted does. ok is
+// false for an undecodable path.
+func segments(r *http.Request) ([]string, bool) {
+	p := strings.TrimPrefix(r.URL.EscapedPath(), "/")
+	segs := strings.Split(p, "/")
+	for i, s := range segs {
+		if !strings.Contains(s, "%") {
+			continue
+		}
+		u, err := url.PathUnescape(s)
+		if err != nil {
+			return nil, false
+		}
+		segs[i] = u
+	}
+	return segs, true
+}
+
+// trimSlash drops one trailing empty segment: PyBal serves /pools/ like /pools.
+func trimSlash(segs []string) []string {
+	if len(segs) > 1 && segs[len(segs)-1] == "" {
+		return segs[:len(segs)-1]
+	}
+	return segs
+}
+
+// serve handles a read-only GET; it returns false when the path is not one of them.
+func (rd reader) serve(w http.ResponseWriter, r *http.Request) bool {
+	segs, ok := segments(r)
+	if !ok {
+		return false
+	}
+	segs = trimSlash(segs)
+	for _, s := range segs {
+		if s == "" {
+			return false
+		}
+	}
+	switch {
+	case segs[0] == "pools":
+		switch len(segs) {
+		case 1:
+			rd.pools(w, r)
+		case 2:
+			return rd.pool(w, r, segs[1])
+		case 3:
+			return rd.server(w, r, segs[1], segs[2])
+		default:
+			return false
+		}
+		return true
+	case segs[0] == "alerts" && len(segs) == 1:
+		rd.alerts(w, r)
+		return true
+	case segs[0] == "v1" && len(segs) >= 2:
+		return rd.v1(w, r, segs[1:])
+	}
+	return false
+}
+
+// wantJSON is PyBal's wantJson: JSON iff one raw Accept value is exactly
+// "application/json" ("application/json, text/plain" gives text).
+func wantJSON(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		if v == "application/json" {
+			return true
+		}
+	}
+	return false
+}
+
+func (rd reader) notFound(w http.ResponseWriter, r *http.Request) {
+	if wantJSON(r) {
+		writeBody(w, http.StatusNotFound, "application/json", []byte(`{"error": "`+notFound+`"}`))
+		return
+	}
+	writeBody(w, http.StatusNotFound, "text/plain", []byte(notFound))
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func (rd reader) pools(w http.ResponseWriter, r *http.Request) {
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	names := rd.st.Pools()
+	if wantJSON(r) {
+		b = append(b, '[')
+		for i, n := range names {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = appendPyString(b, n)
+		}
+		b = append(b, ']')
+		writeBody(w, http.StatusOK, "application/json", b)
+	} else {
+		for i, n := range names {
+			if i > 0 {
+				b = append(b, '\n')
+			}
+			b = append(b, n...)
+		}
+		b = append(b, '\n')
+		writeBody(w, http.StatusOK, "text/plain", b)
+	}
+	*bp = b
+	bufPool.Put(bp)
+}
+
+func (rd reader) pool(w http.ResponseWriter, r *http.Request, name string) bool {
+	snap, ok := rd.st.Snapshot(name)
+	if !ok {
+		return false
+	}
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	if wantJSON(r) {
+		b = append(b, '{')
+		for i := range snap.Servers {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = appendPyString(b, snap.Servers[i].Host)
+			b = append(b, ": "...)
+			b = appendDumpState(b, &snap.Servers[i])
+		}
+		b = append(b, '}')
+		writeBody(w, http.StatusOK, "application/json", b)
+	} else {
+		// PyBal prints dict order; kubal sorts by host (Snapshot.Servers is sorted).
+		for i := range snap.Servers {
+			b = append(b, snap.Servers[i].Host...)
+			b = append(b, ":\t"...)
+			b = appendTextStatus(b, &snap.Servers[i])
+			b = append(b, '\n')
+		}
+		writeBody(w, http.StatusOK, "text/plain", b)
+	}
+	*bp = b
+	bufPool.Put(bp)
+	return true
+}
+
+func (rd reader) server(w http.ResponseWriter, r *http.Request, poolName, host string) bool {
+	snap, ok := rd.st.Snapshot(poolName)
+	if !ok {
+		return false
+	}
+	sv, ok := snap.Server(host)
+	if !ok {
+		return false
+	}
+	if wantJSON(r) {
+		writeBody(w, http.StatusOK, "application/json", appendDumpState(nil, &sv))
+		return true
+	}
+	writeBody(w, http.StatusOK, "text/plain", append(appendTextStatus(nil, &sv), '\n'))
+	return true
+}
+
+// alertStatus computes PyBal's /alerts (instrumentation.py Alerts.render_GET) over the
+// pools in config order, then merges kubal's own alerts in the same style: a critical
+// alert is one more "; "-joined entry and replaces every warning (as in PyBal); a
+// warning is appended like PyBal's "Pool X is too small to allow depooling. ".
+func alertStatus(st State) (status, msg string) {
+	var crit []string
+	var warn strings.Builder
+	for _, name := range st.Pools() {
+		snap, ok := st.Snapshot(name)
+		if !ok {
+			continue
+		}
+		total := float64(len(snap.Servers))
+		switch {
+		case len(snap.PooledDown) > 0:
+			crit = append(crit, name+": Servers "+strings.Join(snap.PooledDown, ", ")+" are marked down but pooled")
+		case total > 1 && total < total*snap.Threshold+1:
+			warn.WriteString("Pool " + name + " is too small to allow depooling. ")
+		}
+	}
+	for _, a := range st.Alerts() {
+		if a.Level == LevelWarning {
+			warn.WriteString(a.Msg)
+			if !strings.HasSuffix(a.Msg, ".") {
+				warn.WriteString(".")
+			}
+			warn.WriteString(" ")
+			continue
+		}
+		crit = append(crit, a.Msg) // an unknown level is treated as critical
+	}
+	switch {
+	case len(crit) > 0:
+		return LevelCritical, strings.Join(crit, "; ")
+	case warn.Len() > 0:
+		return LevelWarning, warn.String()
+	}
+	return "ok", "All pools are healthy"
+}
+
+func (rd reader) alerts(w http.ResponseWriter, r *http.Request) {
+	status, msg := alertStatus(rd.st)
+	if wantJSON(r) {
+		b := append([]byte(`{"status": `), appendPyString(nil, status)...)
+		b = append(b, `, "msg": `...)
+		b = appendPyString(b, msg)
+		b = append(b, '}')
+		writeBody(w, http.StatusOK, "application/json", b)
+		return
+	}
+	// PyBal: "%s - %s" % (status.upper(), msg), no trailing newline.
+	writeBody(w, http.StatusOK, "text/plain", []byte(strings.ToUpper(status)+" - "+msg))
+}
+
+// --- kubal's /v1 read model (not PyBal; consumers of PyBal's paths never see it) ---
+
+// PoolStatus is /v1/pools/<pool>.
+type PoolStatus struct {
+	Name           string         `json:"name"`
+	Threshold      float64        `json:"depool_threshold"`
+	CanDepool      bool           `json:"can_depool"`
+	CouldNotDepool uint64         `json:"could_not_depool"`
+	PooledDown     []string       `json:"pooled_down"`
+	Servers        []ServerStatus `json:"servers"`
+}
+
+// ServerStatus is one server in the /v1 model and in admin responses. Status is
+// PyBal's textStatus; Why says why it is not enabled, up or pooled.
+type ServerStatus struct {
+	Host     string                   `json:"host"`
+	Addr     string                   `json:"addr,omitempty"`
+	Weight   int                      `json:"weight"`
+	Enabled  bool                     `json:"enabled"`
+	Ready    bool                     `json:"ready"`
+	Up       bool                     `json:"up"`
+	Pooled   bool                     `json:"pooled"`
+	Status   string                   `json:"status"`
+	Why      string                   `json:"why,omitempty"`
+	Monitors map[string]MonitorStatus `json:"monitors,omitempty"`
+}
+
+// MonitorStatus is one monitor's last verdict.
+type MonitorStatus struct {
+	Up     bool   `json:"up"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// PoolsStatus is /v1/pools: every pool in config order.
+type PoolsStatus struct {
+	Pools []PoolStatus `json:"pools"`
+}
+
+// AlertsStatus is /v1/alerts: PyBal's summary plus each of kubal's own alerts.
+type AlertsStatus struct {
+	Status string  `json:"status"`
+	Msg    string  `json:"msg"`
+	Alerts []Alert `json:"alerts"`
+}
+
+// NewServerStatus converts a coordinator server state to the /v1 model.
+func NewServerStatus(s pool.ServerState) ServerStatus {
+	out := ServerStatus{
+		Host: s.Host, Weight: s.Weight, Enabled: s.Enabled, Ready: s.Ready, Up: s.Up,
+		Pooled: s.Pooled, Status: s.TextStatus(), Why: s.Why,
+	}
+	if s.Addr.IsValid() {
+		out.Addr = s.Addr.String()
+	}
+	if len(s.Monitors) > 0 {
+		out.Monitors = make(map[string]MonitorStatus, len(s.Monitors))
+		for k, m := range s.Monitors {
+			out.Monitors[k] = MonitorStatus(m)
+		}
+	}
+	return out
+}
+
+// NewPoolStatus converts a coordinator snapshot to the /v1 model.
+func NewPoolStatus(s pool.Snapshot) PoolStatus {
+	out := PoolStatus{
+		Name: s.Name, Threshold: s.Threshold, CanDepool: s.CanDepool,
+		CouldNotDepool: s.CouldNotDepool, PooledDown: append([]string{}, s.PooledDown...),
+		Servers: make([]ServerStatus, len(s.Servers)),
+	}
+	for i, sv := range s.Servers {
+		out.Servers[i] = NewServerStatus(sv)
+	}
+	return out
+}
+
+func (rd reader) v1(w http.ResponseWriter, r *http.Request, segs []string) bool {
+	switch {
+	case segs[0] == "alerts" && len(segs) == 1:
+		status, msg := alertStatus(rd.st)
+		alerts := rd.st.Alerts()
+		if alerts == nil {
+			alerts = []Alert{}
+		}
+		writeJSON(w, http.StatusOK, AlertsStatus{Status: status, Msg: msg, Alerts: alerts})
+		return true
+	case segs[0] != "pools":
+		return false
+	}
+	switch len(segs) {
+	case 1:
+		out := PoolsStatus{Pools: []PoolStatus{}}
+		for _, name := range rd.st.Pools() {
+			if snap, ok := rd.st.Snapshot(name); ok {
+				ps := NewPoolStatus(snap)
+				ps.Name = name
+				out.Pools = append(out.Pools, ps)
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
+	case 2:
+		snap, ok := rd.st.Snapshot(segs[1])
+		if !ok {
+			return false
+		}
+		ps := NewPoolStatus(snap)
+		ps.Name = segs[1]
+		writeJSON(w, http.StatusOK, ps)
+	case 3:
+		snap, ok := rd.st.Snapshot(segs[1])
+		if !ok {
+			return false
+		}
+		sv, ok := snap.Server(segs[2])
+		if !ok {
+			return false
+		}
+		writeJSON(w, http.StatusOK, NewServerStatus(sv))
+	default:
+		return false
+	}
+	return true
+}
+
+// MarshalJSON writes an Alert as {"level": ..., "msg": ...}.
+func (a Alert) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Level string `json:"level"`
+		Msg   string `json:"msg"`
+	}{a.Level, a.Msg})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (a *Alert) UnmarshalJSON(b []byte) error {
+	var v struct {
+		Level string `json:"level"`
+		Msg   string `json:"msg"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	a.Level, a.Msg = v.Level, v.Msg
+	return nil
+}
+
+func writeBody(w http.ResponseWriter, code int, ctype string, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", ctype)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil { // only our own types are marshalled; they always encode
+		b = []byte(`{"error":"internal: cannot encode response"}`)
+		code = http.StatusInternalServerError
+	}
+	writeBody(w, code, "application/json", append(b, '\n'))
+}
+
+// slogPrinter adapts slog to promhttp's ErrorLog.
+type slogPrinter struct{ log *slog.Logger }
+
+func (p slogPrinter) Println(v ...any) {
+	if p.log != nil {
+		p.log.Error("serving /metrics", "error", strings.TrimSpace(fmt.Sprintln(v...)))
+	}
+}
