@@ -1,0 +1,93 @@
+package monitor
+
+import (
+	"context"
+	"time"
+)
+
+// Checker performs one probe. It must honour ctx (cancellation and the check
+// timeout) and return a verdict; the runner owns scheduling and hysteresis.
+type Checker interface {
+	Check(ctx context.Context) Result
+}
+
+// runner is a probe that runs until ctx ends, emitting raw results: the looping
+// runner below for Checkers, or a long-lived monitor (IdleConnection, UDP) that emits
+// as things happen.
+type runner interface {
+	Run(ctx context.Context, emit func(Result))
+}
+
+// loop runs a Checker with PyBal's LoopingCall(now=False) timing: the first check
+// one interval after start (minus a start-up offset that spreads many probes over
+// the interval, so never later than PyBal), then on a fixed grid of `interval`;
+// a check that overruns skips the ticks it missed instead of bunching up.
+type loop struct {
+	clk      clock
+	interval time.Duration
+	timeout  time.Duration // 0: no timeout (RunCommand timeout = 0)
+	offset   time.Duration // start-up spread, in [0, interval)
+	check    Checker
+}
+
+func (l *loop) Run(ctx context.Context, emit func(Result)) {
+	next := l.clk.Now().Add(l.interval - l.offset)
+	for {
+		if !sleep(ctx, l.clk, next.Sub(l.clk.Now())) {
+			return
+		}
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if l.timeout > 0 {
+			cctx, cancel = context.WithTimeout(ctx, l.timeout)
+		}
+		r := l.check.Check(cctx)
+		cancel()
+		if ctx.Err() != nil {
+			return // stopped mid-check: not a result (PyBal ignores CancelledError)
+		}
+		emit(r)
+		next = nextTick(next, l.interval, l.clk.Now())
+	}
+}
+
+// nextTick returns the first grid point prev+k*interval (k >= 1) after now.
+func nextTick(prev time.Time, interval time.Duration, now time.Time) time.Time {
+	next := prev.Add(interval)
+	if !next.After(now) {
+		missed := now.Sub(next)/interval + 1
+		next = next.Add(missed * interval)
+	}
+	return next
+}
+
+// hysteresis applies rise/fall to raw results. The first result is always reported
+// (PyBal's firstCheck); afterwards a change needs `rise` consecutive ups or `fall`
+// consecutive downs. Default 1/1 is PyBal: every change reported at once.
+type hysteresis struct {
+	rise, fall int
+	known      bool
+	up         bool
+	streak     int // consecutive results disagreeing with up
+}
+
+// feed takes one raw result and reports whether the reported state changed.
+func (h *hysteresis) feed(r Result) bool {
+	if !h.known {
+		h.known, h.up, h.streak = true, r.Up, 0
+		return true
+	}
+	if r.Up == h.up {
+		h.streak = 0
+		return false
+	}
+	h.streak++
+	need := h.fall
+	if r.Up {
+		need = h.rise
+	}
+	if h.streak < need {
+		return false
+	}
+	h.up, h.streak = r.Up, 0
+	return true
+}

@@ -1,0 +1,44 @@
+package monitor
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// tcpConfig is kubal's TCP connect check: up iff a connection can be opened within
+// the timeout; the connection is closed at once.
+type tcpConfig struct {
+	common
+	interval, timeout time.Duration
+}
+
+func parseTCP(v *validator, t Target) spec {
+	c := &tcpConfig{common: v.common(t)}
+	c.port = v.port(t.Port)
+	c.interval = v.seconds("interval", 10*time.Second, false)
+	c.timeout = v.seconds("timeout", 5*time.Second, false)
+	return c
+}
+
+func (c *tcpConfig) key() string { return c.common.key() }
+
+func (c *tcpConfig) newRunner(e *env) runner {
+	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
+		check: &TCP{addr: c.target()}}
+}
+
+// TCP is the connect check.
+type TCP struct{ addr string }
+
+// Check connects and closes.
+func (t *TCP) Check(ctx context.Context) Result {
+	d := net.Dialer{KeepAlive: -1}
+	conn, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		_, msg := connectError(err)
+		return Result{Reason: msg}
+	}
+	conn.Close()
+	return Result{Up: true}
+}

@@ -1,0 +1,103 @@
+package monitor
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// udpConfig is UDP (SPEC §3.6) plus kubal's port.
+type udpConfig struct {
+	common
+	interval    time.Duration
+	icmpTimeout time.Duration
+}
+
+func parseUDP(v *validator, t Target) spec {
+	c := &udpConfig{common: v.common(t)}
+	c.port = v.port(t.Port)
+	c.interval = v.seconds("interval", 10*time.Second, false)
+	c.icmpTimeout = v.seconds("icmp-timeout", 20*time.Second, false)
+	return c
+}
+
+func (c *udpConfig) key() string { return c.common.key() }
+
+func (c *udpConfig) newRunner(e *env) runner { return &UDP{cfg: c, env: e} }
+
+// UDP sends a zero-length datagram from a connected socket every interval. An ICMP
+// port-unreachable (the kernel's ECONNREFUSED on the socket) is down at once; a
+// check finding no ICMP error for icmp-timeout is up. Replies are never needed.
+type UDP struct {
+	cfg *udpConfig
+	env *env
+}
+
+// icmpReason replaces PyBal's reason None ("(reason unknown)") with the cause.
+const icmpReason = "ICMP destination unreachable received"
+
+func (u *UDP) Run(ctx context.Context, emit func(Result)) {
+	c := u.cfg
+	clk := u.env.clk
+	var conn *net.UDPConn
+	var lastICMP atomic.Int64 // unix nanos on clk; 0 = never
+	icmp := func() {
+		lastICMP.Store(clk.Now().UnixNano())
+		emit(Result{Reason: icmpReason})
+	}
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	next := clk.Now().Add(c.interval - u.env.offset(c.interval))
+	for {
+		if !sleep(ctx, clk, next.Sub(clk.Now())) {
+			return
+		}
+		if conn == nil {
+			var d net.Dialer
+			nc, err := d.DialContext(ctx, "udp", c.target())
+			if err != nil {
+				emit(Result{Reason: err.Error()})
+				next = nextTick(next, c.interval, clk.Now())
+				continue
+			}
+			conn = nc.(*net.UDPConn)
+			go readICMP(ctx, conn, icmp)
+		}
+		if _, err := conn.Write(nil); err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				icmp() // the error of an earlier datagram surfaced on this write
+			}
+		}
+		last := lastICMP.Load()
+		if last == 0 || clk.Now().Sub(time.Unix(0, last)) > c.icmpTimeout {
+			emit(Result{Up: true})
+		}
+		next = nextTick(next, c.interval, clk.Now())
+	}
+}
+
+// readICMP blocks in Read so an ICMP error is seen when it arrives, not at the next
+// interval. Replies are discarded.
+func readICMP(ctx context.Context, conn *net.UDPConn, icmp func()) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	buf := make([]byte, 512)
+	for {
+		_, err := conn.Read(buf)
+		switch {
+		case err == nil:
+		case errors.Is(err, syscall.ECONNREFUSED):
+			if ctx.Err() == nil {
+				icmp()
+			}
+		default:
+			return
+		}
+	}
+}
