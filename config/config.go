@@ -134,7 +134,13 @@ type Pos struct {
 	Line int
 }
 
-func (p Pos) String() string { return fmt.Sprintf("%s:%d", p.File, p.Line) }
+// String is "file:line", or just "file" for a finding about the whole file (Line 0).
+func (p Pos) String() string {
+	if p.Line <= 0 {
+		return p.File
+	}
+	return fmt.Sprintf("%s:%d", p.File, p.Line)
+}
 
 // Value is one raw option value and where it was set.
 type Value struct {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode"
 )
 
 // LiteralKind is the type of a parsed Python literal.
@@ -83,11 +82,25 @@ type litParser struct {
 	i int
 }
 
+// skipSpace skips whitespace and Python comments: eval() ignores a trailing
+// "# comment", and ConfigParser leaves one in the value.
 func (p *litParser) skipSpace() {
-	for p.i < len(p.s) && (p.s[p.i] == ' ' || p.s[p.i] == '\t' || p.s[p.i] == '\n' || p.s[p.i] == '\r') {
-		p.i++
+	for p.i < len(p.s) {
+		switch p.s[p.i] {
+		case ' ', '\t', '\n', '\r', '\f', '\v':
+			p.i++
+		case '#':
+			for p.i < len(p.s) && p.s[p.i] != '\n' {
+				p.i++
+			}
+		default:
+			return
+		}
 	}
 }
+
+func isASCIILetter(c byte) bool { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') }
+func isDigit(c byte) bool       { return c >= '0' && c <= '9' }
 
 func (p *litParser) value(depth int) (Literal, error) {
 	if p.i >= len(p.s) {
@@ -100,16 +113,17 @@ func (p *litParser) value(depth int) (Literal, error) {
 		}
 		return p.list(depth)
 	case c == '\'' || c == '"':
-		return p.str()
-	case c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9'):
+		return p.str(false, false)
+	case c == '-' || c == '+' || c == '.' || isDigit(c):
 		return p.number()
-	case c == '_' || unicode.IsLetter(rune(c)):
+	case c == '_' || isASCIILetter(c):
 		return p.name()
 	default:
 		return Literal{}, fmt.Errorf("unexpected %q at offset %d", c, p.i)
 	}
 }
 
+// list parses [a, b] and (a, b). As in Python, (a) without a comma is just a.
 func (p *litParser) list(depth int) (Literal, error) {
 	open := p.s[p.i]
 	closer := byte(']')
@@ -118,6 +132,7 @@ func (p *litParser) list(depth int) (Literal, error) {
 	}
 	p.i++
 	out := Literal{Kind: LitList, List: []Literal{}}
+	comma := false
 	for {
 		p.skipSpace()
 		if p.i >= len(p.s) {
@@ -125,6 +140,9 @@ func (p *litParser) list(depth int) (Literal, error) {
 		}
 		if p.s[p.i] == closer {
 			p.i++
+			if open == '(' && len(out.List) == 1 && !comma {
+				return out.List[0], nil
+			}
 			return out, nil
 		}
 		v, err := p.value(depth + 1)
@@ -138,6 +156,7 @@ func (p *litParser) list(depth int) (Literal, error) {
 		}
 		switch p.s[p.i] {
 		case ',':
+			comma = true
 			p.i++
 		case closer:
 		default:
@@ -146,7 +165,9 @@ func (p *litParser) list(depth int) (Literal, error) {
 	}
 }
 
-func (p *litParser) str() (Literal, error) {
+// str parses a Python 2 string literal at p.i (after any prefix), with its escapes.
+// raw: r” (backslashes kept); unicode: u” (\u and \U escapes).
+func (p *litParser) str(raw, unicode bool) (Literal, error) {
 	q := p.s[p.i]
 	start := p.i
 	p.i++
@@ -157,25 +178,20 @@ func (p *litParser) str() (Literal, error) {
 		case c == q:
 			p.i++
 			return Literal{Kind: LitString, Str: b.String()}, nil
-		case c == '\\' && p.i+1 < len(p.s):
-			p.i++
-			e := p.s[p.i]
-			switch e {
-			case 'n':
-				b.WriteByte('\n')
-			case 't':
-				b.WriteByte('\t')
-			case 'r':
-				b.WriteByte('\r')
-			case '\\', '\'', '"':
-				b.WriteByte(e)
-			default: // Python keeps unknown escapes verbatim
-				b.WriteByte('\\')
-				b.WriteByte(e)
-			}
-			p.i++
 		case c == '\n':
 			return Literal{}, fmt.Errorf("newline in string starting at offset %d", start)
+		case c == '\\' && p.i+1 < len(p.s):
+			e := p.s[p.i+1]
+			if raw {
+				// r'...': the backslash stays, and an escaped quote does not end the string.
+				b.WriteByte('\\')
+				b.WriteByte(e)
+				p.i += 2
+				continue
+			}
+			if err := p.escape(&b, unicode); err != nil {
+				return Literal{}, err
+			}
 		default:
 			b.WriteByte(c)
 			p.i++
@@ -184,39 +200,147 @@ func (p *litParser) str() (Literal, error) {
 	return Literal{}, fmt.Errorf("unterminated string starting at offset %d", start)
 }
 
+// escape decodes the backslash escape at p.i.
+func (p *litParser) escape(b *strings.Builder, unicode bool) error {
+	at := p.i
+	e := p.s[p.i+1]
+	p.i += 2
+	switch e {
+	case '\n': // backslash-newline: line continuation inside the string
+	case 'n':
+		b.WriteByte('\n')
+	case 't':
+		b.WriteByte('\t')
+	case 'r':
+		b.WriteByte('\r')
+	case 'a':
+		b.WriteByte('\a')
+	case 'b':
+		b.WriteByte('\b')
+	case 'f':
+		b.WriteByte('\f')
+	case 'v':
+		b.WriteByte('\v')
+	case '\\', '\'', '"':
+		b.WriteByte(e)
+	case 'x':
+		if p.i+2 > len(p.s) {
+			return fmt.Errorf(`invalid \x escape at offset %d`, at)
+		}
+		n, err := strconv.ParseUint(p.s[p.i:p.i+2], 16, 8)
+		if err != nil {
+			return fmt.Errorf(`invalid \x escape at offset %d`, at)
+		}
+		b.WriteByte(byte(n))
+		p.i += 2
+	case '0', '1', '2', '3', '4', '5', '6', '7':
+		n := int(e - '0')
+		for k := 0; k < 2 && p.i < len(p.s) && p.s[p.i] >= '0' && p.s[p.i] <= '7'; k++ {
+			n = n*8 + int(p.s[p.i]-'0')
+			p.i++
+		}
+		b.WriteByte(byte(n))
+	case 'u', 'U':
+		if !unicode {
+			b.WriteByte('\\')
+			b.WriteByte(e)
+			break
+		}
+		size := 4
+		if e == 'U' {
+			size = 8
+		}
+		if p.i+size > len(p.s) {
+			return fmt.Errorf(`truncated \%c escape at offset %d`, e, at)
+		}
+		n, err := strconv.ParseUint(p.s[p.i:p.i+size], 16, 32)
+		if err != nil || n > unicodeMax || (n >= 0xD800 && n <= 0xDFFF) {
+			return fmt.Errorf(`invalid \%c escape at offset %d`, e, at)
+		}
+		b.WriteRune(rune(n))
+		p.i += size
+	default: // Python keeps unknown escapes verbatim
+		b.WriteByte('\\')
+		b.WriteByte(e)
+	}
+	return nil
+}
+
+const unicodeMax = 0x10FFFF
+
+// number parses Python 2 int and float literals: decimal, 0x hex, 0o/0b and legacy
+// leading-0 octal, an optional L suffix, and floats with a fraction or exponent.
 func (p *litParser) number() (Literal, error) {
 	start := p.i
 	if p.s[p.i] == '-' || p.s[p.i] == '+' {
 		p.i++
 	}
-	for p.i < len(p.s) && strings.IndexByte("0123456789.eE+-_xXabcdefABCDEF", p.s[p.i]) >= 0 {
-		// stop a sign that is not part of an exponent
-		if (p.s[p.i] == '+' || p.s[p.i] == '-') && !(p.s[p.i-1] == 'e' || p.s[p.i-1] == 'E') {
-			break
-		}
-		p.i++
-	}
-	tok := p.s[start:p.i]
-	if n, err := strconv.ParseInt(tok, 0, 64); err == nil {
-		return Literal{Kind: LitInt, Int: n}, nil
-	}
-	if f, err := strconv.ParseFloat(tok, 64); err == nil && !strings.ContainsAny(tok, "xX_") {
-		return Literal{Kind: LitFloat, Float: f}, nil
-	}
-	return Literal{}, fmt.Errorf("bad number %q at offset %d", tok, start)
-}
-
-func (p *litParser) name() (Literal, error) {
-	start := p.i
 	for p.i < len(p.s) {
-		c := rune(p.s[p.i])
-		if c == '_' || c == '.' || unicode.IsLetter(c) || unicode.IsDigit(c) {
+		c := p.s[p.i]
+		if isDigit(c) || isASCIILetter(c) || c == '.' || c == '_' ||
+			((c == '+' || c == '-') && (p.s[p.i-1] == 'e' || p.s[p.i-1] == 'E') && !isHexPrefixed(p.s[start:p.i])) {
 			p.i++
 			continue
 		}
 		break
 	}
 	tok := p.s[start:p.i]
+	bad := fmt.Errorf("bad number %q at offset %d", tok, start)
+	body := strings.TrimLeft(tok, "+-")
+	if body == "" || strings.Contains(body, "_") {
+		return Literal{}, bad
+	}
+	if isHexPrefixed(body) || !strings.ContainsAny(body, ".eE") {
+		digits := strings.TrimSuffix(strings.TrimSuffix(tok, "L"), "l")
+		if len(body) > 1 && body[0] == '0' && isDigit(body[1]) {
+			// Python 2 legacy octal (010 == 8); Go's base 0 reads it the same way.
+			if strings.ContainsAny(strings.TrimLeft(digits, "+-"), "89") {
+				return Literal{}, bad
+			}
+		}
+		n, err := strconv.ParseInt(digits, 0, 64)
+		if err != nil {
+			return Literal{}, bad
+		}
+		return Literal{Kind: LitInt, Int: n}, nil
+	}
+	for i := 0; i < len(body); i++ {
+		if c := body[i]; isASCIILetter(c) && c != 'e' && c != 'E' {
+			return Literal{}, bad
+		}
+	}
+	f, err := strconv.ParseFloat(tok, 64)
+	if err != nil {
+		return Literal{}, bad
+	}
+	return Literal{Kind: LitFloat, Float: f}, nil
+}
+
+func isHexPrefixed(s string) bool {
+	s = strings.TrimLeft(s, "+-")
+	return len(s) >= 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')
+}
+
+func (p *litParser) name() (Literal, error) {
+	start := p.i
+	for p.i < len(p.s) {
+		c := p.s[p.i]
+		if c == '_' || c == '.' || isASCIILetter(c) || isDigit(c) {
+			p.i++
+			continue
+		}
+		break
+	}
+	tok := p.s[start:p.i]
+	// String prefixes: u'', r'', b'', ur'', br'' (any case).
+	if p.i < len(p.s) && (p.s[p.i] == '\'' || p.s[p.i] == '"') {
+		switch strings.ToLower(tok) {
+		case "u", "b":
+			return p.str(false, tok[0] == 'u' || tok[0] == 'U')
+		case "r", "ur", "br":
+			return p.str(true, false)
+		}
+	}
 	switch tok {
 	case "True":
 		return Literal{Kind: LitBool, Bool: true}, nil
@@ -225,8 +349,13 @@ func (p *litParser) name() (Literal, error) {
 	case "None":
 		return Literal{Kind: LitNone}, nil
 	}
-	if strings.HasPrefix(tok, ".") || strings.HasSuffix(tok, ".") || strings.Contains(tok, "..") {
+	if strings.HasSuffix(tok, ".") || strings.Contains(tok, "..") {
 		return Literal{}, fmt.Errorf("bad name %q at offset %d", tok, start)
+	}
+	for _, part := range strings.Split(tok, ".") {
+		if isDigit(part[0]) {
+			return Literal{}, fmt.Errorf("bad name %q at offset %d", tok, start)
+		}
 	}
 	return Literal{Kind: LitName, Str: tok}, nil
 }
