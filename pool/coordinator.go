@@ -11,9 +11,9 @@ import (
 	"strings"
 )
 
-// LevelCritical is PyBal's CRITICAL log level (above slog.LevelError). Handlers print it
-// as "ERROR+4" unless they rename it.
-const LevelCritical = slog.Level(12)
+// LevelCritical is PyBal's CRITICAL log level, slog.LevelError+4 (the logging package
+// prints it as CRITICAL).
+const LevelCritical = slog.LevelError + 4
 
 // WhyPooledDown is the Why fragment of a server kept pooled only by the depool threshold.
 const WhyPooledDown = "pooled down: depool threshold"
@@ -59,7 +59,8 @@ type Coordinator struct {
 }
 
 // New returns the coordinator of service name with PyBal's depool-threshold and monitor
-// list. Log lines carry the attribute service=name (PyBal's "[name]" prefix).
+// list. Log lines carry system=name, PyBal's "[name]" prefix (see package logging);
+// their messages are PyBal's, without extra attributes.
 func New(name string, threshold float64, monitors []string, log *slog.Logger) *Coordinator {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -67,7 +68,7 @@ func New(name string, threshold float64, monitors []string, log *slog.Logger) *C
 	c := &Coordinator{
 		name:       name,
 		threshold:  threshold,
-		log:        log.With("service", name),
+		log:        log.With("system", name),
 		servers:    make(map[string]*server),
 		pooledDown: make(map[string]struct{}),
 		waiting:    make(map[string]struct{}),
@@ -84,18 +85,13 @@ func (c *Coordinator) setMonitors(monitors []string) {
 	}
 }
 
-// logf logs a PyBal-style message. The message is only formatted when level is enabled,
-// so Debug lines cost nothing on large pools.
-func (c *Coordinator) logf(level slog.Level, host, format string, args ...any) {
+// logf logs a PyBal message. It is only formatted when level is enabled, so Debug
+// lines cost nothing on large pools.
+func (c *Coordinator) logf(level slog.Level, format string, args ...any) {
 	ctx := context.Background()
-	if !c.log.Enabled(ctx, level) {
-		return
-	}
-	if host == "" {
+	if c.log.Enabled(ctx, level) {
 		c.log.Log(ctx, level, fmt.Sprintf(format, args...))
-		return
 	}
-	c.log.Log(ctx, level, fmt.Sprintf(format, args...), "host", host)
 }
 
 // setUp and setEnabled keep upEnabled in step; nothing else may write s.up or s.enabled.
@@ -146,7 +142,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 	want := make(map[string]ServerConfig, len(servers))
 	for _, sc := range servers {
 		if sc.Host == "" {
-			c.logf(slog.LevelWarn, "", "Ignoring a server without a host name")
+			c.logf(slog.LevelWarn, "Ignoring a server without a host name")
 			continue
 		}
 		want[sc.Host] = sc // the last entry for a host wins
@@ -168,7 +164,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 			continue
 		}
 		c.add(sc)
-		c.logf(newLevel, h, "New %s server %s, weight %d", enabledWord(sc.Enabled), h, sc.Weight)
+		c.logf(newLevel, "New %s server %s, weight %d", enabledWord(sc.Enabled), h, sc.Weight)
 	}
 	if firstConfig && len(c.servers) > 0 {
 		enabled := 0
@@ -177,7 +173,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 				enabled++
 			}
 		}
-		c.logf(slog.LevelInfo, "", "Added %d server(s): %d enabled server(s) and %d disabled server(s)",
+		c.logf(slog.LevelInfo, "Added %d server(s): %d enabled server(s) and %d disabled server(s)",
 			len(c.servers), enabled, len(c.servers)-enabled)
 	}
 
@@ -189,7 +185,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 	}
 	slices.Sort(gone)
 	for _, h := range gone {
-		c.logf(slog.LevelInfo, h, "Removing server %s (no longer found in new configuration)", h)
+		c.logf(slog.LevelInfo, "Removing server %s (no longer found in new configuration)", h)
 		c.remove(h)
 	}
 
@@ -247,7 +243,7 @@ func (c *Coordinator) merge(s *server, sc ServerConfig) {
 	if changed {
 		level = slog.LevelInfo
 	}
-	c.logf(level, s.host, "Merged %s server %s, weight %d", enabledWord(s.enabled), s.host, s.weight)
+	c.logf(level, "Merged %s server %s, weight %d", enabledWord(s.enabled), s.host, s.weight)
 }
 
 // refresh recomputes pooled (and up) of a pre-existing server after a config merge.
@@ -256,7 +252,7 @@ func (c *Coordinator) refresh(s *server) {
 		// Disabling bypasses the depool threshold (PyBal). A disabled server leaves the
 		// pooled-down set too: PyBal kept it there and later tripped depool's assert.
 		if s.pooled {
-			c.logf(slog.LevelInfo, s.host, "Depooling %s server %s", enabledWord(s.enabled), s.host)
+			c.logf(slog.LevelInfo, "Depooling %s server %s", enabledWord(s.enabled), s.host)
 		}
 		s.pooled = false
 		delete(c.pooledDown, s.host)
@@ -283,7 +279,7 @@ func (c *Coordinator) refresh(s *server) {
 	c.setUp(s, up)
 	s.pooled = up
 	if up {
-		c.logf(slog.LevelInfo, s.host, "Pooling enabled server %s: all monitors up", s.host)
+		c.logf(slog.LevelInfo, "Pooling enabled server %s: all monitors up", s.host)
 	}
 }
 
@@ -292,7 +288,7 @@ func (c *Coordinator) maybeEnsure() {
 		return
 	}
 	c.ensurePending = false
-	c.logf(slog.LevelDebug, "", "Initialization complete")
+	c.logf(slog.LevelDebug, "Initialization complete")
 	c.ensureDepoolThreshold()
 }
 
@@ -315,7 +311,7 @@ func (c *Coordinator) ensureDepoolThreshold() bool {
 		if !s.enabled || !s.ready || s.pooled {
 			continue
 		}
-		c.logf(slog.LevelWarn, h, "Forcing %s to be pooled to meet depool threshold", h)
+		c.logf(slog.LevelWarn, "Forcing %s to be pooled to meet depool threshold", h)
 		s.pooled = true
 		if !s.up {
 			c.pooledDown[h] = struct{}{}
@@ -325,7 +321,7 @@ func (c *Coordinator) ensureDepoolThreshold() bool {
 			return true
 		}
 	}
-	c.logf(LevelCritical, "", "Could not ensure depool threshold; insufficient enabled & ready servers.")
+	c.logf(LevelCritical, "Could not ensure depool threshold; insufficient enabled & ready servers.")
 	return false
 }
 
@@ -343,20 +339,20 @@ func (c *Coordinator) sortedHosts() []string {
 func (c *Coordinator) Resolved(host string, addr netip.Addr) {
 	s, ok := c.servers[host]
 	if !ok {
-		c.logf(slog.LevelDebug, host, "Ignoring resolution of unknown server %s", host)
+		c.logf(slog.LevelDebug, "Ignoring resolution of unknown server %s", host)
 		return
 	}
 	if s.ready {
 		if addr != s.addr {
-			c.logf(slog.LevelInfo, host, "Server %s address changed from %s to %s", host, s.addr, addr)
+			c.logf(slog.LevelInfo, "Server %s address changed from %s to %s", host, s.addr, addr)
 			s.addr = addr
 		}
 		return
 	}
 	if s.resolveErr != "" {
-		c.logf(slog.LevelInfo, host, "Resolved %s to %s after earlier failures", host, addr)
+		c.logf(slog.LevelInfo, "Resolved %s to %s after earlier failures", host, addr)
 	} else {
-		c.logf(slog.LevelDebug, host, "Resolved %s to %s", host, addr)
+		c.logf(slog.LevelDebug, "Resolved %s to %s", host, addr)
 	}
 	c.becomeReady(s, addr)
 	delete(c.waiting, host)
@@ -376,14 +372,14 @@ func (c *Coordinator) ResolveFailed(host string, err error) {
 		msg = err.Error()
 	}
 	if s.ready {
-		c.logf(slog.LevelDebug, host, "Re-resolving %s failed, keeping %s: %s", host, s.addr, msg)
+		c.logf(slog.LevelDebug, "Re-resolving %s failed, keeping %s: %s", host, s.addr, msg)
 		return
 	}
 	level := slog.LevelError
 	if msg == s.resolveErr {
 		level = slog.LevelDebug // the caller retries; log each new error once
 	}
-	c.logf(level, host, "Initialization failed for server %s: %s", host, msg)
+	c.logf(level, "Initialization failed for server %s: %s", host, msg)
 	s.resolveErr = msg
 	delete(c.waiting, host)
 	c.maybeEnsure()
@@ -394,11 +390,11 @@ func (c *Coordinator) ResolveFailed(host string, err error) {
 func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 	s, ok := c.servers[host]
 	if !ok {
-		c.logf(slog.LevelDebug, host, "Ignoring %s result for unknown server %s", monitor, host)
+		c.logf(slog.LevelDebug, "Ignoring %s result for unknown server %s", monitor, host)
 		return
 	}
 	if _, ok := c.monitorSet[monitor]; !ok {
-		c.logf(slog.LevelDebug, host, "Ignoring result of unconfigured monitor %s for %s", monitor, host)
+		c.logf(slog.LevelDebug, "Ignoring result of unconfigured monitor %s for %s", monitor, host)
 		return
 	}
 	prev, had := s.results[monitor]
@@ -421,11 +417,7 @@ func (c *Coordinator) resultDown(s *server, monitor, reason string, news bool) {
 	if !news {
 		level = slog.LevelDebug // a repeated verdict: PyBal's monitors would not report it
 	}
-	if c.log.Enabled(context.Background(), level) {
-		c.log.Log(context.Background(), level,
-			fmt.Sprintf("Monitoring instance %s reports server %s (%s) down: %s", monitor, s.host, c.textStatus(s), reason),
-			"host", s.host, "monitor", monitor)
-	}
+	c.logf(level, "Monitoring instance %s reports server %s (%s) down: %s", monitor, s.host, c.textStatus(s), reason)
 	if s.up {
 		c.setUp(s, false)
 		if s.pooled {
@@ -439,7 +431,7 @@ func (c *Coordinator) resultUp(s *server, first bool) {
 	// server, which drains the pooled-down set if the threshold now allows it.
 	firstChecksCompleted := first && c.allReported(s)
 	if (!s.up || firstChecksCompleted) && c.calcStatus(s) {
-		c.logf(slog.LevelInfo, s.host, "Server %s (%s) is up", s.host, c.textStatus(s))
+		c.logf(slog.LevelInfo, "Server %s (%s) is up", s.host, c.textStatus(s))
 		c.setUp(s, true)
 		if s.enabled && s.ready {
 			c.repool(s)
@@ -460,12 +452,12 @@ func (c *Coordinator) depool(s *server) {
 	if c.canDepool() {
 		s.pooled = false
 		delete(c.pooledDown, s.host)
-		c.logf(slog.LevelInfo, s.host, "Depooling server %s", s.host)
+		c.logf(slog.LevelInfo, "Depooling server %s", s.host)
 		return
 	}
 	c.pooledDown[s.host] = struct{}{}
 	c.couldNotDepool++
-	c.logf(slog.LevelError, s.host, "Could not depool server %s because of too many down!", s.host)
+	c.logf(slog.LevelError, "Could not depool server %s because of too many down!", s.host)
 }
 
 // repool pools an up server, then depools pooled-down servers (in host order, where
@@ -473,11 +465,11 @@ func (c *Coordinator) depool(s *server) {
 func (c *Coordinator) repool(s *server) {
 	if !s.pooled {
 		s.pooled = true
-		c.logf(slog.LevelInfo, s.host, "Repooling server %s", s.host)
+		c.logf(slog.LevelInfo, "Repooling server %s", s.host)
 	} else if _, ok := c.pooledDown[s.host]; ok {
-		c.logf(slog.LevelInfo, s.host, "Leaving previously pooled but down server %s pooled", s.host)
+		c.logf(slog.LevelInfo, "Leaving previously pooled but down server %s pooled", s.host)
 	} else {
-		c.logf(slog.LevelDebug, s.host, "Leaving previously pooled server %s pooled", s.host)
+		c.logf(slog.LevelDebug, "Leaving previously pooled server %s pooled", s.host)
 	}
 	delete(c.pooledDown, s.host)
 	c.drain()
@@ -547,7 +539,7 @@ func (c *Coordinator) textStatus(s *server) string {
 // if the new threshold allows; then the threshold is re-ensured.
 func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
 	if threshold != c.threshold || !slices.Equal(monitors, c.monitors) {
-		c.logf(slog.LevelInfo, "", "Reconfigured: depool threshold %s, monitors %v",
+		c.logf(slog.LevelInfo, "Reconfigured: depool threshold %s, monitors %v",
 			formatFloat(threshold), monitors)
 	}
 	c.threshold = threshold
@@ -566,7 +558,7 @@ func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
 		if s.up || !s.ready || !c.healthy(s) {
 			continue
 		}
-		c.logf(slog.LevelInfo, h, "Server %s (%s) is up", h, c.textStatus(s))
+		c.logf(slog.LevelInfo, "Server %s (%s) is up", h, c.textStatus(s))
 		c.setUp(s, true)
 		if s.enabled {
 			c.repool(s)
@@ -657,6 +649,7 @@ func (c *Coordinator) why(s *server) string {
 		}
 	}
 	var pending []string
+	failing := false
 	for _, m := range c.monitors {
 		r, ok := s.results[m]
 		switch {
@@ -668,13 +661,16 @@ func (c *Coordinator) why(s *server) string {
 				reason = "(reason unknown)"
 			}
 			parts = append(parts, m+": "+reason)
+			failing = true
 		}
+	}
+	// A down server with no failing monitor waits for a monitor's first result (a
+	// re-enabled server, or a monitor added by a reload).
+	if s.enabled && s.ready && !s.up && !failing && len(pending) > 0 {
+		parts = append(parts, "waiting for first check: "+strings.Join(pending, ", "))
 	}
 	if _, ok := c.pooledDown[s.host]; ok {
 		parts = append(parts, WhyPooledDown)
-	}
-	if s.enabled && s.ready && !s.up && len(pending) > 0 {
-		parts = append(parts, "waiting for first check: "+strings.Join(pending, ", "))
 	}
 	return strings.Join(parts, "; ")
 }
