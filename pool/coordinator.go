@@ -212,14 +212,14 @@ func (c *Coordinator) remove(h string) {
 }
 
 // becomeReady is PyBal's Server._ready: optimistic pooling before any health check
-// (up, and pooled if enabled). A monitor that already reported down is believed.
+// (up, and pooled if enabled). Monitors have no results yet: Result ignores servers
+// that are not ready.
 func (c *Coordinator) becomeReady(s *server, addr netip.Addr) {
 	s.addr = addr
 	s.ready = true
 	s.resolveErr = ""
-	up := !c.anyDown(s)
-	c.setUp(s, up)
-	s.pooled = s.enabled && up
+	c.setUp(s, true)
+	s.pooled = s.enabled
 }
 
 // merge is Server.merge (+ maintainState) followed by refreshPreexistingServer.
@@ -397,6 +397,12 @@ func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 		c.logf(slog.LevelDebug, "Ignoring result of unconfigured monitor %s for %s", monitor, host)
 		return
 	}
+	if !s.ready {
+		// PyBal runs no monitors before an address is known: a server without one is
+		// never up (counted by canDepool), and becomes ready with optimistic pooling.
+		c.logf(slog.LevelDebug, "Ignoring %s result for %s, which has no address yet", monitor, host)
+		return
+	}
 	prev, had := s.results[monitor]
 	if s.results == nil {
 		s.results = make(map[string]MonitorResult, len(c.monitors))
@@ -518,15 +524,6 @@ func (c *Coordinator) allReported(s *server) bool {
 		}
 	}
 	return true
-}
-
-func (c *Coordinator) anyDown(s *server) bool {
-	for _, r := range s.results {
-		if !r.Up {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *Coordinator) textStatus(s *server) string {

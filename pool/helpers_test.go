@@ -201,6 +201,7 @@ func (h *harness) check() {
 //	P0: pooled => enabled && ready
 //	P1: up => pooled || !enabled || !ready
 //	pooled-down set == {pooled && !up}
+//	enabled && !ready => !up (a server without an address is never counted as up)
 //	upEnabled == count(up && enabled); waiting servers exist and are not ready.
 func invariants(c *Coordinator) error {
 	upEnabled := 0
@@ -213,6 +214,9 @@ func invariants(c *Coordinator) error {
 		}
 		if s.up && !(s.pooled || !s.enabled || !s.ready) {
 			return fmt.Errorf("P1 broken: %s up, enabled and ready but not pooled", h)
+		}
+		if s.up && s.enabled && !s.ready {
+			return fmt.Errorf("%s is enabled and up but not ready: canDepool would count it", h)
 		}
 		_, inPD := c.pooledDown[h]
 		if inPD != (s.pooled && !s.up) {
