@@ -42,6 +42,9 @@ func newSection(name string, pos Pos) *iniSection {
 type iniFile struct {
 	defaults *iniSection   // the [DEFAULT] section, or nil
 	sections []*iniSection // every other section, in file order
+	// referenced holds the option names used as %(name)s somewhere: such helper
+	// variables are not "unknown keys".
+	referenced map[string]bool
 }
 
 // isPySpace is Python 2 str.isspace() for one byte (and the regexp class \s).
@@ -83,7 +86,7 @@ func asciiLower(s string) string {
 
 // readINI parses data as ConfigParser does, appending findings to errs and warns.
 func readINI(file string, data []byte, errs, warns *Diagnostics) *iniFile {
-	f := &iniFile{}
+	f := &iniFile{referenced: map[string]bool{}}
 	byName := map[string]*iniSection{}
 	var cur *iniSection
 	var opt *iniOption // the option a continuation line extends (ConfigParser's optname)
@@ -238,7 +241,7 @@ func (f *iniFile) options(s *iniSection, errs *Diagnostics) (opts Options, inher
 
 	opts = make(Options, len(raw))
 	for name, o := range raw {
-		v, err := interpolate(vals[name], vals)
+		v, err := interpolate(vals[name], vals, f.referenced)
 		if err != nil {
 			where := ""
 			if inherited[name] {
@@ -254,15 +257,15 @@ func (f *iniFile) options(s *iniSection, errs *Diagnostics) (opts Options, inher
 
 // interpolate is SafeConfigParser._interpolate: "%%" is "%", "%(name)s" is the value
 // of option name (lower-cased) of the same section or [DEFAULT], interpolated in turn.
-func interpolate(raw string, vals map[string]string) (string, error) {
+func interpolate(raw string, vals map[string]string, referenced map[string]bool) (string, error) {
 	var b strings.Builder
-	if err := interpolateSome(&b, raw, vals, 1); err != nil {
+	if err := interpolateSome(&b, raw, vals, referenced, 1); err != nil {
 		return "", err
 	}
 	return b.String(), nil
 }
 
-func interpolateSome(b *strings.Builder, rest string, vals map[string]string, depth int) error {
+func interpolateSome(b *strings.Builder, rest string, vals map[string]string, referenced map[string]bool, depth int) error {
 	if depth > maxInterpolationDepth {
 		return fmt.Errorf("%%(...)s references nested deeper than %d (a reference loop?)", maxInterpolationDepth)
 	}
@@ -289,12 +292,13 @@ func interpolateSome(b *strings.Builder, rest string, vals map[string]string, de
 			}
 			name := asciiLower(rest[2:end])
 			rest = rest[end+2:]
+			referenced[name] = true
 			v, ok := vals[name]
 			if !ok {
 				return fmt.Errorf("%%(%s)s refers to a key that is not set in this section or [DEFAULT]", name)
 			}
 			if strings.IndexByte(v, '%') >= 0 {
-				if err := interpolateSome(b, v, vals, depth+1); err != nil {
+				if err := interpolateSome(b, v, vals, referenced, depth+1); err != nil {
 					return err
 				}
 			} else {

@@ -35,27 +35,33 @@ func Parse(file string, data []byte) (*Config, error) {
 	ini := readINI(file, data, &p.errs, &p.warns)
 	cfg := &Config{Path: file, Global: defaultGlobal()}
 
+	// Interpolate every section first: a key used as %(name)s anywhere is a helper
+	// variable, not an unknown key.
+	opts := make([]Options, len(ini.sections))
+	inherited := make([]map[string]bool, len(ini.sections))
+	for i, s := range ini.sections {
+		opts[i], inherited[i] = ini.options(s, &p.errs)
+	}
+	p.referenced = ini.referenced
 	if ini.defaults != nil {
 		p.checkDefaultKeys(ini.defaults)
 	}
 	var globalPos Pos
 	hasGlobal := false
-	for _, s := range ini.sections {
+	for i, s := range ini.sections {
 		if s.name != "global" {
 			continue
 		}
 		// Without a [global] section PyBal's config.items('global') raises and BGP and
 		// instrumentation stay off, even if [DEFAULT] sets them.
-		opts, inherited := ini.options(s, &p.errs)
-		p.global(&cfg.Global, s, opts, inherited)
+		p.global(&cfg.Global, s, opts[i], inherited[i])
 		globalPos, hasGlobal = s.pos, true
 	}
-	for _, s := range ini.sections {
+	for i, s := range ini.sections {
 		if s.name == "global" {
 			continue
 		}
-		opts, inherited := ini.options(s, &p.errs)
-		cfg.Services = append(cfg.Services, p.service(s, opts, inherited))
+		cfg.Services = append(cfg.Services, p.service(s, opts[i], inherited[i]))
 	}
 	p.crossCheck(cfg, globalPos, hasGlobal)
 
@@ -109,6 +115,7 @@ func finish(ds Diagnostics) Diagnostics {
 
 type parser struct {
 	errs, warns Diagnostics
+	referenced  map[string]bool // keys used as %(name)s
 }
 
 func (p *parser) errorf(pos Pos, key, format string, args ...any) {
@@ -134,6 +141,10 @@ func (p *parser) add(err error) {
 
 func (p *parser) bool(o Options, key string, def bool) bool {
 	v, err := o.Bool(key, def)
+	if err != nil {
+		err = Diagnostic{Pos: o[key].Pos, Key: key, Msg: fmt.Sprintf("not a boolean: %q (want yes/no, true/false, on/off, 1/0)%s",
+			strings.TrimSpace(o[key].Raw), hashHint(o[key].Raw))}.asError()
+	}
 	p.add(err)
 	return v
 }
@@ -247,7 +258,7 @@ func (p *parser) listenAddrs(o Options, key string, list []string) {
 func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[string]bool) {
 	g.Options = o
 	for _, name := range sortedKeys(o) {
-		if inherited[name] || globalKeys[name] {
+		if inherited[name] || globalKeys[name] || p.referenced[name] {
 			continue
 		}
 		v := o[name]
@@ -460,7 +471,7 @@ func (p *parser) communities(o Options) []string {
 
 func (p *parser) checkDefaultKeys(s *iniSection) {
 	for _, name := range s.order {
-		if globalKeys[name] || serviceKeys[name] || cliKeys[name] != "" {
+		if globalKeys[name] || serviceKeys[name] || cliKeys[name] != "" || p.referenced[name] {
 			continue
 		}
 		if prefix, opt, ok := strings.Cut(name, "."); ok {
@@ -657,7 +668,7 @@ func (p *parser) monitors(s *iniSection, o Options) []string {
 // serviceKeys warns about every key of the section that nothing reads.
 func (p *parser) serviceKeys(svc *Service, o Options, inherited map[string]bool) {
 	for _, name := range sortedKeys(o) {
-		if inherited[name] || serviceKeys[name] {
+		if inherited[name] || serviceKeys[name] || p.referenced[name] {
 			continue
 		}
 		v := o[name]
