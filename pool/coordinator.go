@@ -54,7 +54,8 @@ type Coordinator struct {
 	waiting       map[string]struct{}
 	ensurePending bool
 
-	upEnabled      int // count(up && enabled), kept incrementally: canDepool is O(1)
+	upEnabled      int      // count(up && enabled), kept incrementally: canDepool is O(1)
+	sorted         []string // hosts in order; nil after an add or remove
 	couldNotDepool uint64
 }
 
@@ -83,6 +84,11 @@ func (c *Coordinator) setMonitors(monitors []string) {
 	for _, m := range monitors {
 		c.monitorSet[m] = struct{}{}
 	}
+}
+
+// on reports whether level is logged.
+func (c *Coordinator) on(level slog.Level) bool {
+	return c.log.Enabled(context.Background(), level)
 }
 
 // logf logs a PyBal message. It is only formatted when level is enabled, so Debug
@@ -196,6 +202,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 func (c *Coordinator) add(sc ServerConfig) {
 	s := &server{host: sc.Host, weight: sc.Weight, enabled: sc.Enabled, reason: sc.Reason}
 	c.servers[sc.Host] = s
+	c.sorted = nil
 	if sc.Addr.IsValid() {
 		c.becomeReady(s, sc.Addr)
 		return
@@ -207,6 +214,7 @@ func (c *Coordinator) remove(h string) {
 	s := c.servers[h]
 	c.setUp(s, false)
 	delete(c.servers, h)
+	c.sorted = nil
 	delete(c.pooledDown, h) // PyBal leaves it there: a stale /alerts CRITICAL (§14 #11)
 	delete(c.waiting, h)
 }
@@ -325,13 +333,17 @@ func (c *Coordinator) ensureDepoolThreshold() bool {
 	return false
 }
 
+// sortedHosts returns the hosts in order. The slice is shared: callers must not
+// modify it, and must not hold it across an add or remove.
 func (c *Coordinator) sortedHosts() []string {
-	hosts := make([]string, 0, len(c.servers))
-	for h := range c.servers {
-		hosts = append(hosts, h)
+	if c.sorted == nil {
+		c.sorted = make([]string, 0, len(c.servers))
+		for h := range c.servers {
+			c.sorted = append(c.sorted, h)
+		}
+		slices.Sort(c.sorted)
 	}
-	slices.Sort(hosts)
-	return hosts
+	return c.sorted
 }
 
 // Resolved marks a server ready with its address: optimistic pooling (up, and pooled if
@@ -390,17 +402,23 @@ func (c *Coordinator) ResolveFailed(host string, err error) {
 func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 	s, ok := c.servers[host]
 	if !ok {
-		c.logf(slog.LevelDebug, "Ignoring %s result for unknown server %s", monitor, host)
+		if c.on(slog.LevelDebug) { // no formatting or boxing when not logged: Result is hot
+			c.logf(slog.LevelDebug, "Ignoring %s result for unknown server %s", monitor, host)
+		}
 		return
 	}
 	if _, ok := c.monitorSet[monitor]; !ok {
-		c.logf(slog.LevelDebug, "Ignoring result of unconfigured monitor %s for %s", monitor, host)
+		if c.on(slog.LevelDebug) {
+			c.logf(slog.LevelDebug, "Ignoring result of unconfigured monitor %s for %s", monitor, host)
+		}
 		return
 	}
 	if !s.ready {
 		// PyBal runs no monitors before an address is known: a server without one is
 		// never up (counted by canDepool), and becomes ready with optimistic pooling.
-		c.logf(slog.LevelDebug, "Ignoring %s result for %s, which has no address yet", monitor, host)
+		if c.on(slog.LevelDebug) {
+			c.logf(slog.LevelDebug, "Ignoring %s result for %s, which has no address yet", monitor, host)
+		}
 		return
 	}
 	prev, had := s.results[monitor]
@@ -423,7 +441,9 @@ func (c *Coordinator) resultDown(s *server, monitor, reason string, news bool) {
 	if !news {
 		level = slog.LevelDebug // a repeated verdict: PyBal's monitors would not report it
 	}
-	c.logf(level, "Monitoring instance %s reports server %s (%s) down: %s", monitor, s.host, c.textStatus(s), reason)
+	if c.on(level) {
+		c.logf(level, "Monitoring instance %s reports server %s (%s) down: %s", monitor, s.host, c.textStatus(s), reason)
+	}
 	if s.up {
 		c.setUp(s, false)
 		if s.pooled {
@@ -437,7 +457,9 @@ func (c *Coordinator) resultUp(s *server, first bool) {
 	// server, which drains the pooled-down set if the threshold now allows it.
 	firstChecksCompleted := first && c.allReported(s)
 	if (!s.up || firstChecksCompleted) && c.calcStatus(s) {
-		c.logf(slog.LevelInfo, "Server %s (%s) is up", s.host, c.textStatus(s))
+		if c.on(slog.LevelInfo) {
+			c.logf(slog.LevelInfo, "Server %s (%s) is up", s.host, c.textStatus(s))
+		}
 		c.setUp(s, true)
 		if s.enabled && s.ready {
 			c.repool(s)
@@ -458,12 +480,16 @@ func (c *Coordinator) depool(s *server) {
 	if c.canDepool() {
 		s.pooled = false
 		delete(c.pooledDown, s.host)
-		c.logf(slog.LevelInfo, "Depooling server %s", s.host)
+		if c.on(slog.LevelInfo) {
+			c.logf(slog.LevelInfo, "Depooling server %s", s.host)
+		}
 		return
 	}
 	c.pooledDown[s.host] = struct{}{}
 	c.couldNotDepool++
-	c.logf(slog.LevelError, "Could not depool server %s because of too many down!", s.host)
+	if c.on(slog.LevelError) {
+		c.logf(slog.LevelError, "Could not depool server %s because of too many down!", s.host)
+	}
 }
 
 // repool pools an up server, then depools pooled-down servers (in host order, where
@@ -471,11 +497,17 @@ func (c *Coordinator) depool(s *server) {
 func (c *Coordinator) repool(s *server) {
 	if !s.pooled {
 		s.pooled = true
-		c.logf(slog.LevelInfo, "Repooling server %s", s.host)
+		if c.on(slog.LevelInfo) {
+			c.logf(slog.LevelInfo, "Repooling server %s", s.host)
+		}
 	} else if _, ok := c.pooledDown[s.host]; ok {
-		c.logf(slog.LevelInfo, "Leaving previously pooled but down server %s pooled", s.host)
+		if c.on(slog.LevelInfo) {
+			c.logf(slog.LevelInfo, "Leaving previously pooled but down server %s pooled", s.host)
+		}
 	} else {
-		c.logf(slog.LevelDebug, "Leaving previously pooled server %s pooled", s.host)
+		if c.on(slog.LevelDebug) {
+			c.logf(slog.LevelDebug, "Leaving previously pooled server %s pooled", s.host)
+		}
 	}
 	delete(c.pooledDown, s.host)
 	c.drain()
@@ -630,6 +662,9 @@ func (c *Coordinator) Snapshot() Snapshot {
 
 // why explains, for an SRE, why a server is not enabled/up/pooled.
 func (c *Coordinator) why(s *server) string {
+	if s.enabled && s.ready && s.up && s.pooled {
+		return "" // pooled and up: no failing monitor (up needs all up), not pooled down
+	}
 	var parts []string
 	if !s.enabled {
 		if s.reason != "" {
