@@ -15,6 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/kubal/kubal/config"
 )
@@ -58,6 +60,17 @@ func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3
 		PermitWithoutStream:  true,
 		// The client's own zap logs duplicate what the sources report through slog.
 		Logger: zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 120 s: after a long etcd outage the
+		// sources would stay blind long after etcd is back. Cap it at 2 s.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   2 * time.Second,
+			},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	}
 	if useTLS {
 		tc, err := tlsConfig(g)

@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/source"
 )
 
@@ -134,11 +135,7 @@ func newClient(tb testing.TB, ms ...*member) *clientv3.Client {
 	for _, m := range ms {
 		eps = append(eps, m.clientURL.Host)
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   eps,
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	cli, err := NewClient(config.Global{}, eps, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatalf("etcd client: %v", err)
 	}
