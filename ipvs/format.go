@@ -53,8 +53,10 @@ func destOpts(d Destination) string {
 }
 
 // AddServiceCommand and the functions below return the ipvsadm -R line of one operation.
-func AddServiceCommand(s Service) string    { return "-A " + serviceSpec(s.ServiceKey) + serviceOpts(s) }
-func UpdateServiceCommand(s Service) string { return "-E " + serviceSpec(s.ServiceKey) + serviceOpts(s) }
+func AddServiceCommand(s Service) string { return "-A " + serviceSpec(s.ServiceKey) + serviceOpts(s) }
+func UpdateServiceCommand(s Service) string {
+	return "-E " + serviceSpec(s.ServiceKey) + serviceOpts(s)
+}
 func DeleteServiceCommand(k ServiceKey) string {
 	return "-D " + serviceSpec(k)
 }

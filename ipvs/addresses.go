@@ -1,0 +1,272 @@
+package ipvs
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// VIP is a service address the director must hold so that it accepts the VIP's
+// traffic: Addr/32 (or /128) on Interface ("" = "lo", PyBal's setup; `vip-interface`).
+type VIP struct {
+	Addr      netip.Addr
+	Interface string
+}
+
+func (v VIP) iface() string { return cmp.Or(v.Interface, "lo") }
+
+func (v VIP) prefix() netip.Prefix { return netip.PrefixFrom(v.Addr, v.Addr.BitLen()) }
+
+// AddrBackend manages interface addresses: netlink in a network namespace, or the
+// in-memory FakeAddrs.
+type AddrBackend interface {
+	List(ctx context.Context, iface string) ([]netip.Prefix, error)
+	Add(ctx context.Context, iface string, p netip.Prefix) error
+	Delete(ctx context.Context, iface string, p netip.Prefix) error
+}
+
+// Addresses keeps the VIPs on the director, declaratively like the Reconciler: Set
+// the full list, Run converges (coalesced, full relist every ResyncPeriod, backoff on
+// errors). Only addresses that were desired in this process are ever removed; other
+// addresses on the interfaces are left alone.
+type Addresses struct {
+	MinInterval  time.Duration // default 100ms
+	ResyncPeriod time.Duration // default 5s
+	MaxBackoff   time.Duration // default 30s
+
+	b   AddrBackend
+	log *slog.Logger
+
+	mu      sync.Mutex
+	desired []VIP
+	kick    chan struct{}
+
+	owned map[VIP]bool // Run goroutine only
+}
+
+// NewAddressesWith returns an Addresses over any backend (FakeAddrs in tests and
+// dry runs).
+func NewAddressesWith(b AddrBackend, log *slog.Logger) *Addresses {
+	return &Addresses{
+		MinInterval:  100 * time.Millisecond,
+		ResyncPeriod: 5 * time.Second,
+		MaxBackoff:   30 * time.Second,
+		b:            b,
+		log:          log,
+		kick:         make(chan struct{}, 1),
+		owned:        map[VIP]bool{},
+	}
+}
+
+// Set replaces the desired VIPs. It never blocks.
+func (a *Addresses) Set(vips []VIP) {
+	a.mu.Lock()
+	a.desired = slices.Clone(vips)
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run converges until ctx is done; errors are logged and retried, never returned.
+func (a *Addresses) Run(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	deadline := time.Now()
+	var notBefore time.Time
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.kick:
+			at := later(notBefore, time.Now())
+			if at.Before(deadline) {
+				deadline = at
+				timer.Reset(time.Until(at))
+			}
+			continue
+		case <-timer.C:
+		}
+		err := a.pass(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		done := time.Now()
+		next := done.Add(a.ResyncPeriod)
+		notBefore = done.Add(a.MinInterval)
+		if err != nil {
+			failures++
+			next = done.Add(backoff(failures, a.MinInterval, a.MaxBackoff))
+			notBefore = next
+			a.log.Warn("vip addresses: reconcile failed; retrying", "retry_in", next.Sub(done).Round(time.Millisecond), "error", err)
+		} else {
+			failures = 0
+		}
+		deadline = next
+		timer.Reset(time.Until(next))
+	}
+}
+
+// Pass converges once, synchronously (Run calls it; handy in tests and at shutdown).
+func (a *Addresses) Pass(ctx context.Context) error { return a.pass(ctx) }
+
+func (a *Addresses) pass(ctx context.Context) error {
+	a.mu.Lock()
+	desired := a.desired
+	a.mu.Unlock()
+	want := map[VIP]bool{}
+	ifaces := map[string]bool{}
+	for _, v := range desired {
+		if !v.Addr.IsValid() {
+			continue
+		}
+		v.Interface = v.iface()
+		want[v] = true
+		ifaces[v.Interface] = true
+	}
+	for v := range a.owned {
+		ifaces[v.Interface] = true
+	}
+	var errs []error
+	for _, ifc := range slices.Sorted(func(yield func(string) bool) {
+		for k := range ifaces {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		have, err := a.b.List(ctx, ifc)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list addresses of %s: %w", ifc, err))
+			continue
+		}
+		present := map[netip.Prefix]bool{}
+		for _, p := range have {
+			present[p] = true
+		}
+		for v := range want {
+			if v.Interface != ifc {
+				continue
+			}
+			p := v.prefix()
+			if present[p] {
+				if !a.owned[v] {
+					a.log.Info("vip addresses: adopted", "address", p.String(), "interface", ifc)
+				}
+				a.owned[v] = true
+				continue
+			}
+			if a.owned[v] {
+				a.log.Warn("vip addresses drift: address removed outside kubal; restoring", "address", p.String(), "interface", ifc)
+			}
+			if err := a.b.Add(ctx, ifc, p); err != nil {
+				errs = append(errs, fmt.Errorf("add %s to %s: %w", p, ifc, err))
+				continue
+			}
+			a.owned[v] = true
+			a.log.Info("vip addresses: added", "address", p.String(), "interface", ifc)
+		}
+		for v := range a.owned {
+			if v.Interface != ifc || want[v] {
+				continue
+			}
+			p := v.prefix()
+			if present[p] {
+				if err := a.b.Delete(ctx, ifc, p); err != nil {
+					errs = append(errs, fmt.Errorf("delete %s from %s: %w", p, ifc, err))
+					continue
+				}
+				a.log.Info("vip addresses: removed", "address", p.String(), "interface", ifc)
+			}
+			delete(a.owned, v)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FakeAddrs is an in-memory AddrBackend. With a writer (NewDryRunAddrs) it also
+// prints the `ip address` command of every change.
+type FakeAddrs struct {
+	mu    sync.Mutex
+	addrs map[string][]netip.Prefix
+	w     io.Writer
+	fail  error
+}
+
+// NewFakeAddrs returns an empty in-memory address table.
+func NewFakeAddrs() *FakeAddrs { return &FakeAddrs{addrs: map[string][]netip.Prefix{}} }
+
+// NewDryRunAddrs returns an in-memory table that prints each change to w.
+func NewDryRunAddrs(w io.Writer) *FakeAddrs {
+	f := NewFakeAddrs()
+	f.w = w
+	return f
+}
+
+// SetFailure makes every call fail with err (nil: succeed again).
+func (f *FakeAddrs) SetFailure(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = err
+}
+
+// Get returns the addresses of iface.
+func (f *FakeAddrs) Get(iface string) []netip.Prefix {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.addrs[iface])
+}
+
+// List implements AddrBackend.
+func (f *FakeAddrs) List(ctx context.Context, iface string) ([]netip.Prefix, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return slices.Clone(f.addrs[iface]), nil
+}
+
+// Add implements AddrBackend.
+func (f *FakeAddrs) Add(ctx context.Context, iface string, p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
+	if slices.Contains(f.addrs[iface], p) {
+		return fmt.Errorf("address %s on %s: file exists", p, iface)
+	}
+	f.addrs[iface] = append(f.addrs[iface], p)
+	if f.w != nil {
+		fmt.Fprintf(f.w, "ip address add %s dev %s\n", p, iface)
+	}
+	return nil
+}
+
+// Delete implements AddrBackend.
+func (f *FakeAddrs) Delete(ctx context.Context, iface string, p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
+	i := slices.Index(f.addrs[iface], p)
+	if i < 0 {
+		return fmt.Errorf("address %s on %s: cannot assign requested address", p, iface)
+	}
+	f.addrs[iface] = slices.Delete(f.addrs[iface], i, i+1)
+	if f.w != nil {
+		fmt.Fprintf(f.w, "ip address del %s dev %s\n", p, iface)
+	}
+	return nil
+}

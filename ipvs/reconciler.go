@@ -1,0 +1,549 @@
+package ipvs
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reconciler converges a Backend to the desired pools. Set hands it the full desired
+// state (non-blocking, bursts coalesced); Run applies it: at most one pass per
+// MinInterval (the first one at once), a full dump of the backend every ResyncPeriod to
+// repair drift, exponential backoff after errors. Between full dumps it keeps the last
+// known kernel state and applies only the difference, so a single weight change costs a
+// single netlink operation.
+//
+// Ownership: only services whose key is desired are touched. A service that leaves the
+// desired set is deleted only if this Reconciler created or adopted it. At start the
+// services of the config found in the kernel are adopted as they are (no flush).
+type Reconciler struct {
+	// Tunables; change them before Run.
+	MinInterval  time.Duration    // at most one pass per MinInterval (default 100ms)
+	ResyncPeriod time.Duration    // full dump and drift repair (default 5s)
+	DrainPoll    time.Duration    // how often draining destinations are polled (default 1s)
+	MaxBackoff   time.Duration    // cap of the retry delay after errors (default 30s)
+	Now          func() time.Time // clock of the drain timeouts (default time.Now)
+
+	b   Backend
+	log *slog.Logger
+	m   *metrics
+
+	mu      sync.Mutex
+	desired []Pool
+	kick    chan struct{}
+
+	// Owned by the Run goroutine.
+	known    map[ServiceKey]*kernelService // last known backend state; nil = dump first
+	covered  map[ServiceKey]bool           // keys whose state the last dump looked at
+	owned    map[ServiceKey]bool           // created or adopted by this process
+	draining map[ServiceKey]map[destKey]time.Time
+}
+
+type destKey struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+type kernelService struct {
+	svc   Service
+	dests map[destKey]Destination
+}
+
+// NewReconciler returns a Reconciler for b. reg may be nil (no metrics).
+func NewReconciler(b Backend, log *slog.Logger, reg prometheus.Registerer) *Reconciler {
+	return &Reconciler{
+		MinInterval:  100 * time.Millisecond,
+		ResyncPeriod: 5 * time.Second,
+		DrainPoll:    time.Second,
+		MaxBackoff:   30 * time.Second,
+		Now:          time.Now,
+		b:            b,
+		log:          log,
+		m:            newMetrics(reg),
+		kick:         make(chan struct{}, 1),
+		owned:        map[ServiceKey]bool{},
+		draining:     map[ServiceKey]map[destKey]time.Time{},
+	}
+}
+
+// Set replaces the desired state: every configured service with the destinations it
+// should have. It never blocks; Run picks up the latest state.
+func (r *Reconciler) Set(pools []Pool) {
+	cp := make([]Pool, len(pools))
+	for i, p := range pools {
+		p.Service = cloneService(p.Service)
+		p.Destinations = slices.Clone(p.Destinations)
+		cp[i] = p
+	}
+	r.mu.Lock()
+	r.desired = cp
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles until ctx is done. Backend errors are logged, counted and retried
+// with backoff; they never end Run.
+func (r *Reconciler) Run(ctx context.Context) error {
+	timer := time.NewTimer(0) // the first pass at once
+	defer timer.Stop()
+	deadline := time.Now()
+	var notBefore, nextResync time.Time
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.kick:
+			// Coalesce: at most one pass per MinInterval (or per backoff step).
+			at := later(notBefore, time.Now())
+			if at.Before(deadline) {
+				deadline = at
+				timer.Reset(time.Until(at))
+			}
+			continue
+		case <-timer.C:
+		}
+		full := !time.Now().Before(nextResync)
+		err := r.pass(ctx, full)
+		if ctx.Err() != nil {
+			return nil
+		}
+		done := time.Now()
+		if err == nil && (full || r.known != nil && nextResync.IsZero()) {
+			nextResync = done.Add(r.ResyncPeriod)
+		}
+		next := nextResync
+		notBefore = done.Add(r.MinInterval)
+		if err != nil {
+			failures++
+			retry := done.Add(backoff(failures, r.MinInterval, r.MaxBackoff))
+			r.log.Warn("ipvs reconcile failed; retrying", "retry_in", retry.Sub(done).Round(time.Millisecond), "error", err)
+			notBefore = later(notBefore, retry)
+			next = retry
+		} else {
+			failures = 0
+		}
+		if len(r.draining) > 0 {
+			if d := done.Add(r.DrainPoll); d.Before(next) {
+				next = d
+			}
+		}
+		next = later(next, notBefore)
+		deadline = next
+		timer.Reset(time.Until(next))
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// backoff is the delay before retry n (1-based): base, 2*base, 4*base ... capped.
+func backoff(n int, base, limit time.Duration) time.Duration {
+	base = max(base, 10*time.Millisecond)
+	d := base
+	for i := 1; i < n && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+func (r *Reconciler) snapshot() []Pool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.desired
+}
+
+// pass runs one reconciliation. full forces a dump of the backend; without it the last
+// known state is used (and a dump happens only when that state is unknown or a desired
+// service was never looked at).
+func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
+	start := time.Now()
+	defer func() {
+		r.m.duration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			r.known = nil // converge from a fresh dump next time
+		}
+	}()
+	pools := r.snapshot()
+	desired := make(map[ServiceKey]Pool, len(pools))
+	keys := make([]ServiceKey, 0, len(pools))
+	for _, p := range pools {
+		k := p.Service.ServiceKey
+		if _, dup := desired[k]; dup {
+			r.log.Error("ipvs: service configured twice; using the last one", "service", k.String())
+		} else {
+			keys = append(keys, k)
+		}
+		desired[k] = p
+	}
+	if !full && r.known != nil {
+		for _, k := range keys {
+			if !r.covered[k] {
+				full = true
+				break
+			}
+		}
+	}
+	if full || r.known == nil {
+		if err := r.dump(ctx, desired); err != nil {
+			return err
+		}
+	} else if err := r.pollDraining(ctx); err != nil {
+		return err
+	}
+
+	var errs []error
+	for _, k := range keys {
+		if err := r.syncPool(ctx, desired[k]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Services kubal created or adopted that left the config.
+	for _, k := range sortedKeys(r.owned) {
+		if _, ok := desired[k]; ok {
+			continue
+		}
+		if _, ok := r.known[k]; ok {
+			if err := r.op(OpDeleteService, DeleteServiceCommand(k), func() error { return r.b.DeleteService(ctx, k) }); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			r.log.Info("ipvs: removed service no longer configured", "service", k.String())
+		}
+		delete(r.owned, k)
+		delete(r.known, k)
+		delete(r.covered, k)
+		delete(r.draining, k)
+	}
+	r.m.draining.Set(float64(r.drainingCount()))
+	return errors.Join(errs...)
+}
+
+// dump reads the services and, for the ones kubal cares about, their destinations. If
+// a previous state was known, every difference is drift (a change made outside kubal):
+// it is logged and counted, and the following sync repairs it.
+func (r *Reconciler) dump(ctx context.Context, desired map[ServiceKey]Pool) error {
+	svcs, err := r.b.Services(ctx)
+	if err != nil {
+		r.m.errors.WithLabelValues(OpDumpServices).Inc()
+		return fmt.Errorf("dump services: %w", err)
+	}
+	kernel := make(map[ServiceKey]*kernelService)
+	covered := make(map[ServiceKey]bool)
+	for k := range desired {
+		covered[k] = true
+	}
+	for k := range r.owned {
+		covered[k] = true
+	}
+	for _, s := range svcs {
+		k := s.ServiceKey
+		if !covered[k] {
+			continue // not ours: never read, never touched
+		}
+		ds, err := r.b.Destinations(ctx, k)
+		if err != nil {
+			r.m.errors.WithLabelValues(OpDumpDestinations).Inc()
+			return fmt.Errorf("dump destinations of %s: %w", k, err)
+		}
+		ks := &kernelService{svc: normalizeService(s), dests: make(map[destKey]Destination, len(ds))}
+		for _, d := range ds {
+			d = normalizeDestKeepConns(k, d)
+			ks.dests[keyOf(k, d)] = d
+		}
+		kernel[k] = ks
+	}
+	if r.known != nil {
+		r.reportDrift(kernel, covered)
+	}
+	for k := range desired {
+		if _, ok := kernel[k]; ok && !r.owned[k] {
+			r.owned[k] = true
+			r.log.Info("ipvs: adopted existing service", "service", k.String(), "destinations", len(kernel[k].dests))
+		}
+	}
+	r.known, r.covered = kernel, covered
+	return nil
+}
+
+func (r *Reconciler) reportDrift(kernel map[ServiceKey]*kernelService, covered map[ServiceKey]bool) {
+	drift := func(k ServiceKey, what string, args ...any) {
+		r.m.drift.Inc()
+		r.log.Warn("ipvs drift: "+what+"; repairing", append([]any{"service", k.String()}, args...)...)
+	}
+	for _, k := range sortedKeys(covered) {
+		was, wasOK := r.known[k]
+		is, isOK := kernel[k]
+		switch {
+		case !r.covered[k]:
+			continue // not looked at before: nothing to compare with
+		case wasOK && !isOK:
+			drift(k, "service removed outside kubal")
+			continue
+		case !wasOK && isOK:
+			drift(k, "service added outside kubal")
+			continue
+		case !wasOK && !isOK:
+			continue
+		}
+		if !sameService(was.svc, is.svc) {
+			drift(k, "service settings changed outside kubal", "was", AddServiceCommand(was.svc), "now", AddServiceCommand(is.svc))
+		}
+		for _, dk := range sortedDestKeys(was.dests) {
+			w := was.dests[dk]
+			n, ok := is.dests[dk]
+			switch {
+			case !ok:
+				drift(k, "destination removed outside kubal", "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String())
+			case n.Weight != w.Weight || n.Forwarding != w.Forwarding:
+				drift(k, "destination changed outside kubal", "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
+					"was", UpdateDestinationCommand(k, w), "now", UpdateDestinationCommand(k, n))
+			}
+		}
+		for _, dk := range sortedDestKeys(is.dests) {
+			if _, ok := was.dests[dk]; !ok {
+				drift(k, "destination added outside kubal", "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String())
+			}
+		}
+	}
+}
+
+// pollDraining refreshes the connection counters of services with draining destinations.
+func (r *Reconciler) pollDraining(ctx context.Context) error {
+	for _, k := range sortedKeys(r.draining) {
+		ks, ok := r.known[k]
+		if !ok {
+			continue
+		}
+		ds, err := r.b.Destinations(ctx, k)
+		if err != nil {
+			r.m.errors.WithLabelValues(OpDumpDestinations).Inc()
+			return fmt.Errorf("poll draining destinations of %s: %w", k, err)
+		}
+		seen := make(map[destKey]bool, len(ds))
+		for _, d := range ds {
+			d = normalizeDestKeepConns(k, d)
+			dk := keyOf(k, d)
+			seen[dk] = true
+			if cur, ok := ks.dests[dk]; ok {
+				cur.ActiveConns, cur.InactiveConns = d.ActiveConns, d.InactiveConns
+				ks.dests[dk] = cur
+			}
+		}
+		for dk := range r.draining[k] {
+			if !seen[dk] {
+				delete(ks.dests, dk) // gone already (by hand): nothing left to drain
+				delete(r.draining[k], dk)
+			}
+		}
+	}
+	return nil
+}
+
+// syncPool converges one desired service against the known state.
+func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
+	want := normalizeService(p.Service)
+	k := want.ServiceKey
+	cur, ok := r.known[k]
+	if !ok {
+		if err := r.op(OpAddService, AddServiceCommand(want), func() error { return r.b.AddService(ctx, want) }); err != nil {
+			return err
+		}
+		cur = &kernelService{svc: want, dests: map[destKey]Destination{}}
+		r.known[k] = cur
+		r.covered[k] = true
+	} else if !sameService(cur.svc, want) {
+		if err := r.op(OpUpdateService, UpdateServiceCommand(want), func() error { return r.b.UpdateService(ctx, want) }); err != nil {
+			return err
+		}
+		cur.svc = want
+	}
+	r.owned[k] = true
+
+	var errs []error
+	wantDests := make(map[destKey]bool, len(p.Destinations))
+	for _, d := range p.Destinations {
+		d = normalizeDest(k, d)
+		dk := keyOf(k, d)
+		if wantDests[dk] {
+			continue // listed twice: the first one wins
+		}
+		wantDests[dk] = true
+		if dr := r.draining[k]; dr != nil {
+			delete(dr, dk) // desired again: no longer draining
+		}
+		have, ok := cur.dests[dk]
+		switch {
+		case !ok:
+			if err := r.op(OpAddDestination, AddDestinationCommand(k, d), func() error { return r.b.AddDestination(ctx, k, d) }); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			cur.dests[dk] = d
+		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
+			if err := r.op(OpUpdateDestination, UpdateDestinationCommand(k, d), func() error { return r.b.UpdateDestination(ctx, k, d) }); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
+			cur.dests[dk] = d
+		}
+	}
+	for _, dk := range sortedDestKeys(cur.dests) {
+		if wantDests[dk] {
+			continue
+		}
+		have := cur.dests[dk]
+		if p.KeepExtra {
+			continue // hitless restart: keep until the monitors have spoken
+		}
+		if p.Drain && k.Protocol == TCP {
+			done, err := r.drain(ctx, p, cur, dk, have)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if !done {
+				continue
+			}
+		}
+		if err := r.op(OpDeleteDestination, DeleteDestinationCommand(k, have), func() error { return r.b.DeleteDestination(ctx, k, have) }); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(cur.dests, dk)
+		if dr := r.draining[k]; dr != nil {
+			delete(dr, dk)
+			if len(dr) == 0 {
+				delete(r.draining, k)
+			}
+		}
+	}
+	if dr := r.draining[k]; dr != nil && len(dr) == 0 {
+		delete(r.draining, k)
+	}
+	return errors.Join(errs...)
+}
+
+// drain moves a removed destination to weight 0 and reports whether it may be deleted
+// now: no active or inactive connections left, or DrainTimeout (if > 0) elapsed.
+func (r *Reconciler) drain(ctx context.Context, p Pool, cur *kernelService, dk destKey, have Destination) (bool, error) {
+	k := cur.svc.ServiceKey
+	dr := r.draining[k]
+	if dr == nil {
+		dr = map[destKey]time.Time{}
+		r.draining[k] = dr
+	}
+	now := r.Now()
+	since, ok := dr[dk]
+	if !ok {
+		since = now
+		dr[dk] = now
+	}
+	if have.Weight != 0 {
+		zero := have
+		zero.Weight = 0
+		if err := r.op(OpUpdateDestination, UpdateDestinationCommand(k, zero), func() error { return r.b.UpdateDestination(ctx, k, zero) }); err != nil {
+			return false, err
+		}
+		cur.dests[dk] = zero
+		r.log.Info("ipvs: draining destination", "service", k.String(), "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
+			"active", have.ActiveConns, "inactive", have.InactiveConns)
+		return false, nil // counters are re-read on the next poll
+	}
+	if have.ActiveConns+have.InactiveConns == 0 {
+		r.log.Info("ipvs: drained destination idle; removing", "service", k.String(), "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
+			"drained_for", now.Sub(since).Round(time.Millisecond))
+		return true, nil
+	}
+	if p.DrainTimeout > 0 && now.Sub(since) >= p.DrainTimeout {
+		r.log.Info("ipvs: drain timeout; removing busy destination", "service", k.String(), "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
+			"active", have.ActiveConns, "inactive", have.InactiveConns)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (r *Reconciler) op(kind, line string, fn func() error) error {
+	r.m.ops.WithLabelValues(kind).Inc()
+	if err := fn(); err != nil {
+		r.m.errors.WithLabelValues(kind).Inc()
+		return fmt.Errorf("ipvs %s (%s): %w", kind, line, err)
+	}
+	r.log.Debug("ipvs op", "op", line)
+	return nil
+}
+
+func (r *Reconciler) drainingCount() int {
+	n := 0
+	for _, dr := range r.draining {
+		n += len(dr)
+	}
+	return n
+}
+
+// normalizeService is a service as the kernel reports it back.
+func normalizeService(s Service) Service {
+	s = cloneService(s)
+	if s.Scheduler == "" {
+		s.Scheduler = "wlc" // the kernel's (and ipvsadm's) default
+	}
+	s.Flags = canonicalFlags(s.Flags)
+	return s
+}
+
+func sameService(a, b Service) bool {
+	return a.ServiceKey == b.ServiceKey && a.Scheduler == b.Scheduler && a.OPS == b.OPS &&
+		slices.Equal(canonicalFlags(a.Flags), canonicalFlags(b.Flags))
+}
+
+func normalizeDestKeepConns(k ServiceKey, d Destination) Destination {
+	a, i := d.ActiveConns, d.InactiveConns
+	d = normalizeDest(k, d)
+	d.ActiveConns, d.InactiveConns = a, i
+	return d
+}
+
+func keyOf(k ServiceKey, d Destination) destKey {
+	p := d.Port
+	if p == 0 {
+		p = k.Port
+	}
+	return destKey{Addr: d.Addr, Port: p}
+}
+
+func compareKeys(a, b ServiceKey) int {
+	return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+}
+
+func sortedKeys[V any](m map[ServiceKey]V) []ServiceKey {
+	ks := make([]ServiceKey, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, compareKeys)
+	return ks
+}
+
+func sortedDestKeys(m map[destKey]Destination) []destKey {
+	ks := make([]destKey, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, func(a, b destKey) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
+	return ks
+}
