@@ -36,6 +36,25 @@ type server struct {
 // Coordinator is PyBal's Coordinator for one service (SPEC §4): a pure state machine
 // that does no I/O, starts no goroutine and reads no clock. It is not safe for
 // concurrent use: the service's goroutine owns it and reads its state through Snapshot.
+//
+// Semantics kept from PyBal master: new servers are pooled before any health check;
+// all monitors are ANDed; one result flips state; a depool happens only while
+// count(up && enabled) >= len(servers) x threshold (all known servers, disabled and
+// unresolved included), otherwise the server stays pooled in the pooled-down set;
+// a repool drains that set while the threshold allows; the first-check repool; after
+// every update (once its new servers have resolved or failed) enabled and ready servers
+// are force-pooled up to the threshold; admin disable and removal bypass the threshold.
+//
+// Deliberate differences (PyBal bugs, SPEC §14):
+//   - #5: re-enabling a server pools it iff all its monitors are up (PyBal master
+//     asserted and half-applied the update), and a service without monitors keeps its
+//     servers up and pooled while enabled.
+//   - #11: a removed server leaves the pooled-down set; so does a disabled one (PyBal
+//     kept it, and a later drain tripped depool's assert).
+//   - #10: resolution failures are not final: the caller retries, Resolved pools later.
+//   - The pooled-down set drains in host order (PyBal: set.pop, arbitrary).
+//   - Reconfigure (a reload; PyBal had none) also drains and re-ensures the threshold.
+//   - Results for servers without an address are ignored: PyBal ran no monitor then.
 type Coordinator struct {
 	name       string
 	threshold  float64
