@@ -33,6 +33,21 @@ const DefaultPrefix = "/conftool/v1/pools"
 // endpoint that is not loopback. The client connects lazily: an etcd that is down at
 // start is not an error here (sources report it and retry).
 func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3.Client, error) {
+	cfg, err := clientConfig(g, endpoints, log)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("conftool: etcd client for %v: %w", cfg.Endpoints, err)
+	}
+	return cli, nil
+}
+
+func clientConfig(g config.Global, endpoints []string, log *slog.Logger) (clientv3.Config, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	eps := endpoints
 	what := "etcd:// URL"
 	if len(eps) == 0 {
@@ -40,14 +55,14 @@ func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3
 		what = "[global] etcd-endpoints"
 	}
 	if len(eps) == 0 {
-		return nil, errors.New("conftool: no etcd endpoints: set [global] etcd-endpoints or use an etcd://host[:port]/... URL")
+		return clientv3.Config{}, errors.New("conftool: no etcd endpoints: set [global] etcd-endpoints or use an etcd://host[:port]/... URL")
 	}
 	useTLS := g.EtcdCA != "" || g.EtcdCert != "" || g.EtcdKey != ""
 	hostports := make([]string, 0, len(eps))
 	for _, ep := range eps {
 		hp, https, err := splitEndpoint(ep)
 		if err != nil {
-			return nil, fmt.Errorf("conftool: %s: %w", what, err)
+			return clientv3.Config{}, fmt.Errorf("conftool: %s: %w", what, err)
 		}
 		useTLS = useTLS || https
 		hostports = append(hostports, hp)
@@ -75,7 +90,7 @@ func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3
 	if useTLS {
 		tc, err := tlsConfig(g)
 		if err != nil {
-			return nil, err
+			return clientv3.Config{}, err
 		}
 		cfg.TLS = tc
 	} else {
@@ -86,11 +101,7 @@ func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3
 			}
 		}
 	}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("conftool: etcd client for %v: %w", hostports, err)
-	}
-	return cli, nil
+	return cfg, nil
 }
 
 // splitEndpoint turns "host", "host:port", "http://host:port" or "https://host:port"

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -29,6 +30,7 @@ type member struct {
 	peerURL   url.URL
 	cluster   string // initial-cluster
 	noFsync   bool
+	tls       *transport.TLSInfo // client TLS (the client URL must be https)
 	e         *embed.Etcd
 }
 
@@ -81,6 +83,9 @@ func (m *member) start(tb testing.TB) {
 	cfg.TickMs = 50
 	cfg.ElectionMs = 500
 	cfg.UnsafeNoFsync = m.noFsync
+	if m.tls != nil {
+		cfg.ClientTLSInfo = *m.tls
+	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	var err error
 	m.e, err = embed.StartEtcd(cfg)
