@@ -92,13 +92,13 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 	return c, nil
 }
 
-func (m *metrics) setSession(peer netip.Addr, in sessionInfo) {
+// setSession updates what is known of the session with peer and re-renders the
+// session gauges.
+func (m *metrics) setSession(peer netip.Addr, update func(*sessionInfo)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	old, ok := m.sessions[peer]
-	if ok && !in.local.IsValid() && in.state == old.state {
-		in.local, in.remotePort = old.local, old.remotePort // a poll knows no transport
-	}
+	in := m.sessions[peer]
+	update(&in)
 	m.sessions[peer] = in
 	est := 0.0
 	if in.state == bgp.BGP_FSM_ESTABLISHED {
@@ -143,7 +143,15 @@ func (s *Speaker) onPeerEvent(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Ti
 	s.m.mu.Lock()
 	old := s.m.sessions[peer].state
 	s.m.mu.Unlock()
-	s.m.setSession(peer, sessionInfo{state: st.SessionState, local: ev.Peer.Transport.LocalAddress.Unmap(), remotePort: ev.Peer.Transport.RemotePort})
+	s.m.setSession(peer, func(si *sessionInfo) {
+		si.state, si.remotePort = st.SessionState, ev.Peer.Transport.RemotePort
+	})
+	if st.SessionState == bgp.BGP_FSM_ESTABLISHED {
+		select { // the local address is only in ListPeer: poll now
+		case s.pollNow <- struct{}{}:
+		default:
+		}
+	}
 	switch {
 	case st.SessionState == bgp.BGP_FSM_ESTABLISHED && old != bgp.BGP_FSM_ESTABLISHED:
 		s.log.Info("bgp: session established", "peer", peer, "peer_asn", st.PeerASN, "local", ev.Peer.Transport.LocalAddress)
@@ -156,6 +164,7 @@ func (s *Speaker) onPeerEvent(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Ti
 func (s *Speaker) poll(ctx context.Context, srv *server.BgpServer) {
 	type row struct {
 		peer  netip.Addr
+		local netip.Addr
 		state bgp.FSMState
 		bfdUp bool
 	}
@@ -172,8 +181,10 @@ func (s *Speaker) poll(ctx context.Context, srv *server.BgpServer) {
 		if st == api.PeerState_SESSION_STATE_UNSPECIFIED {
 			st = api.PeerState_SESSION_STATE_IDLE
 		}
+		local, _ := netip.ParseAddr(p.GetTransport().GetLocalAddress())
 		rows = append(rows, row{
 			peer:  addr.Unmap(),
+			local: local.Unmap(),
 			state: bgp.FSMState(st - api.PeerState_SESSION_STATE_IDLE),
 			bfdUp: p.GetState().GetBfdState().GetSessionState() == api.BfdSessionState_BFD_SESSION_STATE_UP,
 		})
@@ -183,7 +194,12 @@ func (s *Speaker) poll(ctx context.Context, srv *server.BgpServer) {
 		return
 	}
 	for _, r := range rows {
-		s.m.setSession(r.peer, sessionInfo{state: r.state})
+		s.m.setSession(r.peer, func(si *sessionInfo) {
+			si.state = r.state
+			if r.local.IsValid() && !r.local.IsUnspecified() {
+				si.local = r.local
+			}
+		})
 		v := 0.0
 		if r.bfdUp && s.g.BGPBFD {
 			v = 1

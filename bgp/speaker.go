@@ -50,6 +50,7 @@ type Speaker struct {
 	closing bool              // Shutdown began: Set is ignored, nothing is (re)advertised
 	srv     *server.BgpServer // set once Run started GoBGP
 	kick    chan struct{}     // cap 1: a new desired set is waiting
+	pollNow chan struct{}     // cap 1: a session came up, read peer state now
 	invalid map[netip.Prefix]string
 
 	// applyMu is held by the reconciler while it talks to GoBGP, so that Shutdown's
@@ -77,6 +78,7 @@ func New(g config.Global, log *slog.Logger, reg prometheus.Registerer) (*Speaker
 		advertised:   map[netip.Prefix]Announcement{},
 		invalid:      map[netip.Prefix]string{},
 		kick:         make(chan struct{}, 1),
+		pollNow:      make(chan struct{}, 1),
 		shutdownDone: make(chan struct{}),
 		hold:         defaultHoldTime,
 	}
@@ -93,7 +95,7 @@ func New(g config.Global, log *slog.Logger, reg prometheus.Registerer) (*Speaker
 	if g.BGP {
 		s.m.enabled.Set(1)
 		for _, p := range s.peers {
-			s.m.setSession(p, sessionInfo{state: bgp.BGP_FSM_IDLE})
+			s.m.setSession(p, func(si *sessionInfo) { si.state = bgp.BGP_FSM_IDLE })
 		}
 	} else {
 		s.m.enabled.Set(0)
@@ -308,6 +310,8 @@ func (s *Speaker) Run(ctx context.Context) error {
 			reconcileNow = true
 		case <-tick.C:
 			s.poll(ctx, srv)
+		case <-s.pollNow:
+			s.poll(ctx, srv)
 		}
 	}
 }
@@ -333,7 +337,13 @@ func (s *Speaker) start(ctx context.Context) *server.BgpServer {
 }
 
 func (s *Speaker) startOnce(ctx context.Context) (*server.BgpServer, error) {
-	srv := server.NewBgpServer(server.LoggerOption(s.log.With("component", "gobgp"), nil))
+	// GoBGP logs every FSM step at info; keep its warnings, or everything when debugging.
+	lvl := slog.LevelWarn
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		lvl = slog.LevelDebug
+	}
+	glog := slog.New(minLevel{s.log.Handler(), lvl}).With("component", "gobgp")
+	srv := server.NewBgpServer(server.LoggerOption(glog, nil))
 	go srv.Serve()
 	port := int32(s.g.BGPLocalPort)
 	if port == 0 {
@@ -633,9 +643,24 @@ func (s *Speaker) stop(srv *server.BgpServer, graceful bool) error {
 	clear(s.advertised)
 	s.m.announced.Set(0)
 	for _, p := range s.peers {
-		s.m.setSession(p, sessionInfo{state: bgp.BGP_FSM_IDLE})
+		s.m.setSession(p, func(si *sessionInfo) { si.state = bgp.BGP_FSM_IDLE })
 		s.m.bfdUp.WithLabelValues(p.String()).Set(0)
 	}
 	s.log.Info("bgp: speaker stopped", "withdrawn", !graceful)
 	return errors.Join(errs...)
 }
+
+// minLevel drops records below min before they reach the daemon's handler.
+type minLevel struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
+func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{m.h.WithAttrs(as), m.min}
+}
+func (m minLevel) WithGroup(name string) slog.Handler { return minLevel{m.h.WithGroup(name), m.min} }

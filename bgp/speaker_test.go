@@ -214,8 +214,9 @@ func TestMetricsReRegister(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2.m.setSession(netip.MustParseAddr("10.0.0.2"), sessionInfo{state: bgp.BGP_FSM_ESTABLISHED,
-		local: netip.MustParseAddr("10.0.0.1"), remotePort: 179})
+	s2.m.setSession(netip.MustParseAddr("10.0.0.2"), func(si *sessionInfo) {
+		*si = sessionInfo{state: bgp.BGP_FSM_ESTABLISHED, local: netip.MustParseAddr("10.0.0.1"), remotePort: 179}
+	})
 	got := gathered(t, reg, "pybal_bgp_session_established", "pybal_bgp_session_state_count")
 	want := []string{
 		`pybal_bgp_session_established{local_asn="64512",peer="10.0.0.2"} 1`,

@@ -1,0 +1,468 @@
+package bgpit
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubal/kubal/bgp"
+	"github.com/kubal/kubal/config"
+)
+
+const (
+	localASN  = 4200000001 // 4-byte, which PyBal could not do
+	routerASN = 65000
+)
+
+func service(name, ip string, mut ...func(*config.Service)) *config.Service {
+	s := &config.Service{Name: name, IP: netip.MustParseAddr(ip), BGP: true, Protocol: "tcp", Port: 80}
+	for _, m := range mut {
+		m(s)
+	}
+	return s
+}
+
+func sortedFields(s string) string {
+	f := strings.Fields(s)
+	slices.Sort(f)
+	return strings.Join(f, " ")
+}
+
+// BIRD shows every bgp-enabled VIP with the configured next hop, AS path, MED and
+// communities (IPv4 and IPv6 over one IPv4 session); bgp = no is not announced.
+func TestBIRDSeesAttributes(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6})
+	med30, med8 := uint32(30), uint32(8)
+	cfg := &config.Config{Global: globalFor(localASN, r)}
+	cfg.Global.BGPMED = 5
+	cfg.Global.BGPASPath = []uint32{localASN, 64600}
+	cfg.Global.BGPCommunities = []string{"65000:1"}
+	cfg.Services = []*config.Service{
+		service("text-http", "192.0.2.10", func(s *config.Service) {
+			s.BGPMED = &med30
+			s.BGPCommunities = []string{"64512:80"}
+		}),
+		service("text-https", "192.0.2.10", func(s *config.Service) { s.BGPCommunities = []string{"64512:443"} }),
+		service("upload", "192.0.2.11", func(s *config.Service) { s.BGP = false }),
+		service("text-v6", "2001:db8::10"),
+		service("upload-v6", "2001:db8::11", func(s *config.Service) {
+			s.BGPMED = &med8
+			s.BGPCommunities = []string{"64512:6"}
+		}),
+	}
+	s, reg := runSpeaker(t, cfg.Global)
+	s.Set(bgp.Desired(cfg, nil))
+
+	for _, p := range []string{"192.0.2.10", "2001:db8::10", "2001:db8::11"} {
+		r.mustHave(pfx(p), 10*time.Second)
+	}
+	got := r.routes()
+	want := map[netip.Prefix]birdRoute{
+		pfx("192.0.2.10"): {Proto: "kubal", Origin: "IGP", NextHop: "10.0.0.1", ASPath: "4200000001 64600",
+			MED: "30", Communities: "(64512,443) (64512,80) (65000,1)"},
+		pfx("2001:db8::10"): {Proto: "kubal", Origin: "IGP", NextHop: "fd00::1", ASPath: "4200000001 64600",
+			MED: "5", Communities: "(65000,1)"},
+		pfx("2001:db8::11"): {Proto: "kubal", Origin: "IGP", NextHop: "fd00::1", ASPath: "4200000001 64600",
+			MED: "8", Communities: "(64512,6) (65000,1)"},
+	}
+	for p := range got {
+		rt := got[p]
+		rt.Communities = sortedFields(rt.Communities)
+		got[p] = rt
+	}
+	if len(got) != len(want) {
+		t.Errorf("BIRD has %d routes, want %d: %+v", len(got), len(want), got)
+	}
+	for p, w := range want {
+		if got[p] != w {
+			t.Errorf("%s at BIRD:\n got %+v\nwant %+v", p, got[p], w)
+		}
+	}
+	if _, ok := got[pfx("192.0.2.11")]; ok {
+		t.Error("bgp = no service 192.0.2.11 was announced")
+	}
+
+	// Metrics say the same.
+	wantMetrics := []string{
+		fmt.Sprintf(`pybal_bgp_session_established{local_asn="%d",peer="%s"} 1`, uint32(localASN), r.addr),
+	}
+	waitMetrics(t, reg, wantMetrics, "pybal_bgp_session_established")
+	waitMetrics(t, reg, []string{"kubal_bgp_announced_prefixes{} 3"}, "kubal_bgp_announced_prefixes")
+	waitMetrics(t, reg, []string{"pybal_bgp_enabled{} 1"}, "pybal_bgp_enabled")
+	// BIRD (connect delay 1 s) usually connects first, so this side is passive.
+	var states []string
+	if _, ok := waitFor(5*time.Second, func() bool {
+		states = gathered(t, reg, "pybal_bgp_session_state_count")
+		return len(states) == 1 && strings.Contains(states[0], `state="ESTABLISHED"`) &&
+			strings.Contains(states[0], `local_ip="10.0.0.1"`) && strings.Contains(states[0], `remote_ip="`+r.addr.String()+`"`)
+	}); !ok {
+		t.Errorf("pybal_bgp_session_state_count = %q", states)
+	}
+}
+
+// bgp-withdraw-when-empty: the last depool withdraws the VIP, a repool re-announces
+// it; a VIP shared by two services stays while either has a pooled server.
+func TestWithdrawWhenEmpty(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6})
+	we := func(s *config.Service) { s.BGPWithdrawWhenEmpty = true }
+	cfg := &config.Config{Global: globalFor(localASN, r), Services: []*config.Service{
+		service("web-http", "192.0.2.20", we),
+		service("web-https", "192.0.2.20", we),
+		service("api", "192.0.2.21", we),
+		service("static", "192.0.2.22"), // PyBal default: always announced
+	}}
+	s, _ := runSpeaker(t, cfg.Global)
+	vip, api, static := pfx("192.0.2.20"), pfx("192.0.2.21"), pfx("192.0.2.22")
+
+	pooled := map[string]int{"web-http": 2, "web-https": 1, "api": 3, "static": 0}
+	s.Set(bgp.Desired(cfg, pooled))
+	for _, p := range []netip.Prefix{vip, api, static} {
+		r.mustHave(p, 10*time.Second)
+	}
+
+	pooled["web-http"] = 0 // one of two services on the VIP empties: still announced
+	s.Set(bgp.Desired(cfg, pooled))
+	time.Sleep(300 * time.Millisecond)
+	if !r.has(vip) {
+		t.Fatal("shared VIP withdrawn while web-https still has a pooled server")
+	}
+
+	pooled["web-https"] = 0 // last depool
+	s.Set(bgp.Desired(cfg, pooled))
+	d := r.mustNotHave(vip, 2*time.Second)
+	t.Logf("withdrawn at BIRD %s after the last depool", d)
+	if !r.has(api) || !r.has(static) {
+		t.Fatal("withdrawing one VIP touched the others")
+	}
+
+	pooled["web-https"] = 1 // repool
+	s.Set(bgp.Desired(cfg, pooled))
+	d = r.mustHave(vip, 2*time.Second)
+	t.Logf("re-announced at BIRD %s after the repool", d)
+
+	pooled["static"] = 0
+	pooled["api"] = 0
+	s.Set(bgp.Desired(cfg, pooled))
+	r.mustNotHave(api, 2*time.Second)
+	if !r.has(static) {
+		t.Fatal("a service without bgp-withdraw-when-empty was withdrawn")
+	}
+}
+
+// The speaker in its own process: SIGTERM withdraws at once (Shutdown: withdraw, Cease).
+func TestSIGTERMWithdrawsWithin1s(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6})
+	vip := pfx("192.0.2.30")
+	p := startSpeakerd(t, globalFor(localASN, r), vip)
+	r.mustHave(vip, 10*time.Second)
+
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	d := r.mustNotHave(vip, time.Second)
+	t.Logf("SIGTERM -> route gone at BIRD: %s", time.Since(start).Round(time.Microsecond))
+	if err := p.wait(3 * time.Second); err != nil {
+		t.Fatalf("speakerd after SIGTERM: %v\n%s", err, p.log())
+	}
+	if d > time.Second {
+		t.Fatalf("withdraw took %s", d)
+	}
+	if st := r.protoState(); !strings.Contains(st, "Administrative shutdown") {
+		t.Errorf("BIRD did not receive a Cease (administrative shutdown):\n%s", st)
+	}
+}
+
+// kill -9 of a host that vanishes (its egress blackholed, so not even the kernel's
+// FIN gets out): with BFD 300 ms x 3 the route is gone within 1.5 s.
+func TestKill9WithBFD(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, BFD: true})
+	g := globalFor(localASN, r)
+	g.BGPBFD, g.BGPBFDMinRx, g.BGPBFDMinTx, g.BGPBFDMultiplier = true, 300*time.Millisecond, 300*time.Millisecond, 3
+	vip := pfx("192.0.2.40")
+	p := startSpeakerd(t, g, vip)
+	r.mustHave(vip, 10*time.Second)
+	if _, ok := waitFor(10*time.Second, func() bool { return r.bfdUp() }); !ok {
+		t.Fatalf("BFD session never came up at BIRD\n%s", r.debug())
+	}
+
+	d := p.vanish(t, r)
+	gone, ok := waitFor(3*time.Second, func() bool { return !r.has(vip) })
+	if !ok {
+		t.Fatalf("route still at BIRD 3 s after kill -9 with BFD\n%s", r.debug())
+	}
+	t.Logf("kill -9 (BFD 300ms x3) -> route gone at BIRD: %s", (gone + d).Round(time.Millisecond))
+	if gone+d > 1500*time.Millisecond {
+		t.Fatalf("BFD failover took %s, want < 1.5 s", gone+d)
+	}
+	if st := r.protoState(); !strings.Contains(st, "BFD session down") {
+		t.Errorf("BIRD did not drop the session for BFD:\n%s", st)
+	}
+}
+
+// Without BFD the same failure leaves the route in place until the hold time.
+func TestKill9WithoutBFDWaitsForHoldTime(t *testing.T) {
+	const hold = 6 * time.Second
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: int(hold / time.Second)})
+	vip := pfx("192.0.2.41")
+	p := startSpeakerd(t, globalFor(localASN, r), vip)
+	r.mustHave(vip, 10*time.Second)
+
+	killed := time.Now()
+	p.vanish(t, r)
+	time.Sleep(2*time.Second - time.Since(killed))
+	if !r.has(vip) {
+		t.Fatalf("route gone within 2 s of kill -9 without BFD: the failure was not silent\n%s", r.debug())
+	}
+	if _, ok := waitFor(hold+2*time.Second-time.Since(killed), func() bool { return !r.has(vip) }); !ok {
+		t.Fatalf("route still at BIRD %s after kill -9 (hold time %s)\n%s", time.Since(killed), hold, r.debug())
+	}
+	t.Logf("kill -9 (no BFD, hold %s) -> route gone at BIRD: %s", hold, time.Since(killed).Round(time.Millisecond))
+	if st := r.protoState(); !strings.Contains(st, "Hold timer expired") {
+		t.Errorf("BIRD did not drop the session on the hold timer:\n%s", st)
+	}
+}
+
+// The router restarts: the session comes back and the routes are re-announced.
+func TestPeerRestartReconnects(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6})
+	g := globalFor(localASN, r)
+	s, reg := runSpeaker(t, g)
+	vips := []netip.Prefix{pfx("192.0.2.50"), pfx("2001:db8::50")}
+	s.Set([]bgp.Announcement{
+		{Prefix: vips[0], NextHop: speakerAddr, ASPath: []uint32{localASN}},
+		{Prefix: vips[1], NextHop: speakerNH6, ASPath: []uint32{localASN}},
+	})
+	for _, v := range vips {
+		r.mustHave(v, 10*time.Second)
+	}
+	established := fmt.Sprintf(`pybal_bgp_session_established{local_asn="%d",peer="%s"} `, uint32(localASN), r.addr)
+	waitMetrics(t, reg, []string{established + "1"}, "pybal_bgp_session_established")
+
+	r.stop()
+	waitMetrics(t, reg, []string{established + "0"}, "pybal_bgp_session_established")
+	start := time.Now()
+	r.start()
+	for _, v := range vips {
+		r.mustHave(v, 20*time.Second)
+	}
+	t.Logf("BIRD restart -> routes back after %s", time.Since(start).Round(time.Millisecond))
+	waitMetrics(t, reg, []string{established + "1"}, "pybal_bgp_session_established")
+}
+
+// Two routers: both get every route and every withdraw; one router going away does
+// not disturb the other session.
+func TestTwoPeers(t *testing.T) {
+	r1 := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6})
+	r2 := newRouter(t, birdConf{ASN: routerASN + 1, SpeakerASN: localASN, HoldTime: 6})
+	cfg := &config.Config{Global: globalFor(localASN, r1, r2), Services: []*config.Service{
+		service("a", "192.0.2.60", func(s *config.Service) { s.BGPWithdrawWhenEmpty = true }),
+		service("b", "192.0.2.61"),
+		service("c", "2001:db8::61"),
+	}}
+	s, reg := runSpeaker(t, cfg.Global)
+	s.Set(bgp.Desired(cfg, map[string]int{"a": 1}))
+	for _, r := range []*router{r1, r2} {
+		for _, p := range []string{"192.0.2.60", "192.0.2.61", "2001:db8::61"} {
+			r.mustHave(pfx(p), 10*time.Second)
+		}
+	}
+	s.Set(bgp.Desired(cfg, map[string]int{"a": 0}))
+	r1.mustNotHave(pfx("192.0.2.60"), 2*time.Second)
+	r2.mustNotHave(pfx("192.0.2.60"), 2*time.Second)
+
+	r1.stop()
+	s.Set(bgp.Desired(cfg, map[string]int{"a": 1}))
+	r2.mustHave(pfx("192.0.2.60"), 2*time.Second)
+	waitMetrics(t, reg, []string{
+		fmt.Sprintf(`pybal_bgp_session_established{local_asn="%d",peer="%s"} 0`, uint32(localASN), r1.addr),
+		fmt.Sprintf(`pybal_bgp_session_established{local_asn="%d",peer="%s"} 1`, uint32(localASN), r2.addr),
+	}, "pybal_bgp_session_established")
+}
+
+// BFD state is exported per peer.
+func TestBFDMetric(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, BFD: true})
+	g := globalFor(localASN, r)
+	g.BGPBFD = true // default intervals: 300 ms x 3
+	_, reg := runSpeaker(t, g)
+	waitMetrics(t, reg, []string{fmt.Sprintf(`kubal_bgp_bfd_up{peer="%s"} 1`, r.addr)}, "kubal_bgp_bfd_up")
+	r.stop()
+	waitMetrics(t, reg, []string{fmt.Sprintf(`kubal_bgp_bfd_up{peer="%s"} 0`, r.addr)}, "kubal_bgp_bfd_up")
+}
+
+func (r *router) bfdUp() bool {
+	lines, err := r.client().Cmd("show bfd sessions")
+	if err != nil {
+		return false
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) >= 3 && f[0] == speakerAddr.String() && f[2] == "Up" {
+			return true
+		}
+	}
+	return false
+}
+
+func waitMetrics(t *testing.T, reg *prometheus.Registry, want []string, names ...string) {
+	t.Helper()
+	var got []string
+	if _, ok := waitFor(10*time.Second, func() bool {
+		got = gathered(t, reg, names...)
+		for _, w := range want {
+			if !slices.Contains(got, w) {
+				return false
+			}
+		}
+		return true
+	}); !ok {
+		t.Fatalf("metrics:\n got %q\nwant %q", got, want)
+	}
+}
+
+// gathered renders the named metric families as sorted "name{labels} value" lines.
+func gathered(t *testing.T, reg *prometheus.Registry, names ...string) []string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		if !slices.Contains(names, mf.GetName()) {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			out = append(out, fmt.Sprintf("%s{%s} %v", mf.GetName(), strings.Join(ls, ","), m.GetGauge().GetValue()))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// speakerdBinary builds ./speakerd once per test process.
+func speakerdBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kbgp-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "speakerd")
+		out, err := exec.Command("go", "build", "-o", buildBin, "./speakerd").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./speakerd: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildBin
+}
+
+type speakerProc struct {
+	cmd     *exec.Cmd
+	dir     string
+	done    chan struct{}
+	waitErr error
+}
+
+// startSpeakerd runs the speaker in its own process, announcing vips.
+func startSpeakerd(t *testing.T, g config.Global, vips ...netip.Prefix) *speakerProc {
+	t.Helper()
+	bin := speakerdBinary(t)
+	dir := t.TempDir()
+	var anns []bgp.Announcement
+	for _, v := range vips {
+		nh := speakerAddr
+		if v.Addr().Is6() {
+			nh = speakerNH6
+		}
+		anns = append(anns, bgp.Announcement{Prefix: v, NextHop: nh, ASPath: []uint32{g.BGPLocalASN}})
+	}
+	writeJSON(t, filepath.Join(dir, "global.json"), g)
+	writeJSON(t, filepath.Join(dir, "announce.json"), anns)
+	logf, err := os.Create(filepath.Join(dir, "speakerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-global", filepath.Join(dir, "global.json"), "-announce", filepath.Join(dir, "announce.json"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &speakerProc{cmd: cmd, dir: dir, done: make(chan struct{})}
+	go func() { p.waitErr = cmd.Wait(); logf.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("speakerd log:\n%s", p.log())
+		}
+	})
+	return p
+}
+
+func (p *speakerProc) wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.waitErr
+	case <-time.After(timeout):
+		return fmt.Errorf("still running after %s", timeout)
+	}
+}
+
+func (p *speakerProc) log() string {
+	b, _ := os.ReadFile(filepath.Join(p.dir, "speakerd.log"))
+	return string(b)
+}
+
+// vanish simulates the LVS host dying: every packet from the speaker's side towards
+// r is dropped (a zero-length queue on the bridge port), then the speaker is killed
+// with SIGKILL. It returns how long that took.
+func (p *speakerProc) vanish(t *testing.T, r *router) time.Duration {
+	t.Helper()
+	start := time.Now()
+	port := "kbs" + strings.TrimPrefix(r.name[strings.LastIndex(r.name, "-"):], "-")
+	run(t, "tc", "qdisc", "add", "dev", port, "root", "pfifo", "limit", "0")
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(2 * time.Second); err == nil {
+		t.Fatal("speakerd exited cleanly after SIGKILL?")
+	}
+	return time.Since(start)
+}
+
+func writeJSON(t testing.TB, path string, v any) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
