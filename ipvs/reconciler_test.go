@@ -1,0 +1,447 @@
+package ipvs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), nil))
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func newTestReconciler(t *testing.T, b Backend) (*Reconciler, *prometheus.Registry, *clock) {
+	reg := prometheus.NewRegistry()
+	r := NewReconciler(b, testLog(t), reg)
+	c := &clock{t: time.Unix(1000, 0)}
+	r.Now = c.now
+	return r, reg, c
+}
+
+func mustPass(t *testing.T, r *Reconciler, full bool) {
+	t.Helper()
+	if err := r.pass(context.Background(), full); err != nil {
+		t.Fatalf("pass: %v", err)
+	}
+}
+
+// table renders the fake's table as ipvsadm -a lines, sorted, for comparisons.
+func table(f *Fake) []string {
+	var out []string
+	for k, p := range f.Table() {
+		out = append(out, AddServiceCommand(p.Service))
+		for _, d := range p.Destinations {
+			out = append(out, AddDestinationCommand(k, d))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func lines(s ...string) []string { slices.Sort(s); return s }
+
+var (
+	web  = key(TCP, "10.0.0.1", 80)
+	dns  = key(UDP, "10.0.0.2", 53)
+	othr = key(TCP, "10.9.9.9", 443)
+)
+
+func TestReconcileProgramsAndConverges(t *testing.T) {
+	f := NewFake()
+	r, reg, _ := newTestReconciler(t, f)
+	r.Set([]Pool{
+		{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 0)}},
+		{Service: Service{ServiceKey: dns, Scheduler: "sh", Flags: []string{"sh-port", "sh-fallback"}, OPS: true},
+			Destinations: []Destination{{Addr: dest("10.0.1.1", 0, 1).Addr, Weight: 1, Forwarding: Tunnel}}},
+	})
+	mustPass(t, r, false)
+	want := lines(
+		"-A -t 10.0.0.1:80 -s wrr",
+		"-a -t 10.0.0.1:80 -r 10.0.1.1 -w 10",
+		"-a -t 10.0.0.1:80 -r 10.0.1.2 -w 0", // weight 0 is a real 0
+		"-A -u 10.0.0.2:53 -s sh -b sh-fallback,sh-port -o",
+		"-a -u 10.0.0.2:53 -r 10.0.1.1 -w 1 -i",
+	)
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// Converged: another pass (even a full one) changes nothing.
+	f.ResetCalls()
+	mustPass(t, r, true)
+	c := f.Calls()
+	for _, op := range []string{OpAddService, OpUpdateService, OpDeleteService, OpAddDestination, OpUpdateDestination, OpDeleteDestination} {
+		if c[op] != 0 {
+			t.Errorf("converged pass issued %d %s", c[op], op)
+		}
+	}
+	if got := metricValue(t, r.m.ops.WithLabelValues(OpAddDestination)); got != 3 {
+		t.Errorf("add_destination ops = %v, want 3", got)
+	}
+	if n := histogramCount(t, reg, "kubal_ipvs_reconcile_duration_seconds"); n != 2 {
+		t.Errorf("duration histogram has %d observations, want 2 (one per pass)", n)
+	}
+}
+
+func TestIncrementalChangeNeedsNoDump(t *testing.T) {
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	pools := []Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10)}}}
+	r.Set(pools)
+	mustPass(t, r, false)
+	f.ResetCalls()
+	pools[0].Destinations = []Destination{dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 5)}
+	r.Set(pools)
+	mustPass(t, r, false)
+	if c := f.Calls(); c[OpDumpServices] != 0 || c[OpDumpDestinations] != 0 || c[OpUpdateDestination] != 1 || len(c) != 1 {
+		t.Errorf("a single weight change issued %v, want exactly one update_destination", c)
+	}
+	if got := f.Table()[web].Destinations[1].Weight; got != 5 {
+		t.Errorf("weight = %d, want 5", got)
+	}
+}
+
+func TestOwnershipAndAdoption(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake()
+	// The kernel before kubal starts: a foreign service and one of the config with a
+	// different scheduler, a desired destination at another weight and an extra one.
+	must(t, f.AddService(ctx, Service{ServiceKey: othr, Scheduler: "rr"}))
+	must(t, f.AddDestination(ctx, othr, dest("10.9.0.1", 0, 1)))
+	must(t, f.AddService(ctx, Service{ServiceKey: web, Scheduler: "rr"}))
+	must(t, f.AddDestination(ctx, web, dest("10.0.1.1", 0, 1)))
+	must(t, f.AddDestination(ctx, web, dest("10.0.1.9", 0, 7)))
+	f.ResetCalls()
+
+	r, _, _ := newTestReconciler(t, f)
+	desired := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10)}, KeepExtra: true}
+	r.Set([]Pool{desired})
+	mustPass(t, r, false)
+	c := f.Calls()
+	if c[OpDeleteService] != 0 || c[OpAddService] != 0 || c[OpUpdateService] != 1 {
+		t.Errorf("adoption must update in place, never flush or re-add: %v", c)
+	}
+	if c[OpDumpDestinations] != 1 {
+		t.Errorf("dumped destinations of %d services; a foreign service must not be read", c[OpDumpDestinations])
+	}
+	want := lines(
+		"-A -t 10.0.0.1:80 -s wrr",
+		"-a -t 10.0.0.1:80 -r 10.0.1.1 -w 10",
+		"-a -t 10.0.0.1:80 -r 10.0.1.9 -w 7", // kept: KeepExtra (monitors have not spoken)
+		"-A -t 10.9.9.9:443 -s rr",
+		"-a -t 10.9.9.9:443 -r 10.9.0.1 -w 1",
+	)
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("after adoption:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// Monitors have spoken: the extra destination goes.
+	desired.KeepExtra = false
+	r.Set([]Pool{desired})
+	mustPass(t, r, false)
+	if _, ok := f.Table()[web]; !ok || len(f.Table()[web].Destinations) != 1 {
+		t.Fatalf("extra destination not removed: %v", table(f))
+	}
+	// The adopted service leaves the config: deleted. The foreign one stays.
+	r.Set(nil)
+	mustPass(t, r, false)
+	want = lines("-A -t 10.9.9.9:443 -s rr", "-a -t 10.9.9.9:443 -r 10.9.0.1 -w 1")
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("after removal from config:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A service of the config that was never in the kernel while this process ran, then
+// removed from the config, is not kubal's to delete if someone else created it later.
+func TestNeverOwnedServiceIsLeftAlone(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "rr"}}})
+	mustPass(t, r, false)
+	r.Set(nil)
+	mustPass(t, r, false)
+	must(t, f.AddService(ctx, Service{ServiceKey: web, Scheduler: "rr"})) // by hand, after
+	mustPass(t, r, true)
+	if _, ok := f.Table()[web]; !ok {
+		t.Fatal("kubal deleted a service it no longer owns")
+	}
+}
+
+func TestDrain(t *testing.T) {
+	tests := []struct {
+		name       string
+		k          ServiceKey
+		timeout    time.Duration
+		conns      int
+		advance    time.Duration
+		wantGone1  bool // after the first pass (weight 0 for TCP)
+		wantGone2  bool // after connections were polled / time advanced
+		wantWeight int
+	}{
+		{name: "tcp busy stays at weight 0", k: web, conns: 3, advance: time.Minute, wantWeight: 0},
+		{name: "tcp idle is removed", k: web, conns: 0, wantGone2: true},
+		{name: "tcp busy removed after drain-timeout", k: web, timeout: 30 * time.Second, conns: 3, advance: 31 * time.Second, wantGone2: true},
+		{name: "tcp busy kept before drain-timeout", k: web, timeout: 30 * time.Second, conns: 3, advance: 29 * time.Second, wantWeight: 0},
+		{name: "udp removed at once", k: dns, conns: 3, wantGone1: true, wantGone2: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFake()
+			r, reg, c := newTestReconciler(t, f)
+			a, b := dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10)
+			p := Pool{Service: Service{ServiceKey: tt.k, Scheduler: "wrr"}, Destinations: []Destination{a, b}, Drain: true, DrainTimeout: tt.timeout}
+			r.Set([]Pool{p})
+			mustPass(t, r, false)
+			must(t, f.SetConns(tt.k, b.Addr, 0, tt.conns, 0))
+			p.Destinations = []Destination{a}
+			r.Set([]Pool{p})
+			mustPass(t, r, false)
+			find := func() (Destination, bool) {
+				for _, d := range f.Table()[tt.k].Destinations {
+					if d.Addr == b.Addr {
+						return d, true
+					}
+				}
+				return Destination{}, false
+			}
+			d, ok := find()
+			if ok == tt.wantGone1 {
+				t.Fatalf("after depool: present=%v, want gone=%v", ok, tt.wantGone1)
+			}
+			if ok && d.Weight != 0 {
+				t.Fatalf("draining destination has weight %d, want 0", d.Weight)
+			}
+			if ok {
+				if n := metricValue(t, r.m.draining); n != 1 {
+					t.Errorf("draining gauge = %v", n)
+				}
+			}
+			c.t = c.t.Add(tt.advance)
+			mustPass(t, r, false) // polls the counters of the draining service
+			d, ok = find()
+			if ok == tt.wantGone2 {
+				t.Fatalf("after drain poll: present=%v, want gone=%v", ok, tt.wantGone2)
+			}
+			if ok && d.Weight != tt.wantWeight {
+				t.Errorf("weight %d, want %d", d.Weight, tt.wantWeight)
+			}
+			_ = reg
+		})
+	}
+}
+
+func TestDrainCancelledWhenRepooled(t *testing.T) {
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	a, b := dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10)
+	p := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{a, b}, Drain: true}
+	r.Set([]Pool{p})
+	mustPass(t, r, false)
+	must(t, f.SetConns(web, b.Addr, 0, 1, 0))
+	p.Destinations = []Destination{a}
+	r.Set([]Pool{p})
+	mustPass(t, r, false)
+	p.Destinations = []Destination{a, b}
+	r.Set([]Pool{p})
+	mustPass(t, r, false)
+	if got := f.Table()[web].Destinations[1].Weight; got != 10 {
+		t.Errorf("repooled weight %d, want 10", got)
+	}
+	if len(r.draining) != 0 {
+		t.Errorf("still draining: %v", r.draining)
+	}
+}
+
+func TestDriftRepair(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake()
+	var logs bytes.Buffer
+	reg := prometheus.NewRegistry()
+	r := NewReconciler(f, slog.New(slog.NewTextHandler(&logs, nil)), reg)
+	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10)}}})
+	mustPass(t, r, false)
+	// By hand: ipvsadm -d one destination, -e the other's weight, -a a stranger.
+	must(t, f.DeleteDestination(ctx, web, dest("10.0.1.1", 0, 0)))
+	must(t, f.UpdateDestination(ctx, web, dest("10.0.1.2", 0, 1)))
+	must(t, f.AddDestination(ctx, web, dest("10.0.1.3", 0, 1)))
+	mustPass(t, r, false) // incremental: the kernel is not read
+	if len(f.Table()[web].Destinations) != 2 {
+		t.Fatal("the test expects no repair without a resync")
+	}
+	mustPass(t, r, true) // periodic resync
+	want := lines("-A -t 10.0.0.1:80 -s wrr", "-a -t 10.0.0.1:80 -r 10.0.1.1 -w 10", "-a -t 10.0.0.1:80 -r 10.0.1.2 -w 10")
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("after resync:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n := metricValue(t, r.m.drift); n != 3 {
+		t.Errorf("drift repairs = %v, want 3", n)
+	}
+	for _, s := range []string{"destination removed outside kubal", "destination changed outside kubal", "destination added outside kubal"} {
+		if !strings.Contains(logs.String(), s) {
+			t.Errorf("log lacks %q:\n%s", s, logs.String())
+		}
+	}
+	// Service deleted by hand: restored with its destinations.
+	must(t, f.DeleteService(ctx, web))
+	mustPass(t, r, true)
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("after service deletion and resync:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func TestErrorsAreRetriedFromAFreshDump(t *testing.T) {
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	boom := errors.New("netlink: no buffer space")
+	f.SetFailure(func(op string, k ServiceKey, d Destination) error {
+		if op == OpAddDestination && d.Addr == dest("10.0.1.2", 0, 0).Addr {
+			return boom
+		}
+		return nil
+	})
+	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10)}}})
+	if err := r.pass(context.Background(), false); !errors.Is(err, boom) || !strings.Contains(err.Error(), "-a -t 10.0.0.1:80 -r 10.0.1.2 -w 10") {
+		t.Fatalf("pass error = %v; want the failing op named", err)
+	}
+	if len(f.Table()[web].Destinations) != 1 {
+		t.Fatal("the other destination must still be programmed")
+	}
+	f.SetFailure(nil)
+	f.ResetCalls()
+	mustPass(t, r, false)
+	if c := f.Calls(); c[OpDumpServices] != 1 || c[OpAddDestination] != 1 || c[OpAddService] != 0 {
+		t.Errorf("retry after an error: %v; want a fresh dump and only the missing add", c)
+	}
+	if n := metricValue(t, r.m.errors.WithLabelValues(OpAddDestination)); n != 1 {
+		t.Errorf("errors{add_destination} = %v", n)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	base, limit := 100*time.Millisecond, 2*time.Second
+	for _, tt := range []struct {
+		n    int
+		want time.Duration
+	}{{1, 100 * time.Millisecond}, {2, 200 * time.Millisecond}, {4, 800 * time.Millisecond}, {5, 1600 * time.Millisecond}, {6, 2 * time.Second}, {60, 2 * time.Second}} {
+		if got := backoff(tt.n, base, limit); got != tt.want {
+			t.Errorf("backoff(%d) = %v, want %v", tt.n, got, tt.want)
+		}
+	}
+}
+
+// countingBackend counts dumps (one per pass) and can fail everything.
+type countingBackend struct {
+	*Fake
+	mu     sync.Mutex
+	passes int
+}
+
+func (c *countingBackend) Services(ctx context.Context) ([]Service, error) {
+	c.mu.Lock()
+	c.passes++
+	c.mu.Unlock()
+	return c.Fake.Services(ctx)
+}
+
+func TestRunCoalescesAndSurvivesErrors(t *testing.T) {
+	f := NewFake()
+	cb := &countingBackend{Fake: f}
+	r, _, _ := newTestReconciler(t, cb)
+	r.MinInterval = 50 * time.Millisecond
+	r.ResyncPeriod = 0 // every pass is a full dump: passes == dumps
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	// A burst of 200 changes within ~20ms.
+	start := time.Now()
+	for w := 1; w <= 200; w++ {
+		r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, w)}}})
+	}
+	waitFor(t, func() bool {
+		p, ok := f.Table()[web]
+		return ok && len(p.Destinations) == 1 && p.Destinations[0].Weight == 200
+	})
+	cb.mu.Lock()
+	passes := cb.passes
+	cb.mu.Unlock()
+	if maxPasses := int(time.Since(start)/r.MinInterval) + 2; passes > maxPasses {
+		t.Errorf("%d passes for a burst of 200 in %v; want at most %d", passes, time.Since(start), maxPasses)
+	}
+	// Backend failing: Run keeps going and converges once it recovers.
+	f.SetFailure(func(string, ServiceKey, Destination) error { return errors.New("EBUSY") })
+	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 3)}}})
+	time.Sleep(150 * time.Millisecond)
+	f.SetFailure(nil)
+	waitFor(t, func() bool { return f.Table()[web].Destinations[0].Weight == 3 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run returned %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// metricValue reads a counter or gauge (testutil would need a module outside go.mod).
+func metricValue(t *testing.T, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	t.Fatal("not a counter or gauge")
+	return 0
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
