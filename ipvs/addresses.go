@@ -124,12 +124,16 @@ func (a *Addresses) pass(ctx context.Context) error {
 	desired := a.desired
 	a.mu.Unlock()
 	want := map[VIP]bool{}
+	var order []VIP // desired order: deterministic operations
 	ifaces := map[string]bool{}
 	for _, v := range desired {
 		if !v.Addr.IsValid() {
 			continue
 		}
 		v.Interface = v.iface()
+		if !want[v] {
+			order = append(order, v)
+		}
 		want[v] = true
 		ifaces[v.Interface] = true
 	}
@@ -153,7 +157,7 @@ func (a *Addresses) pass(ctx context.Context) error {
 		for _, p := range have {
 			present[p] = true
 		}
-		for v := range want {
+		for _, v := range order {
 			if v.Interface != ifc {
 				continue
 			}
@@ -175,7 +179,7 @@ func (a *Addresses) pass(ctx context.Context) error {
 			a.owned[v] = true
 			a.log.Info("vip addresses: added", "address", p.String(), "interface", ifc)
 		}
-		for v := range a.owned {
+		for _, v := range sortedVIPs(a.owned) {
 			if v.Interface != ifc || want[v] {
 				continue
 			}
@@ -269,4 +273,13 @@ func (f *FakeAddrs) Delete(ctx context.Context, iface string, p netip.Prefix) er
 		fmt.Fprintf(f.w, "ip address del %s dev %s\n", p, iface)
 	}
 	return nil
+}
+
+func sortedVIPs(m map[VIP]bool) []VIP {
+	out := make([]VIP, 0, len(m))
+	for v := range m {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b VIP) int { return cmp.Or(cmp.Compare(a.Interface, b.Interface), a.Addr.Compare(b.Addr)) })
+	return out
 }

@@ -30,7 +30,7 @@ func TestAddresses(t *testing.T) {
 	if got, want := f.Get("eth0"), []netip.Prefix{foreign, netip.MustParsePrefix("2001:db8::1/128")}; !slices.Equal(got, want) {
 		t.Errorf("eth0: %v, want %v", got, want)
 	}
-	if got, want := out.String(), "ip address add 10.0.0.1/32 dev lo\nip address add 2001:db8::1/128 dev eth0\n"; got != want {
+	if got, want := out.String(), "ip address add 2001:db8::1/128 dev eth0\nip address add 10.0.0.1/32 dev lo\n"; got != want {
 		t.Errorf("dry run lines %q, want %q", got, want)
 	}
 	// Drift: removed by hand, restored by the next pass.
