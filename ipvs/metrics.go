@@ -12,10 +12,15 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 	drift    prometheus.Counter
 	draining prometheus.Gauge
+
+	byKind, errByKind map[string]prometheus.Counter // resolved once: ops are hot
 }
 
+func (m *metrics) op(kind string) prometheus.Counter    { return m.byKind[kind] }
+func (m *metrics) opErr(kind string) prometheus.Counter { return m.errByKind[kind] }
+
 func newMetrics(reg prometheus.Registerer) *metrics {
-	return &metrics{
+	m := &metrics{
 		duration: register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kubal_ipvs_reconcile_duration_seconds",
 			Help:    "Duration of IPVS reconcile passes.",
@@ -37,7 +42,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kubal_ipvs_draining_destinations",
 			Help: "Destinations at weight 0 waiting for their connections to end (depool-mode = drain).",
 		})),
+		byKind:    map[string]prometheus.Counter{},
+		errByKind: map[string]prometheus.Counter{},
 	}
+	for _, k := range []string{OpAddService, OpUpdateService, OpDeleteService, OpAddDestination, OpUpdateDestination, OpDeleteDestination} {
+		m.byKind[k] = m.ops.WithLabelValues(k)
+		m.errByKind[k] = m.errors.WithLabelValues(k)
+	}
+	return m
 }
 
 // register registers c, or returns the collector already registered under the same
