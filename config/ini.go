@@ -16,9 +16,13 @@ const defaultSection = "DEFAULT"
 // maxInterpolationDepth is ConfigParser's MAX_INTERPOLATION_DEPTH.
 const maxInterpolationDepth = 10
 
-// maxInterpolatedLen bounds the size of one interpolated value: nested references can
-// grow exponentially (Python would simply run out of memory).
-const maxInterpolatedLen = 1 << 20
+// maxInterpolatedLen bounds the size of one interpolated value, and
+// maxInterpolatedTotal the sum over the file: nested references can grow
+// exponentially (Python would simply run out of memory).
+const (
+	maxInterpolatedLen   = 1 << 20
+	maxInterpolatedTotal = 16 << 20
+)
 
 type iniOption struct {
 	name  string   // lower-cased
@@ -45,6 +49,7 @@ type iniFile struct {
 	// referenced holds the option names used as %(name)s somewhere: such helper
 	// variables are not "unknown keys".
 	referenced map[string]bool
+	budget     int // interpolated bytes left for the whole file
 }
 
 // isPySpace is Python 2 str.isspace() for one byte (and the regexp class \s).
@@ -86,7 +91,7 @@ func asciiLower(s string) string {
 
 // readINI parses data as ConfigParser does, appending findings to errs and warns.
 func readINI(file string, data []byte, errs, warns *Diagnostics) *iniFile {
-	f := &iniFile{referenced: map[string]bool{}}
+	f := &iniFile{referenced: map[string]bool{}, budget: maxInterpolatedTotal}
 	byName := map[string]*iniSection{}
 	var cur *iniSection
 	var opt *iniOption // the option a continuation line extends (ConfigParser's optname)
@@ -241,7 +246,8 @@ func (f *iniFile) options(s *iniSection, errs *Diagnostics) (opts Options, inher
 
 	opts = make(Options, len(raw))
 	for name, o := range raw {
-		v, err := interpolate(vals[name], vals, f.referenced)
+		v, err := interpolate(vals[name], vals, f.referenced, min(maxInterpolatedLen, f.budget))
+		f.budget -= len(v)
 		if err != nil {
 			where := ""
 			if inherited[name] {
@@ -257,21 +263,22 @@ func (f *iniFile) options(s *iniSection, errs *Diagnostics) (opts Options, inher
 
 // interpolate is SafeConfigParser._interpolate: "%%" is "%", "%(name)s" is the value
 // of option name (lower-cased) of the same section or [DEFAULT], interpolated in turn.
-func interpolate(raw string, vals map[string]string, referenced map[string]bool) (string, error) {
+func interpolate(raw string, vals map[string]string, referenced map[string]bool, limit int) (string, error) {
 	var b strings.Builder
-	if err := interpolateSome(&b, raw, vals, referenced, 1); err != nil {
+	if err := interpolateSome(&b, raw, vals, referenced, limit, 1); err != nil {
 		return "", err
 	}
 	return b.String(), nil
 }
 
-func interpolateSome(b *strings.Builder, rest string, vals map[string]string, referenced map[string]bool, depth int) error {
+func interpolateSome(b *strings.Builder, rest string, vals map[string]string, referenced map[string]bool, limit, depth int) error {
 	if depth > maxInterpolationDepth {
 		return fmt.Errorf("%%(...)s references nested deeper than %d (a reference loop?)", maxInterpolationDepth)
 	}
 	for rest != "" {
-		if b.Len() > maxInterpolatedLen {
-			return fmt.Errorf("value longer than %d bytes after %%-interpolation", maxInterpolatedLen)
+		if b.Len() > limit {
+			return fmt.Errorf("value too long after %%-interpolation (limits: %d bytes per value, %d per file)",
+				maxInterpolatedLen, maxInterpolatedTotal)
 		}
 		p := strings.IndexByte(rest, '%')
 		if p < 0 {
@@ -298,7 +305,7 @@ func interpolateSome(b *strings.Builder, rest string, vals map[string]string, re
 				return fmt.Errorf("%%(%s)s refers to a key that is not set in this section or [DEFAULT]", name)
 			}
 			if strings.IndexByte(v, '%') >= 0 {
-				if err := interpolateSome(b, v, vals, referenced, depth+1); err != nil {
+				if err := interpolateSome(b, v, vals, referenced, limit, depth+1); err != nil {
 					return err
 				}
 			} else {

@@ -254,7 +254,28 @@ func TestInterpolationSizeBound(t *testing.T) {
 	}
 	b.WriteString("k = xxxxxxxxxxxxxxxx\n")
 	_, errs, _ := readSection(t, b.String(), "s")
-	if len(errs) == 0 || !strings.Contains(errs.Error(), "longer than") {
+	if len(errs) == 0 || !strings.Contains(errs.Error(), "too long after %-interpolation") {
 		t.Fatalf("want a size error, got %v", errs)
+	}
+}
+
+func TestInterpolationFileBudget(t *testing.T) {
+	// 40 sections x 4 options x 512 KiB each exceeds the 16 MiB file budget.
+	var b strings.Builder
+	b.WriteString("[DEFAULT]\nk = " + strings.Repeat("x", 512) + "\n")
+	b.WriteString("j = " + strings.Repeat("%(k)s", 1024) + "\n")
+	for i := 0; i < 4; i++ {
+		b.WriteString("o" + strconv.Itoa(i) + " = %(j)s\n")
+	}
+	for i := 0; i < 40; i++ {
+		b.WriteString("[s" + strconv.Itoa(i) + "]\n")
+	}
+	var errs, warns Diagnostics
+	f := readINI("t.conf", []byte(b.String()), &errs, &warns)
+	for _, s := range f.sections {
+		f.options(s, &errs)
+	}
+	if len(errs) == 0 || !strings.Contains(errs.Error(), "per file") {
+		t.Fatalf("want a budget error, got %d errors", len(errs))
 	}
 }
