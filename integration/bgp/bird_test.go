@@ -390,7 +390,7 @@ type speakerProc struct {
 }
 
 // startSpeakerd runs the speaker in its own process, announcing vips.
-func startSpeakerd(t *testing.T, g config.Global, vips ...netip.Prefix) *speakerProc {
+func startSpeakerd(t testing.TB, g config.Global, vips ...netip.Prefix) *speakerProc {
 	t.Helper()
 	bin := speakerdBinary(t)
 	dir := t.TempDir()
@@ -442,11 +442,10 @@ func (p *speakerProc) log() string {
 // vanish simulates the LVS host dying: every packet from the speaker's side towards
 // r is dropped (a zero-length queue on the bridge port), then the speaker is killed
 // with SIGKILL. It returns how long that took.
-func (p *speakerProc) vanish(t *testing.T, r *router) time.Duration {
+func (p *speakerProc) vanish(t testing.TB, r *router) time.Duration {
 	t.Helper()
 	start := time.Now()
-	port := "kbs" + strings.TrimPrefix(r.name[strings.LastIndex(r.name, "-"):], "-")
-	run(t, "tc", "qdisc", "add", "dev", port, "root", "pfifo", "limit", "0")
+	run(t, "tc", "qdisc", "add", "dev", r.port, "root", "pfifo", "limit", "0")
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,7 @@ func checkRig() error {
 			return fmt.Errorf("%s not found: run integration/bgp/setup.sh", b)
 		}
 	}
+	removeStaleNamespaces()
 	script := `set -e
 ip link set lo up
 ip link add kbbr0 type bridge
@@ -100,6 +101,26 @@ ip addr add fd00::1/64 dev kbbr0 nodad`
 		return fmt.Errorf("speaker namespace setup: %v: %s", err, out)
 	}
 	return nil
+}
+
+// removeStaleNamespaces deletes router namespaces left by a test process that died
+// before its cleanups ran (names are kbgp<pid>-<n>).
+func removeStaleNamespaces() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || !strings.HasPrefix(f[0], "kbgp") {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimPrefix(strings.SplitN(f[0], "-", 2)[0], "kbgp"))
+		if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		_ = exec.Command("ip", "netns", "del", f[0]).Run()
+	}
 }
 
 func needRig(t testing.TB) {
@@ -127,6 +148,7 @@ type birdConf struct {
 type router struct {
 	t    testing.TB
 	name string // namespace
+	port string // the bridge port (speaker side of the veth)
 	addr netip.Addr
 	dir  string
 	ctl  string
@@ -158,6 +180,7 @@ func newRouter(t testing.TB, conf birdConf) *router {
 		conf: conf,
 	}
 	veth, peer := fmt.Sprintf("kbs%d", n), fmt.Sprintf("kbr%d", n)
+	r.port = veth
 	run(t, "ip", "netns", "add", r.name)
 	t.Cleanup(func() {
 		r.stop()
