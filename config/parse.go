@@ -595,7 +595,11 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 	if v, ok := o["conftool"]; ok {
 		svc.Conftool = strings.TrimSpace(v.Raw)
 		parts := strings.Split(svc.Conftool, "/")
-		if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		bad := len(parts) != 3
+		for _, part := range parts {
+			bad = bad || part == "" || part == "." || part == ".." || strings.TrimSpace(part) != part
+		}
+		if bad {
 			p.errorf(v.Pos, "conftool", "%q is not dc/cluster/service", svc.Conftool)
 		}
 		if strings.HasPrefix(svc.ConfigURL, "etcd://") {
@@ -612,6 +616,12 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 	}
 	svc.K8sCordoned = p.enum(o, "k8s-cordoned", "depool", []string{"depool", "keep"})
 	svc.K8sTaints = p.flexList(o, "k8s-taints", nil)
+	for _, taint := range svc.K8sTaints {
+		// k8ssource matches taint keys; "key=value:Effect" would never match.
+		if strings.ContainsAny(taint, "=: \t") {
+			p.errorf(o["k8s-taints"].Pos, "k8s-taints", "%q is not a taint key (list keys only, e.g. node.kubernetes.io/unreachable)", taint)
+		}
+	}
 	if !strings.HasPrefix(svc.ConfigURL, "k8s://") {
 		for _, key := range []string{"k8s-cordoned", "k8s-taints"} {
 			if v, ok := o[key]; ok && !inherited[key] {
@@ -773,6 +783,11 @@ func (p *parser) crossCheck(cfg *Config, globalPos Pos, hasGlobal bool) {
 	}
 
 	g := &cfg.Global
+	for _, s := range cfg.Services {
+		if s.Conftool != "" && len(g.EtcdEndpoints) == 0 && !strings.HasPrefix(s.ConfigURL, "etcd://") {
+			p.errorf(s.Options["conftool"].Pos, "conftool", "needs etcd: set etcd-endpoints in [global]")
+		}
+	}
 	if !hasGlobal || !g.BGP {
 		return
 	}

@@ -84,6 +84,7 @@ func lineOf(t *testing.T, text, prefix string) int {
 type finding struct{ at, key, msg string }
 
 func TestValidation(t *testing.T) {
+	etcd := []string{"etcd-endpoints = http://127.0.0.1:2379"}
 	bgpOn := []string{"bgp = yes", "bgp-local-asn = 64600", "bgp-peer-address = 192.0.2.254",
 		"bgp-nexthop-ipv4 = 192.0.2.1"}
 	tests := []struct {
@@ -194,7 +195,12 @@ func TestValidation(t *testing.T) {
 			errs: []finding{{"scheduler-flags", "scheduler-flags", "not wrr"}}},
 		{name: "unknown scheduler flag", text: conf(nil, "scheduler = sh", "scheduler-flags = sh-persist"),
 			errs: []finding{{"scheduler-flags", "scheduler-flags", "unknown flag"}}},
-		{name: "bad conftool", text: conf(nil, "conftool = eqiad/text"), errs: []finding{{"conftool", "conftool", "not dc/cluster/service"}}},
+		{name: "bad conftool", global: etcd, text: conf(etcd, "conftool = eqiad/text"), errs: []finding{{"conftool", "conftool", "not dc/cluster/service"}}},
+		{name: "conftool with ..", global: etcd, text: conf(etcd, "conftool = eqiad/../x"), errs: []finding{{"conftool", "conftool", "not dc/cluster/service"}}},
+		{name: "conftool without etcd", text: conf(nil, "conftool = eqiad/text/varnish"), errs: []finding{{"conftool", "conftool", "set etcd-endpoints"}}},
+		{name: "conftool with etcd", global: etcd, text: conf(etcd, "conftool = eqiad/text/varnish")},
+		{name: "k8s-taints are keys", text: conf(nil, "config = k8s://?nodes=x", "k8s-taints = a, b=c:NoSchedule"),
+			errs: []finding{{"k8s-taints", "k8s-taints", `"b=c:NoSchedule" is not a taint key`}}},
 		{name: "bad vip-interface", text: conf(nil, "vip-interface = a/b"), errs: []finding{{"vip-interface", "vip-interface", "not a network interface name"}}},
 		{name: "bad k8s-cordoned", text: conf(nil, "config = k8s://?nodes=x", "k8s-cordoned = drop"), errs: []finding{{"k8s-cordoned", "k8s-cordoned", "not one of depool, keep"}}},
 		{name: "k8s keys without k8s://", text: conf(nil, "k8s-taints = a, b"), warns: []finding{{"k8s-taints", "k8s-taints", "no effect"}}},
@@ -229,7 +235,7 @@ func TestValidation(t *testing.T) {
 			"[b]\nprotocol = tcp\nip = 10.0.0.2\nscheduler = rr\nconfig = file:///b\n",
 			errs:  []finding{{"port", "port", "not an integer"}},
 			warns: []finding{{"[a]", "monitors", "never"}, {"[b]", "monitors", "never"}}},
-		{name: "helper variables used in %(name)s are not unknown", text: "[DEFAULT]\nsite = eqiad\n" + conf(nil, "config = file:///p/%(site)s/svc", "pool = text", "conftool = %(site)s/%(pool)s/svc")},
+		{name: "helper variables used in %(name)s are not unknown", text: "[DEFAULT]\nsite = eqiad\n" + conf(nil, "config = file:///p/%(site)s/svc", "pool = text", "vip-interface = %(pool)s0")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -353,7 +359,7 @@ func TestAllKeys(t *testing.T) {
 		Forwarding: ForwardTunnel, SchedulerFlags: []string{"mh-port", "mh-fallback"}, DepoolMode: DepoolDrain,
 		DrainTimeout: 30500 * time.Millisecond, BGPCommunities: []string{"64496:443"}, BGPWithdrawWhenEmpty: true,
 		VIPInterface: "vip0", K8sCordoned: "keep",
-		K8sTaints: []string{"node.kubernetes.io/unschedulable", "example.com/maintenance=true:NoSchedule"},
+		K8sTaints: []string{"node.kubernetes.io/unschedulable", "example.com/maintenance"},
 		Options:   in.Options,
 	}
 	if !reflect.DeepEqual(in, wantIn) {
