@@ -118,9 +118,9 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 			}
 			continue
 		}
+		connectedAt := ic.env.clk.Now()
 		emit(Result{Up: true})
 		bo.reset()
-		connectedAt := ic.env.clk.Now()
 		err = waitClosed(ctx, conn, buf)
 		if ctx.Err() != nil {
 			return

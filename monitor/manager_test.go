@@ -108,14 +108,15 @@ func TestManagerStopFromReport(t *testing.T) {
 	m, _ := newTestManager(t)
 	b := newTCPBackend(t, 0)
 	done := make(chan struct{})
-	var stop func()
+	stopc := make(chan func(), 1) // report may run before Watch returns
 	stop, err := m.Watch(testService("a", []string{"IdleConnection"}), "IdleConnection", loopback(b.port), func(Result) {
-		stop()
+		(<-stopc)()
 		close(done)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopc <- stop
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
