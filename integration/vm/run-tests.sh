@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make test-vm`: runs the real-kernel IPVS tests inside the VM rig. Each test binary
+# is built static and booted once through the go test -exec wrapper ./vmexec.
+#   run-tests.sh            tests (KUBAL_REQUIRE_RIGS=1: nothing may skip)
+#   run-tests.sh --bench    also the IPVS benchmarks (kubal vs ipvsadm -R, docs/perf/ipvs.md)
+# Extra arguments go to go test (e.g. -run TestDR -v).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+./integration/vm/setup.sh >/dev/null
+args=(-count=1 -timeout 20m)
+if [ "${1:-}" = "--bench" ]; then
+	shift
+	args+=(-run '^$' -bench . -benchtime 1x)
+	export KUBAL_VM_MEM="${KUBAL_VM_MEM:-2048}"
+fi
+export KUBAL_REQUIRE_RIGS=1
+CGO_ENABLED=0 exec go test "${args[@]}" -exec "$PWD/integration/vm/vmexec" ./integration/vm/... "$@"
