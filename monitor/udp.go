@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -43,9 +43,14 @@ func (u *UDP) Run(ctx context.Context, emit func(Result)) {
 	c := u.cfg
 	clk := u.env.clk
 	var conn *net.UDPConn
-	var lastICMP atomic.Int64 // unix nanos on clk; 0 = never
+	// mu orders the ICMP handler against a check's verdict, so an ICMP racing
+	// the verdict is never followed by a stale up.
+	var mu sync.Mutex
+	var lastICMP time.Time // zero: never
 	icmp := func() {
-		lastICMP.Store(clk.Now().UnixNano())
+		mu.Lock()
+		defer mu.Unlock()
+		lastICMP = clk.Now()
 		emit(Result{Reason: icmpReason})
 	}
 	defer func() {
@@ -74,10 +79,11 @@ func (u *UDP) Run(ctx context.Context, emit func(Result)) {
 				icmp() // the error of an earlier datagram surfaced on this write
 			}
 		}
-		last := lastICMP.Load()
-		if last == 0 || clk.Now().Sub(time.Unix(0, last)) > c.icmpTimeout {
+		mu.Lock()
+		if lastICMP.IsZero() || clk.Now().Sub(lastICMP) > c.icmpTimeout {
 			emit(Result{Up: true})
 		}
+		mu.Unlock()
 		next = nextTick(next, c.interval, clk.Now())
 	}
 }
