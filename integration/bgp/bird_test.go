@@ -1,6 +1,7 @@
 package bgpit
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -464,4 +465,50 @@ func writeJSON(t testing.TB, path string, v any) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// bgp-graceful-restart, planned restart: Detach closes the session without a Cease,
+// BIRD keeps the routes (stale) until the next speaker re-announces; after its
+// End-of-RIB a route the new speaker no longer announces is gone. Shutdown still
+// withdraws at once.
+func TestGracefulRestartDetach(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, GracefulRestart: true})
+	g := globalFor(localASN, r)
+	g.BGPGracefulRestart = true
+	keep, drop := pfx("192.0.2.80"), pfx("192.0.2.81")
+	anns := func(ps ...netip.Prefix) []bgp.Announcement {
+		var out []bgp.Announcement
+		for _, p := range ps {
+			out = append(out, bgp.Announcement{Prefix: p, NextHop: speakerAddr, ASPath: []uint32{localASN}})
+		}
+		return out
+	}
+	s1, _ := runSpeaker(t, g)
+	s1.Set(anns(keep, drop))
+	r.mustHave(keep, 10*time.Second)
+	r.mustHave(drop, 10*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s1.Detach(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // a restart's worth of downtime
+	if !r.has(keep) || !r.has(drop) {
+		t.Fatalf("routes dropped during a graceful restart\n%s", r.debug())
+	}
+
+	s2, _ := runSpeaker(t, g)
+	s2.Set(anns(keep))
+	r.mustNotHave(drop, 15*time.Second) // stale route flushed at End-of-RIB
+	if !r.has(keep) {
+		t.Fatalf("re-announced route missing\n%s", r.debug())
+	}
+
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel2()
+	if err := s2.Shutdown(ctx2); err != nil {
+		t.Fatal(err)
+	}
+	r.mustNotHave(keep, time.Second) // Shutdown is not graceful: routers fail over now
 }

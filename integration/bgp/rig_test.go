@@ -143,6 +143,9 @@ type birdConf struct {
 	HoldTime    int // seconds; 0 = BIRD's default (240)
 	BFD         bool
 	SpeakerPort int // the speaker's listen port; 0 = 179
+	// GracefulRestart makes BIRD a graceful-restart helper (keeps our routes as stale
+	// while we restart).
+	GracefulRestart bool
 }
 
 type router struct {
@@ -225,6 +228,7 @@ protocol bgp kubal {
 	error wait time 1, 2;
 	{{if .HoldTime}}hold time {{.HoldTime}};{{end}}
 	{{if .BFD}}bfd on;{{end}}
+	{{if .GR}}graceful restart on;{{else}}graceful restart off;{{end}}
 	ipv4 { import all; export none; };
 	ipv6 { import all; export none; };
 }
@@ -239,6 +243,7 @@ func (r *router) writeConf() {
 	err := birdTmpl.Execute(&b, map[string]any{
 		"Addr": r.addr, "Dir": r.dir, "BFD": r.conf.BFD, "ASN": r.conf.ASN, "Speaker": speakerAddr,
 		"Port": port, "SpeakerASN": r.conf.SpeakerASN, "HoldTime": r.conf.HoldTime,
+		"GR": r.conf.GracefulRestart,
 	})
 	if err == nil {
 		err = os.WriteFile(filepath.Join(r.dir, "bird.conf"), []byte(b.String()), 0o644)
