@@ -10,19 +10,25 @@ import (
 
 func TestUDPICMPDownThenUp(t *testing.T) {
 	m, reg := newTestManager(t)
+	clk := newFakeClock()
+	m.clk = clk
 	port := closedUDPPort(t)
 	r := newReports()
-	watched := time.Now()
-	stop, err := m.Watch(testService("svc", []string{"UDP"}, "udp.interval", "0.05", "udp.icmp-timeout", "0.3"),
-		"UDP", loopback(port), r.report)
+	stop, err := m.Watch(testService("svc", []string{"UDP"}), "UDP", loopback(port), r.report)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	// PyBal: the first check finds no ICMP error yet (up), and the ICMP for its
-	// datagram arrives just after (down). Here the ICMP may also beat the first
-	// verdict, giving down straight away. Either way down comes right after the
-	// first check (at 50ms).
+	// PyBal timing: the first check after the 10s default interval.
+	clk.waitTimer(t)
+	if d := clk.nextTimer(); d != 10*time.Second {
+		t.Fatalf("first check in %v", d)
+	}
+	sent := time.Now()
+	clk.Advance(10 * time.Second) // T=10: datagram, ICMP back
+	// PyBal's first check finds no ICMP error yet (up), and the ICMP for its
+	// datagram arrives just after (down); here the ICMP may also beat the first
+	// verdict, giving down straight away.
 	res := r.next(t, time.Second)
 	if res.Up {
 		res = r.next(t, time.Second)
@@ -30,34 +36,35 @@ func TestUDPICMPDownThenUp(t *testing.T) {
 	if res.Up || res.Reason != icmpReason {
 		t.Fatalf("want down on ICMP, got %+v", res)
 	}
-	if el := time.Since(watched); el > 200*time.Millisecond {
-		t.Errorf("ICMP seen %v after start, first check at 50ms", el)
+	if el := time.Since(sent); el > 100*time.Millisecond {
+		t.Errorf("ICMP seen %v after the datagram", el)
 	}
-	// More datagrams keep drawing ICMP: still down, no new report.
-	r.none(t, 400*time.Millisecond)
-	if v, _ := metricValue(t, reg, "pybal_monitor_down_results_total", map[string]string{"monitor": "UDP"}); v < 3 {
-		t.Errorf("down results %v, want one per check", v)
+	if v, _ := metricValue(t, reg, "pybal_monitor_down_results_total", map[string]string{"monitor": "UDP"}); v != 1 {
+		t.Errorf("down results %v", v)
 	}
-	// Something listens now: no more ICMP; up once icmp-timeout has passed.
+	// Something listens now: no more ICMP. Up only once a check finds the last
+	// ICMP (T=10) more than icmp-timeout (20s) ago: at T=40, not T=20 or T=30.
 	ln, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback(0).Addr, port)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	opened := time.Now()
-	res = r.next(t, 2*time.Second)
-	if !res.Up {
-		t.Fatalf("after listening: %+v", res)
-	}
-	if el := time.Since(opened); el < 200*time.Millisecond || el > 500*time.Millisecond {
-		t.Errorf("up after %v, want icmp-timeout (0.3s) after the last ICMP", el)
-	}
-	// The probe is a zero-length datagram.
 	buf := make([]byte, 10)
-	ln.SetReadDeadline(time.Now().Add(time.Second))
-	n, err := ln.Read(buf)
-	if err != nil || n != 0 {
-		t.Fatalf("datagram of %d bytes, err %v; want zero-length", n, err)
+	for _, at := range []int{20, 30, 40} {
+		clk.waitTimer(t)
+		clk.Advance(clk.nextTimer())
+		ln.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := ln.Read(buf)
+		if err != nil || n != 0 {
+			t.Fatalf("T=%d: datagram of %d bytes, err %v; want zero-length", at, n, err)
+		}
+		if at < 40 {
+			r.none(t, 30*time.Millisecond)
+			continue
+		}
+		if res := r.next(t, time.Second); !res.Up {
+			t.Fatalf("T=40: %+v", res)
+		}
 	}
 }
 
