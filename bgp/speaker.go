@@ -240,6 +240,12 @@ func (s *Speaker) Set(anns []Announcement) {
 	}
 }
 
+func (s *Speaker) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
 // Advertised returns the announcements currently handed to GoBGP, sorted by prefix.
 func (s *Speaker) Advertised() []Announcement {
 	s.applyMu.Lock()
@@ -260,6 +266,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	srv := s.start(ctx)
 	if srv == nil { // ctx done or Shutdown before GoBGP could start
+		<-ctx.Done()
 		return nil
 	}
 	s.mu.Lock()
@@ -309,9 +316,13 @@ func (s *Speaker) Run(ctx context.Context) error {
 		case <-retry:
 			reconcileNow = true
 		case <-tick.C:
-			s.poll(ctx, srv)
+			if !s.isClosing() {
+				s.poll(ctx, srv)
+			}
 		case <-s.pollNow:
-			s.poll(ctx, srv)
+			if !s.isClosing() {
+				s.poll(ctx, srv)
+			}
 		}
 	}
 }

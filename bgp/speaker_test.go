@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -324,4 +325,56 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Shutdown before Run: Run never starts GoBGP (the port stays free) and returns
+// when its ctx ends.
+func TestShutdownBeforeRun(t *testing.T) {
+	g := validGlobal()
+	g.BGPLocalIPs = []string{"127.0.0.1"}
+	g.BGPLocalPort = freePort(t)
+	s, err := New(g, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) < 250*time.Millisecond {
+		t.Fatal("Run returned before its ctx was done")
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(g.BGPLocalPort)))
+	if err != nil {
+		t.Fatalf("GoBGP was started after Shutdown: %v", err)
+	}
+	l.Close()
+}
+
+func TestFake(t *testing.T) {
+	f := NewFake()
+	n, changed := f.Sets()
+	a := Announcement{Prefix: netip.MustParsePrefix("192.0.2.2/32")}
+	b := Announcement{Prefix: netip.MustParsePrefix("192.0.2.1/32")}
+	f.Set([]Announcement{a, b})
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Set did not signal")
+	}
+	if got := f.Advertised(); len(got) != 2 || got[0].Prefix != b.Prefix {
+		t.Fatalf("Advertised = %v", got)
+	}
+	if err := f.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.Set([]Announcement{a})
+	if m, _ := f.Sets(); m != n+1 || len(f.Advertised()) != 0 {
+		t.Fatalf("after Shutdown: sets %d, advertised %v", m, f.Advertised())
+	}
 }
