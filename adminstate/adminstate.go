@@ -43,7 +43,7 @@ func (o Override) IsZero() bool { return o.Enabled == nil && o.Weight == nil }
 // Audit describes the admin action behind a Set.
 type Audit struct {
 	Actor  string // token name or "cert:<CN>"
-	Op     string // "pool", "depool", "weight", ...
+	Action string // "pool", "depool", "weight", ...
 	Reason string
 	Force  bool
 	Time   time.Time // zero: now
@@ -53,7 +53,7 @@ type Audit struct {
 type Entry struct {
 	Time   time.Time `json:"time"`
 	Actor  string    `json:"actor"`
-	Op     string    `json:"op"`
+	Action string    `json:"action"`
 	Pool   string    `json:"pool"`
 	Host   string    `json:"host"`
 	Reason string    `json:"reason,omitempty"`
@@ -257,7 +257,7 @@ func (f *File) Set(pool, host string, o Override, audit Audit) (old Override, er
 	} else {
 		next.Pools[pool] = hosts
 	}
-	e := Entry{Time: audit.Time, Actor: audit.Actor, Op: audit.Op, Pool: pool, Host: host,
+	e := Entry{Time: audit.Time, Actor: audit.Actor, Action: audit.Action, Pool: pool, Host: host,
 		Reason: audit.Reason, Force: audit.Force}
 	if had {
 		oc := old.clone()
@@ -277,7 +277,7 @@ func (f *File) Set(pool, host string, o Override, audit Audit) (old Override, er
 	}
 	f.c = next
 	f.log.Info("admin override stored", "path", f.path, "pool", pool, "host", host,
-		"actor", audit.Actor, "op", audit.Op, "reason", audit.Reason, "force", audit.Force,
+		"actor", audit.Actor, "action", audit.Action, "reason", audit.Reason, "force", audit.Force,
 		"old", old.String(), "new", o.String())
 	return old.clone(), nil
 }

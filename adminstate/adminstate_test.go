@@ -34,7 +34,7 @@ func TestMissingFileIsEmpty(t *testing.T) {
 		t.Fatalf("Open created the file: %v", err)
 	}
 	// The first Set creates the directory and the file.
-	if _, err := f.Set("text_80", "cp1001", Override{Enabled: ptr(false)}, Audit{Actor: "alice", Op: "depool"}); err != nil {
+	if _, err := f.Set("text_80", "cp1001", Override{Enabled: ptr(false)}, Audit{Actor: "alice", Action: "depool"}); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o640 {
@@ -50,17 +50,17 @@ func TestPersistAcrossReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
-	old, err := f.Set("text_80", "cp1001", Override{Enabled: ptr(false)}, Audit{Actor: "alice", Op: "depool", Reason: "T1234", Force: true, Time: t0})
+	old, err := f.Set("text_80", "cp1001", Override{Enabled: ptr(false)}, Audit{Actor: "alice", Action: "depool", Reason: "T1234", Force: true, Time: t0})
 	if err != nil || !old.IsZero() {
 		t.Fatalf("first set: %v %v", old, err)
 	}
-	if _, err := f.Set("text_80", "cp1002", Override{Weight: ptr(0)}, Audit{Actor: "bob", Op: "weight", Time: t0.Add(time.Second)}); err != nil {
+	if _, err := f.Set("text_80", "cp1002", Override{Weight: ptr(0)}, Audit{Actor: "bob", Action: "weight", Time: t0.Add(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Set("upload_443", "cp2001", Override{Enabled: ptr(true), Weight: ptr(5)}, Audit{Actor: "cert:carol", Op: "pool"}); err != nil {
+	if _, err := f.Set("upload_443", "cp2001", Override{Enabled: ptr(true), Weight: ptr(5)}, Audit{Actor: "cert:carol", Action: "pool"}); err != nil {
 		t.Fatal(err)
 	}
-	old, err = f.Set("text_80", "cp1001", Override{Enabled: ptr(true)}, Audit{Actor: "bob", Op: "pool", Time: t0.Add(2 * time.Second)})
+	old, err = f.Set("text_80", "cp1001", Override{Enabled: ptr(true)}, Audit{Actor: "bob", Action: "pool", Time: t0.Add(2 * time.Second)})
 	if err != nil || old.Enabled == nil || *old.Enabled || old.Actor != "alice" || old.Reason != "T1234" || !old.Time.Equal(t0) {
 		t.Fatalf("second set of cp1001: old %+v %v", old, err)
 	}
@@ -97,10 +97,10 @@ func TestPersistAcrossReopen(t *testing.T) {
 func TestZeroOverrideRemoves(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	f, _ := Open(path, logger(nil))
-	if _, err := f.Set("p", "h", Override{Enabled: ptr(false)}, Audit{Actor: "a", Op: "depool"}); err != nil {
+	if _, err := f.Set("p", "h", Override{Enabled: ptr(false)}, Audit{Actor: "a", Action: "depool"}); err != nil {
 		t.Fatal(err)
 	}
-	old, err := f.Set("p", "h", Override{}, Audit{Actor: "a", Op: "clear"})
+	old, err := f.Set("p", "h", Override{}, Audit{Actor: "a", Action: "clear"})
 	if err != nil || old.Enabled == nil {
 		t.Fatalf("%v %v", old, err)
 	}
@@ -117,7 +117,7 @@ func TestCrashLeftovers(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.json")
 	f, _ := Open(path, logger(nil))
-	if _, err := f.Set("p", "h", Override{Enabled: ptr(false)}, Audit{Actor: "a", Op: "depool"}); err != nil {
+	if _, err := f.Set("p", "h", Override{Enabled: ptr(false)}, Audit{Actor: "a", Action: "depool"}); err != nil {
 		t.Fatal(err)
 	}
 	leftover := filepath.Join(dir, "state.json.tmp-123456")
@@ -177,13 +177,13 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	path := filepath.Join(dir, "state.json")
 	f, _ := Open(path, logger(nil))
-	if _, err := f.Set("p", "h", Override{Enabled: ptr(false)}, Audit{Actor: "a", Op: "depool"}); err != nil {
+	if _, err := f.Set("p", "h", Override{Enabled: ptr(false)}, Audit{Actor: "a", Action: "depool"}); err != nil {
 		t.Fatal(err)
 	}
 	// A regular file where the directory should be makes every write fail, even as root.
 	os.RemoveAll(dir)
 	os.WriteFile(dir, nil, 0o640)
-	if _, err := f.Set("p", "h", Override{Enabled: ptr(true)}, Audit{Actor: "a", Op: "pool"}); err == nil || !strings.Contains(err.Error(), path) {
+	if _, err := f.Set("p", "h", Override{Enabled: ptr(true)}, Audit{Actor: "a", Action: "pool"}); err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("write into a missing directory: %v", err)
 	}
 	if o := f.Overrides("p")["h"]; *o.Enabled || len(f.AuditTrail()) != 1 {
@@ -202,7 +202,7 @@ func TestConcurrentSets(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := f.Set(fmt.Sprintf("p%d", i%3), fmt.Sprintf("h%d", i), Override{Weight: ptr(i)}, Audit{Actor: "a", Op: "weight"}); err != nil {
+			if _, err := f.Set(fmt.Sprintf("p%d", i%3), fmt.Sprintf("h%d", i), Override{Weight: ptr(i)}, Audit{Actor: "a", Action: "weight"}); err != nil {
 				t.Error(err)
 			}
 			f.Overrides("p0")
@@ -235,7 +235,7 @@ func TestAuditBounded(t *testing.T) {
 	f, _ := Open(path, logger(nil))
 	f.auditLimit = 20 // AuditLimit fsync'd writes take too long for a unit test
 	for i := 0; i < f.auditLimit+5; i++ {
-		if _, err := f.Set("p", "h", Override{Weight: ptr(i)}, Audit{Actor: "a", Op: "weight"}); err != nil {
+		if _, err := f.Set("p", "h", Override{Weight: ptr(i)}, Audit{Actor: "a", Action: "weight"}); err != nil {
 			t.Fatal(err)
 		}
 	}
