@@ -39,7 +39,7 @@ func NewNetlinkAddrs(netnsPath string) (*NetlinkAddrs, error) {
 		}
 		defer ns.Close()
 	}
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("vip addresses: netlink in netns %q: %w", netnsPath, err)
 	}
