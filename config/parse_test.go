@@ -478,7 +478,7 @@ func TestProductionStyle(t *testing.T) {
 
 	// The same section with SPEC's inline "# needs a newer PyBal" annotations fails,
 	// as in PyBal, and the errors say why.
-	_, err = Load(filepath.Join("testdata", "production-annotated.conf"))
+	_, err = Load(filepath.Join("testdata", "production-annotated-errors.conf"))
 	var ds Diagnostics
 	if !errors.As(err, &ds) || len(ds) != 2 || ds[0].Key != "scheduler" || ds[1].Key != "tunneling" ||
 		!strings.Contains(ds[0].Msg, "inline '# comment'") || !strings.Contains(ds[1].Msg, "inline '# comment'") {
