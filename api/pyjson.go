@@ -17,6 +17,10 @@ const hexDigits = "0123456789abcdef"
 // becomes U+FFFD, as Python's decode(errors="replace") would show it.
 func appendPyString(b []byte, s string) []byte {
 	b = append(b, '"')
+	if plainASCII(s) { // host and pool names: copy in one go
+		b = append(b, s...)
+		return append(b, '"')
+	}
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
@@ -54,6 +58,16 @@ func appendPyString(b []byte, s string) []byte {
 		b = appendU(b, r)
 	}
 	return append(b, '"')
+}
+
+// plainASCII reports whether s needs no escaping at all.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 func appendU(b []byte, r rune) []byte {
