@@ -496,3 +496,33 @@ func counterValue(t *testing.T, m *AdminMetrics, op, result string) float64 {
 	}
 	return out.GetCounter().GetValue()
 }
+
+// TestNewHTTPServerTLS serves the admin handler the way the daemon does: a loopback
+// listener, NewHTTPServer and ServeTLS with TLSConfig's certificates.
+func TestNewHTTPServerTLS(t *testing.T) {
+	pki := newPKI(t)
+	_, _, _, h, _ := adminFixture(t)
+	cfg, err := TLSConfig(pki.serverCert, pki.serverKey, pki.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewHTTPServer(h, cfg, discard())
+	go srv.ServeTLS(l, "", "")
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(pki.ca)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pki.client}}}}
+	resp, err := c.Post("https://"+l.Addr().String()+"/pools/text_80/cp1001/depool", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"actor":"cert:sre-carol"`) {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+}
