@@ -405,8 +405,13 @@ func (s *Speaker) peerConfig(addr netip.Addr) *api.Peer {
 	}
 	if s.g.BGPGracefulRestart {
 		// Advertise the capability so that routers keep our routes across a planned
-		// restart (Detach); Shutdown still withdraws and sends a Cease.
-		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: 120}
+		// restart (Detach); Shutdown still withdraws and sends a Cease. We come up as
+		// a restarting speaker with forwarding state preserved (IPVS kept running):
+		// routers keep the stale routes until our End-of-RIB instead of dropping them
+		// at the OPEN. GoBGP then sends its routes once every peer sent its EoR, or
+		// after DeferralTime.
+		p.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: 120,
+			DeferralTime: 10, LocalRestarting: true}
 		for _, af := range p.AfiSafis {
 			af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 		}

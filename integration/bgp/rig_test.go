@@ -157,9 +157,10 @@ type router struct {
 	ctl  string
 	conf birdConf
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	cli *birdClient
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has been waited for
+	cli    *birdClient
 }
 
 // newRouter creates a router namespace wired to the speaker's bridge and starts BIRD.
@@ -263,13 +264,14 @@ func (r *router) start() {
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("start bird: %v", err)
 	}
-	go func() { _ = cmd.Wait(); out.Close() }()
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); out.Close(); close(exited) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		cli, err := dialBird(r.ctl)
 		if err == nil {
 			r.mu.Lock()
-			r.cmd, r.cli = cmd, cli
+			r.cmd, r.exited, r.cli = cmd, exited, cli
 			r.mu.Unlock()
 			return
 		}
@@ -284,23 +286,22 @@ func (r *router) start() {
 // stop terminates BIRD (SIGTERM: it sends a Cease) and waits for it.
 func (r *router) stop() {
 	r.mu.Lock()
-	cmd, cli := r.cmd, r.cli
-	r.cmd, r.cli = nil, nil
+	cmd, exited, cli := r.cmd, r.exited, r.cli
+	r.cmd, r.exited, r.cli = nil, nil, nil
 	r.mu.Unlock()
 	if cli != nil {
 		cli.Close()
 	}
-	if cmd == nil || cmd.Process == nil {
+	if cmd == nil {
 		return
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
-	for range 100 {
-		if cmd.ProcessState != nil || syscall.Kill(cmd.Process.Pid, 0) != nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	select {
+	case <-exited:
+	case <-time.After(2 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
 	}
-	_ = cmd.Process.Kill()
 	os.Remove(r.ctl)
 }
 
