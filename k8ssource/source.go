@@ -59,6 +59,9 @@ type Source struct {
 	m      *metrics
 	// warned remembers the last non-fatal finding logged per node (weight annotation).
 	warned map[string]string
+	// noTrim keeps whole objects in the caches: only for the side-by-side memory
+	// benchmark that shows what the trim saves.
+	noTrim bool
 }
 
 // New parses `k8s://[context]?nodes=<label selector>&endpoints=<namespace>/<service>`
@@ -304,6 +307,9 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 
 // setup wires one informer before it starts: memory trim, error handler, events.
 func (s *Source) setup(inf cache.SharedIndexInformer, res string, trim cache.TransformFunc, poke func()) error {
+	if s.noTrim {
+		trim = nil
+	}
 	if err := inf.SetTransform(trim); err != nil {
 		return fmt.Errorf("k8s source %s: %s informer: %w", s.url, res, err)
 	}
