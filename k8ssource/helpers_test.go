@@ -49,7 +49,9 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name string) (float64, 
 	return 0, false
 }
 
-func counterSum(t testing.TB, reg *prometheus.Registry, name string) float64 { return gauge(t, reg, name) }
+func counterSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	return gauge(t, reg, name)
+}
 
 func waitGauge(t testing.TB, reg *prometheus.Registry, name string, want float64) {
 	t.Helper()

@@ -450,7 +450,7 @@ func TestCordon(t *testing.T) {
 func epSlice(name, ns, service string, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{
-			ServiceNameLabel:             service,
+			ServiceNameLabel:           service,
 			discoveryv1.LabelManagedBy: "kubal-test",
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
