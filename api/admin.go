@@ -74,7 +74,7 @@ func WithMetrics(m *AdminMetrics) AdminOption { return func(a *admin) { a.metric
 // 403 for a wrong token). Actions are applied one at a time, so two concurrent depools
 // cannot both pass the depool threshold. Every request is audited through log.
 func NewAdmin(st State, adm Admin, auth *Auth, log *slog.Logger, opts ...AdminOption) http.Handler {
-	a := &admin{read: reader{st: st}, adm: adm, auth: auth, log: log, sem: make(chan struct{}, 1)}
+	a := &admin{read: reader{st: st, cache: &renderCache{}}, adm: adm, auth: auth, log: log, sem: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(a)
 	}

@@ -18,7 +18,9 @@ import (
 type State interface {
 	// Pools returns the pool (service section) names in config order.
 	Pools() []string
-	// Snapshot returns the current state of one pool.
+	// Snapshot returns the current state of one pool. A returned snapshot must never
+	// be modified afterwards (publish a new one instead): /pools/<pool> caches its
+	// rendering per Servers array.
 	Snapshot(pool string) (pool.Snapshot, bool)
 	// Alerts returns kubal's own alerts (a source down, a failed reload, an etcd
 	// outage), shown in /alerts next to PyBal's pool alerts.

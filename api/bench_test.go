@@ -42,3 +42,25 @@ func BenchmarkServerJSON(b *testing.B) {
 	benchEndpoint(b, "/pools/perf_pool/mw0500.eqiad.wmnet", "application/json")
 }
 func BenchmarkV1Pool1000(b *testing.B) { benchEndpoint(b, "/v1/pools/perf_pool", "") }
+
+// Rendering cost without the per-snapshot cache (every request after a state change).
+func BenchmarkPoolText1000Uncached(b *testing.B) {
+	h := &instrumentation{read: reader{st: benchPool(1000)}, log: discard()}
+	req := httptest.NewRequest(http.MethodGet, "/pools/perf_pool", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+	}
+}
+
+func BenchmarkPoolJSON1000Uncached(b *testing.B) {
+	h := &instrumentation{read: reader{st: benchPool(1000)}, log: discard()}
+	req := httptest.NewRequest(http.MethodGet, "/pools/perf_pool", nil)
+	req.Header.Set("Accept", "application/json")
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+	}
+}

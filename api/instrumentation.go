@@ -25,7 +25,7 @@ const notFound = "The desired url was not found"
 // /metrics from the gatherer (404 when nil, as PyBal without prometheus_client);
 // /healthz (the process serves) and /readyz (State.Ready).
 func NewInstrumentation(st State, metrics prometheus.Gatherer, log *slog.Logger) http.Handler {
-	h := &instrumentation{read: reader{st: st}, log: log}
+	h := &instrumentation{read: reader{st: st, cache: &renderCache{}}, log: log}
 	if metrics != nil {
 		h.metrics = promhttp.HandlerFor(metrics, promhttp.HandlerOpts{
 			ErrorLog:      slogPrinter{log},
@@ -72,7 +72,8 @@ func (h *instrumentation) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // reader serves the read-only endpoints; both listeners use it.
 type reader struct {
-	st State
+	st    State
+	cache *renderCache
 }
 
 // segments splits the escaped path into unescaped segments, as Twisted does. ok is
@@ -187,11 +188,21 @@ func (rd reader) pools(w http.ResponseWriter, r *http.Request) {
 func (rd reader) pool(w http.ResponseWriter, r *http.Request, name string) bool {
 	snap, ok := rd.st.Snapshot(name)
 	if !ok {
+		rd.cache.forget(name)
 		return false
+	}
+	asJSON := wantJSON(r)
+	ctype := "text/plain"
+	if asJSON {
+		ctype = "application/json"
+	}
+	if body, ok := rd.cache.get(name, asJSON, snap.Servers); ok {
+		writeBody(w, http.StatusOK, ctype, body)
+		return true
 	}
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
-	if wantJSON(r) {
+	if asJSON {
 		b = append(b, '{')
 		for i := range snap.Servers {
 			if i > 0 {
@@ -202,7 +213,6 @@ func (rd reader) pool(w http.ResponseWriter, r *http.Request, name string) bool 
 			b = appendDumpState(b, &snap.Servers[i])
 		}
 		b = append(b, '}')
-		writeBody(w, http.StatusOK, "application/json", b)
 	} else {
 		// PyBal prints dict order; kubal sorts by host (Snapshot.Servers is sorted).
 		for i := range snap.Servers {
@@ -211,11 +221,62 @@ func (rd reader) pool(w http.ResponseWriter, r *http.Request, name string) bool 
 			b = appendTextStatus(b, &snap.Servers[i])
 			b = append(b, '\n')
 		}
-		writeBody(w, http.StatusOK, "text/plain", b)
 	}
+	body := rd.cache.put(name, asJSON, snap.Servers, b)
+	writeBody(w, http.StatusOK, ctype, body)
 	*bp = b
 	bufPool.Put(bp)
 	return true
+}
+
+// renderCache keeps the last rendered /pools/<pool> body per pool and format. The
+// daemon publishes immutable snapshots, so the same Servers backing array means the
+// same content; the entry holds that array, so its address cannot be reused by a
+// newer snapshot while cached. Under load most requests between two state changes
+// are then a copy of bytes.
+type renderCache struct {
+	m sync.Map // cacheKey -> *rendered
+}
+
+type cacheKey struct {
+	pool   string
+	asJSON bool
+}
+
+type rendered struct {
+	servers []pool.ServerState
+	body    []byte
+}
+
+func (c *renderCache) get(name string, asJSON bool, servers []pool.ServerState) ([]byte, bool) {
+	if c == nil || len(servers) == 0 {
+		return nil, false
+	}
+	v, ok := c.m.Load(cacheKey{name, asJSON})
+	if !ok {
+		return nil, false
+	}
+	e := v.(*rendered)
+	if len(e.servers) != len(servers) || &e.servers[0] != &servers[0] {
+		return nil, false
+	}
+	return e.body, true
+}
+
+// put caches a copy of body (which the caller reuses) and returns the copy.
+func (c *renderCache) put(name string, asJSON bool, servers []pool.ServerState, body []byte) []byte {
+	out := append([]byte(nil), body...)
+	if c != nil && len(servers) > 0 {
+		c.m.Store(cacheKey{name, asJSON}, &rendered{servers: servers, body: out})
+	}
+	return out
+}
+
+func (c *renderCache) forget(name string) {
+	if c != nil {
+		c.m.Delete(cacheKey{name, false})
+		c.m.Delete(cacheKey{name, true})
+	}
 }
 
 func (rd reader) server(w http.ResponseWriter, r *http.Request, poolName, host string) bool {

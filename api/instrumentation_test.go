@@ -319,3 +319,44 @@ func FuzzPyString(f *testing.F) {
 		}
 	})
 }
+
+func TestRenderCache(t *testing.T) {
+	st := newFakeState(examplePool())
+	h := NewInstrumentation(st, nil, discard())
+	const first = "mw1001:\tenabled/up/pooled\nmw1002:\tenabled/partially up/not pooled\nmw1003:\tdisabled/down/not pooled\n"
+	for i := 0; i < 2; i++ {
+		if got := body(t, get(t, h, "/pools/test_pool0")); got != first {
+			t.Fatalf("request %d: %q", i, got)
+		}
+	}
+	// White box: an in-place change (which State forbids) is not seen, proving that
+	// the second request was served from the cache.
+	snap, _ := st.Snapshot("test_pool0")
+	snap.Servers[0].Pooled = false
+	if got := body(t, get(t, h, "/pools/test_pool0")); got != first {
+		t.Fatalf("not cached: %q", got)
+	}
+	// A newly published snapshot is rendered again, in both formats.
+	next := examplePool()
+	next.Servers[0] = srv("mw1001", "Edp", 7)
+	st.set(next)
+	if got := body(t, get(t, h, "/pools/test_pool0")); !strings.HasPrefix(got, "mw1001:\tenabled/down/not pooled\n") {
+		t.Fatalf("stale text after a new snapshot: %q", got)
+	}
+	if got := body(t, get(t, h, "/pools/test_pool0", "application/json")); !strings.HasPrefix(got, `{"mw1001": {"pooled": false, "weight": 7, "up": false, "enabled": true}, `) {
+		t.Fatalf("stale JSON after a new snapshot: %q", got)
+	}
+	// Same length, new array: still a miss.
+	again := examplePool()
+	st.set(again)
+	if got := body(t, get(t, h, "/pools/test_pool0")); got != first {
+		t.Fatalf("same-length snapshot: %q", got)
+	}
+	// A pool that disappears (config reload) is a 404 and leaves the cache.
+	st.mu.Lock()
+	delete(st.snaps, "test_pool0")
+	st.mu.Unlock()
+	if resp := get(t, h, "/pools/test_pool0"); resp.StatusCode != 404 {
+		t.Fatalf("removed pool: %d", resp.StatusCode)
+	}
+}
