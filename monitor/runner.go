@@ -32,20 +32,29 @@ type loop struct {
 
 func (l *loop) Run(ctx context.Context, emit func(Result)) {
 	next := l.clk.Now().Add(l.interval - l.offset)
+	done := make(chan struct{})
 	for {
 		if !sleep(ctx, l.clk, next.Sub(l.clk.Now())) {
 			return
 		}
-		cctx, cancel := ctx, context.CancelFunc(func() {})
-		if l.timeout > 0 {
-			cctx, cancel = context.WithTimeout(ctx, l.timeout)
-		}
-		r := l.check.Check(cctx)
-		cancel()
-		if ctx.Err() != nil {
-			return // stopped mid-check: not a result (PyBal ignores CancelledError)
-		}
-		emit(r)
+		// The check (and the report it leads to) runs on its own short-lived
+		// goroutine: the stack it grows (HTTP, exec, DNS) is freed when it ends,
+		// and this goroutine, which only waits on timers, stays small. That keeps
+		// an idle looping probe at a few KiB.
+		go func() {
+			defer func() { done <- struct{}{} }()
+			cctx, cancel := ctx, context.CancelFunc(func() {})
+			if l.timeout > 0 {
+				cctx, cancel = context.WithTimeout(ctx, l.timeout)
+			}
+			r := l.check.Check(cctx)
+			cancel()
+			if ctx.Err() != nil {
+				return // stopped mid-check: not a result (PyBal ignores CancelledError)
+			}
+			emit(r)
+		}()
+		<-done
 		next = nextTick(next, l.interval, l.clk.Now())
 	}
 }

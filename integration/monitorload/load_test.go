@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -155,14 +156,14 @@ func addrN(second byte, n int) netip.Addr {
 	return netip.AddrFrom4([4]byte{127, second, byte(n >> 8), byte(n)})
 }
 
-type mem struct{ heap, rss uint64 }
+type mem struct{ heap, stack, rss uint64 }
 
 func measureMem() mem {
 	runtime.GC()
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return mem{heap: ms.HeapInuse + ms.StackInuse + ms.MSpanInuse + ms.MCacheInuse, rss: rss()}
+	return mem{heap: ms.HeapInuse + ms.StackInuse + ms.MSpanInuse + ms.MCacheInuse, stack: ms.StackInuse, rss: rss()}
 }
 
 func rss() uint64 {
@@ -313,6 +314,14 @@ func runLoad(t *testing.T) {
 	checksPerSec := (results1 - results0) / wallB.Sub(wallA).Seconds()
 	hitsPerSec := float64(hits1-hits0) / wallB.Sub(wallA).Seconds()
 	memAll := measureMem()
+	if f := os.Getenv("KUBAL_MONITOR_LOAD_HEAPPROFILE"); f != "" {
+		pf, err := os.Create(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pprof.WriteHeapProfile(pf)
+		pf.Close()
+	}
 	for _, tg := range fetch {
 		if !tg.up.Load() {
 			t.Errorf("ProxyFetch %s went down in steady state", tg.addr)
@@ -320,7 +329,9 @@ func runLoad(t *testing.T) {
 	}
 
 	// Phase 3: the same RST measurement with the ProxyFetch load running.
+	sched0 := schedLatencies()
 	rstEvents2, rstMissed2, rstLat2 := rstPhase(t, c, idle, byAddr, nRST)
+	schedP50, schedP99 := sched0.since(schedLatencies())
 
 	// Phase 4: flip every HTTP answer to 503; time from the flip to each down.
 	for _, tg := range fetch {
@@ -352,6 +363,8 @@ func runLoad(t *testing.T) {
 	t.Logf("memory per monitor, all %d: heap %.2f KiB, rss %.2f KiB; per ProxyFetch monitor: heap %.2f KiB",
 		nIdle+nFetch, kib(memAll.heap-base.heap, nIdle+nFetch), kib(memAll.rss-base.rss, nIdle+nFetch),
 		float64(int64(memAll.heap)-int64(memIdle.heap))/1024/float64(nFetch))
+	t.Logf("memory: goroutine stacks %.2f KiB per IdleConnection monitor, %.2f KiB per ProxyFetch monitor",
+		kib(memIdle.stack-base.stack, nIdle), float64(int64(memAll.stack)-int64(memIdle.stack))/1024/float64(nFetch))
 	t.Logf("cpu: %d idle monitors alone %.4f cores", nIdle, idleCPU)
 	t.Logf("cpu: steady state %d idle + %d ProxyFetch: %.3f cores over %v; %.0f checks/s (backend saw %.0f req/s) (target < 0.5 core)",
 		nIdle, nFetch, steadyCPU, window, checksPerSec, hitsPerSec)
@@ -360,6 +373,7 @@ func runLoad(t *testing.T) {
 		rstEvents1, rstMissed1, percentile(rstLat1, .5), percentile(rstLat1, .99), percentile(rstLat1, 1))
 	t.Logf("RST -> down, with the ProxyFetch load (%d RSTs, %d missed): p50 %v p99 %v max %v (target p99 < 5ms)",
 		rstEvents2, rstMissed2, percentile(rstLat2, .5), percentile(rstLat2, .99), percentile(rstLat2, 1))
+	t.Logf("Go scheduler latency (runnable -> running) during that phase: p50 %v p99 %v", schedP50, schedP99)
 	t.Logf("load average at start: %s; at end: %s", load0, loadavg())
 	t.Logf("503 -> down (%d monitors, interval %v): p50 %v p99 %v max %v (target max < interval + 10ms = %v)",
 		nFetch, fetchInterval, percentile(fetchLat, .5), percentile(fetchLat, .99), percentile(fetchLat, 1), fetchInterval+10*time.Millisecond)
@@ -404,4 +418,40 @@ func rstPhase(t *testing.T, c *child, idle []*target, byAddr map[netip.Addr]*tar
 func loadavg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
 	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// schedHist is a snapshot of the Go runtime's scheduling-latency histogram: how
+// long goroutines wait runnable before they run (CPU starvation shows here).
+type schedHist struct {
+	counts  []uint64
+	buckets []float64
+}
+
+func schedLatencies() schedHist {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	h := s[0].Value.Float64Histogram()
+	return schedHist{counts: slices.Clone(h.Counts), buckets: h.Buckets}
+}
+
+// since returns p50 and p99 of the latencies recorded between h and later.
+func (h schedHist) since(later schedHist) (time.Duration, time.Duration) {
+	var total uint64
+	diff := make([]uint64, len(later.counts))
+	for i := range diff {
+		diff[i] = later.counts[i] - h.counts[i]
+		total += diff[i]
+	}
+	q := func(p float64) time.Duration {
+		want := uint64(float64(total) * p)
+		var acc uint64
+		for i, c := range diff {
+			acc += c
+			if acc >= want && c > 0 {
+				return time.Duration(later.buckets[i+1] * float64(time.Second))
+			}
+		}
+		return 0
+	}
+	return q(.5), q(.99)
 }
