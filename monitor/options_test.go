@@ -172,7 +172,7 @@ func TestProbeKeys(t *testing.T) {
 	a := loopback(80)
 	b := loopback(81)
 	pf := []string{"proxyfetch.url", "['http://x/']"}
-	if key("ProxyFetch", a, pf...) != key("ProxyFetch", a, pf...) {
+	if k1, k2 := key("ProxyFetch", a, pf...), key("ProxyFetch", a, pf...); k1 != k2 {
 		t.Error("identical ProxyFetch keys differ")
 	}
 	if key("ProxyFetch", a, pf...) == key("ProxyFetch", b, pf...) {
