@@ -233,6 +233,9 @@ func TestManagerWatchErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "test.conf:10: proxyfetch.timeout") || !strings.Contains(err.Error(), "proxyfetch.url: required") {
 		t.Errorf("bad options: %v", err)
 	}
+	if _, err := m.Watch(testService("svc", nil), "TCP", Target{Host: "unresolved", Port: 80}, func(Result) {}); err == nil || !strings.Contains(err.Error(), `server "unresolved" has no address`) {
+		t.Errorf("no address: %v", err)
+	}
 	m.Close()
 	if _, err := m.Watch(testService("svc", nil), "TCP", loopback(80), func(Result) {}); err == nil {
 		t.Error("Watch after Close succeeded")

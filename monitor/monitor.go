@@ -122,6 +122,9 @@ func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(
 	if !ok {
 		return nil, fmt.Errorf("service %s: unknown monitor %q (known: %v)", svc.Name, name, Names())
 	}
+	if !t.Addr.IsValid() {
+		return nil, fmt.Errorf("service %s monitor %s: server %q has no address", svc.Name, name, t.Host)
+	}
 	sp := parse(v, t)
 	if len(v.ds) > 0 {
 		return nil, fmt.Errorf("service %s monitor %s: %w", svc.Name, name, v.ds)

@@ -22,7 +22,6 @@ type runCommandConfig struct {
 	common
 	command   string
 	args      []string // server.* names resolved for the target
-	usesHost  bool
 	interval  time.Duration
 	timeout   time.Duration // 0: none
 	logOutput bool
@@ -57,7 +56,6 @@ func parseRunCommand(v *validator, t Target) spec {
 				switch it.Str {
 				case "server.host":
 					c.args = append(c.args, t.Host)
-					c.usesHost = true
 				case "server.ip":
 					c.args = append(c.args, addrText(t))
 				case "server.port":
