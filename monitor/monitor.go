@@ -216,6 +216,8 @@ type watcher struct {
 	report        func(Result)
 	stopped       atomic.Bool
 	delivered     bool // guarded by probe.dmu
+
+	upResults, downResults prometheus.Counter // guarded by probe.dmu
 }
 
 // probe is one running monitor instance shared by its watchers.
@@ -258,14 +260,25 @@ func (p *probe) emit(r Result) {
 	p.mu.Unlock()
 
 	met := p.m.metrics
+	debug := p.m.log.Enabled(context.Background(), slog.LevelDebug)
 	for _, w := range ws {
+		// The result counters are cached per watcher: 2,000 checks/s should not
+		// hash label values each time.
 		if r.Up {
-			met.upResults.WithLabelValues(w.service, w.host, p.name).Inc()
+			if w.upResults == nil {
+				w.upResults = met.upResults.WithLabelValues(w.service, w.host, p.name)
+			}
+			w.upResults.Inc()
 		} else {
-			met.downResults.WithLabelValues(w.service, w.host, p.name).Inc()
+			if w.downResults == nil {
+				w.downResults = met.downResults.WithLabelValues(w.service, w.host, p.name)
+			}
+			w.downResults.Inc()
 		}
-		p.m.log.Debug("monitor result", "service", w.service, "monitor", p.name, "host", w.host,
-			"up", r.Up, "reason", r.Reason)
+		if debug {
+			p.m.log.Debug("monitor result", "service", w.service, "monitor", p.name, "host", w.host,
+				"up", r.Up, "reason", r.Reason)
+		}
 		if changed || !w.delivered {
 			p.deliver(w, cur)
 		}
