@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -284,7 +285,7 @@ func (rd reader) server(w http.ResponseWriter, r *http.Request, poolName, host s
 	if !ok {
 		return false
 	}
-	sv, ok := snap.Server(host)
+	sv, ok := findServer(&snap, host)
 	if !ok {
 		return false
 	}
@@ -294,6 +295,17 @@ func (rd reader) server(w http.ResponseWriter, r *http.Request, poolName, host s
 	}
 	writeBody(w, http.StatusOK, "text/plain", append(appendTextStatus(nil, &sv), '\n'))
 	return true
+}
+
+// findServer is Snapshot.Server by binary search (Servers is sorted by host), with a
+// linear fallback should a snapshot ever not be sorted.
+func findServer(snap *pool.Snapshot, host string) (pool.ServerState, bool) {
+	ss := snap.Servers
+	i := sort.Search(len(ss), func(i int) bool { return ss[i].Host >= host })
+	if i < len(ss) && ss[i].Host == host {
+		return ss[i], true
+	}
+	return snap.Server(host)
 }
 
 // alertStatus computes PyBal's /alerts (instrumentation.py Alerts.render_GET) over the

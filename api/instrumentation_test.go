@@ -360,3 +360,23 @@ func TestRenderCache(t *testing.T) {
 		t.Fatalf("removed pool: %d", resp.StatusCode)
 	}
 }
+
+func TestFindServer(t *testing.T) {
+	sorted := pool.Snapshot{Servers: []pool.ServerState{srv("a", "EUP", 1), srv("b", "EUP", 2), srv("c", "EUP", 3)}}
+	unsorted := pool.Snapshot{Servers: []pool.ServerState{srv("c", "EUP", 3), srv("a", "EUP", 1), srv("b", "EUP", 2)}}
+	for _, tc := range []struct {
+		snap pool.Snapshot
+		host string
+		w    int
+		ok   bool
+	}{
+		{sorted, "a", 1, true}, {sorted, "c", 3, true}, {sorted, "bb", 0, false}, {sorted, "", 0, false},
+		{unsorted, "c", 3, true}, {unsorted, "a", 1, true}, {unsorted, "b", 2, true}, {unsorted, "d", 0, false},
+		{pool.Snapshot{}, "a", 0, false},
+	} {
+		s, ok := findServer(&tc.snap, tc.host)
+		if ok != tc.ok || s.Weight != tc.w {
+			t.Errorf("%s: %v %v", tc.host, s.Weight, ok)
+		}
+	}
+}
