@@ -1,8 +1,11 @@
 package k8ssource
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kubal/kubal/config"
 )
 
 func TestParseURL(t *testing.T) {
@@ -52,5 +55,29 @@ func TestParseURL(t *testing.T) {
 				t.Fatalf("ParseURL(%q) = %+v, %v; want %+v", got.String(), again, err, got)
 			}
 		})
+	}
+}
+
+// TestExampleConfig keeps configs/k8s/ingress.conf valid: it loads without warnings
+// and its k8s:// URL means what its comments say.
+func TestExampleConfig(t *testing.T) {
+	c, err := config.Load(filepath.Join("..", "configs", "k8s", "ingress.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Warnings) > 0 {
+		t.Fatalf("warnings: %v", c.Warnings)
+	}
+	s, ok := c.Service("ingress_https")
+	if !ok {
+		t.Fatal("no ingress_https service")
+	}
+	u, err := ParseURL(s.ConfigURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := URL{Context: "prod", Nodes: "node-role.kubernetes.io/ingress=true", Namespace: "istio-system", Service: "istio-ingressgateway"}
+	if u != want || s.K8sCordoned != CordonDepool || len(s.K8sTaints) != 2 {
+		t.Fatalf("URL %+v cordoned %q taints %v", u, s.K8sCordoned, s.K8sTaints)
 	}
 }
