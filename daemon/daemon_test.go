@@ -1,0 +1,326 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kubal/kubal/api"
+	"github.com/kubal/kubal/ipvs"
+	"github.com/kubal/kubal/logging"
+	"github.com/kubal/kubal/pool"
+)
+
+// backend is a real HTTP server on 127.0.0.x whose health can be flipped.
+type backend struct {
+	addr   string
+	status atomic.Int32
+	srv    *http.Server
+}
+
+func startBackend(t *testing.T, ip string, port int) *backend {
+	t.Helper()
+	b := &backend{addr: ip}
+	b.status.Store(200)
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(int(b.status.Load()))
+	})}
+	go b.srv.Serve(ln)
+	t.Cleanup(func() { b.srv.Close() })
+	return b
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+type rig struct {
+	dir      string
+	conf     string
+	list     string
+	port     int
+	fake     *ipvs.Fake
+	backends []*backend
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	r := &rig{dir: t.TempDir(), port: freePort(t), fake: ipvs.NewFake()}
+	for _, ip := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"} {
+		r.backends = append(r.backends, startBackend(t, ip, r.port))
+	}
+	r.list = filepath.Join(r.dir, "servers.json")
+	r.writeList(t, `{"127.0.0.21": {}, "127.0.0.22": {}, "127.0.0.23": {}, "127.0.0.24": {"weight": 5}}`)
+	if err := os.WriteFile(filepath.Join(r.dir, "tokens"), []byte("sre:secret-token-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.conf = filepath.Join(r.dir, "pybal.conf")
+	r.writeConf(t, "0.5")
+	return r
+}
+
+func (r *rig) writeList(t *testing.T, s string) {
+	t.Helper()
+	tmp := r.list + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, r.list); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) writeConf(t *testing.T, threshold string) {
+	t.Helper()
+	conf := fmt.Sprintf(`[global]
+bgp = no
+admin-token-file = %s/tokens
+admin_port = %d
+state-file = %s/state.json
+
+[web_80]
+protocol = tcp
+ip = 192.0.2.10
+port = %d
+scheduler = wrr
+config = file://%s
+depool-threshold = %s
+monitors = ['ProxyFetch']
+proxyfetch.url = ['http://web.example.org/healthz']
+proxyfetch.interval = 1
+proxyfetch.timeout = 1
+`, r.dir, freePort(t), r.dir, r.port, r.list, threshold)
+	if err := os.WriteFile(r.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startDaemon(t *testing.T, r *rig) (d *Daemon, stop func()) {
+	t.Helper()
+	d, err := New(Options{ConfigPath: r.conf, Log: testLog(t), IPVS: r.fake, Addrs: ipvs.NewFakeAddrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	stop = func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	}
+	t.Cleanup(stop)
+	return d, stop
+}
+
+// ipvsDests returns the fake kernel's destinations of the web service, sorted.
+func (r *rig) ipvsDests() []string {
+	var out []string
+	for k, p := range r.fake.Table() {
+		if k.Port != uint16(r.port) {
+			continue
+		}
+		for _, d := range p.Destinations {
+			out = append(out, fmt.Sprintf("%s w%d", d.Addr, d.Weight))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func server(t *testing.T, d *Daemon, host string) pool.ServerState {
+	t.Helper()
+	snap, ok := d.Snapshot("web_80")
+	if !ok {
+		t.Fatal("no web_80 pool")
+	}
+	s, _ := snap.Server(host)
+	return s
+}
+
+func equal(a []string, b ...string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }
+
+func TestDaemonEndToEnd(t *testing.T) {
+	r := newRig(t)
+	d, _ := startDaemon(t, r)
+
+	all := []string{"127.0.0.21 w10", "127.0.0.22 w10", "127.0.0.23 w10", "127.0.0.24 w5"}
+	eventually(t, 5*time.Second, "all servers in IPVS", func() bool { return equal(r.ipvsDests(), all...) })
+	eventually(t, 5*time.Second, "ready", func() bool { return d.Ready() == nil })
+
+	// A failing health check depools within one interval (+ slack).
+	r.backends[1].status.Store(503)
+	took := eventually(t, 3*time.Second, "127.0.0.22 depooled", func() bool {
+		return equal(r.ipvsDests(), "127.0.0.21 w10", "127.0.0.23 w10", "127.0.0.24 w5")
+	})
+	t.Logf("health failure to IPVS change: %v", took)
+	if s := server(t, d, "127.0.0.22"); s.Up || s.Pooled || !strings.Contains(s.Why, "503") {
+		t.Errorf("state %+v, want down with the 503 reason", s)
+	}
+
+	// Threshold 0.5 of 4 = 2: a second and third failure leave 2 up, so the third stays pooled.
+	r.backends[2].status.Store(503)
+	r.backends[3].status.Store(503)
+	eventually(t, 3*time.Second, "threshold holds", func() bool {
+		s3, s4 := server(t, d, "127.0.0.23"), server(t, d, "127.0.0.24")
+		return !s3.Up && !s4.Up && len(r.ipvsDests()) == 2
+	})
+	snap, _ := d.Snapshot("web_80")
+	if len(snap.PooledDown) != 1 {
+		t.Errorf("pooled-down %v, want one server kept pooled by the threshold", snap.PooledDown)
+	}
+	for _, b := range r.backends {
+		b.status.Store(200)
+	}
+	eventually(t, 3*time.Second, "all repooled", func() bool { return equal(r.ipvsDests(), all...) })
+
+	// The server list changes: removal and a weight change within ~1 s.
+	r.writeList(t, `{"127.0.0.21": {"weight": 3}, "127.0.0.22": {}, "127.0.0.23": {}}`)
+	eventually(t, 3*time.Second, "list change applied", func() bool {
+		return equal(r.ipvsDests(), "127.0.0.21 w3", "127.0.0.22 w10", "127.0.0.23 w10")
+	})
+
+	// A broken list keeps the last good servers.
+	r.writeList(t, `{broken`)
+	eventually(t, 3*time.Second, "source failure alert", func() bool { return len(d.Alerts()) == 1 })
+	if !equal(r.ipvsDests(), "127.0.0.21 w3", "127.0.0.22 w10", "127.0.0.23 w10") {
+		t.Errorf("a broken list changed the pool: %v", r.ipvsDests())
+	}
+	r.writeList(t, `{"127.0.0.21": {"weight": 3}, "127.0.0.22": {}, "127.0.0.23": {}}`)
+	eventually(t, 3*time.Second, "source recovered", func() bool { return len(d.Alerts()) == 0 })
+}
+
+func TestReloadKeepsRunningConfigOnError(t *testing.T) {
+	r := newRig(t)
+	d, _ := startDaemon(t, r)
+	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+
+	if err := os.WriteFile(r.conf, []byte("[web_80]\nprotocol = sctp\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := d.Reload(ctx)
+	if err == nil || !strings.Contains(err.Error(), "pybal.conf:2") {
+		t.Fatalf("reload error %v, want one naming pybal.conf:2", err)
+	}
+	if len(d.Alerts()) != 1 || !strings.Contains(d.Alerts()[0].Msg, "reload failed") {
+		t.Errorf("alerts %v", d.Alerts())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if len(r.ipvsDests()) != 4 || len(d.Pools()) != 1 {
+		t.Errorf("a bad reload changed the running state: %v %v", r.ipvsDests(), d.Pools())
+	}
+
+	// A good reload applies (threshold change) and clears the alert.
+	r.writeConf(t, "0.75")
+	if err := d.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := d.Snapshot("web_80")
+	if snap.Threshold != 0.75 || len(d.Alerts()) != 0 {
+		t.Errorf("threshold %v alerts %v", snap.Threshold, d.Alerts())
+	}
+}
+
+func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
+	r := newRig(t)
+	d, stop := startDaemon(t, r)
+	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+
+	ctx := context.Background()
+	start := time.Now()
+	out, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.23", Op: api.OpDepool, Actor: "sre", Reason: "disk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.New.Enabled || out.New.Pooled || !out.Old.Pooled {
+		t.Errorf("outcome %+v", out)
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Errorf("depool visible after %v, want < 100 ms", took)
+	}
+	eventually(t, time.Second, "depooled in IPVS", func() bool { return len(r.ipvsDests()) == 3 })
+
+	// Threshold: 4 servers x 0.5 = 2 must stay up and enabled; one is disabled now, so
+	// a second depool leaves 2 (allowed) and a third would leave 1 (refused, 409).
+	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.22", Op: api.OpDepool, Actor: "sre"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpDepool, Actor: "sre"})
+	if !errors.Is(err, api.ErrThreshold) {
+		t.Fatalf("third depool: %v, want ErrThreshold", err)
+	}
+	if !server(t, d, "127.0.0.21").Pooled {
+		t.Error("a refused depool changed state")
+	}
+	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.22", Op: api.OpPool, Actor: "sre"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpWeight, Weight: 0, Actor: "sre"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Apply(ctx, api.Action{Pool: "nope", Host: "x", Op: api.OpPool}); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("unknown pool: %v", err)
+	}
+
+	// Restart: the depool and the weight survive (state file).
+	stop()
+	d2, _ := startDaemon(t, r)
+	eventually(t, 5*time.Second, "restarted daemon applied the state file", func() bool {
+		return equal(r.ipvsDests(), "127.0.0.21 w0", "127.0.0.22 w10", "127.0.0.24 w5")
+	})
+	if s := server(t, d2, "127.0.0.23"); s.Enabled || !strings.Contains(s.Why, "disk") {
+		t.Errorf("after restart %+v", s)
+	}
+	_ = netip.Addr{}
+}
+
+// testLog logs to the test output with -v, and to nowhere otherwise.
+func testLog(t *testing.T) *slog.Logger {
+	if !testing.Verbose() {
+		return logging.Discard()
+	}
+	return logging.New(os.Stderr, slog.LevelDebug, false)
+}
