@@ -19,6 +19,7 @@ go build -o "$bin" ./api/internal/perfserver
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 50); do curl -fso /dev/null "http://$ADDR/healthz" && break; sleep 0.1; done
+curl -fso /dev/null "http://$ADDR/perf/latency"
 tck=$(getconf CLK_TCK)
 cpu() { awk -v t="$tck" '{printf "%.2f", ($14+$15)/t}' "/proc/$pid/stat"; }
 
@@ -31,6 +32,7 @@ run() {
 	local after; after=$(cpu)
 	local n; n=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
 	awk -v b="$before" -v a="$after" -v n="$n" 'BEGIN {printf "server cpu: %.2f seconds for %d requests = %.1f us/request\n", a-b, n, (a-b)/n*1e6}'
+	curl -fsS "http://$ADDR/perf/latency"
 }
 echo "== $(nproc) cores, load: $(uptime)"
 run "text /pools/perf_pool" "http://$ADDR/pools/perf_pool"
