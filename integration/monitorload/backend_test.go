@@ -54,12 +54,7 @@ func backend() {
 	var status atomic.Int64
 	status.Store(200)
 	var hits atomic.Int64
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		w.WriteHeader(int(status.Load()))
-		w.Write([]byte("ok\n"))
-	})}
-	go srv.Serve(web)
+	go serveHTTP(web, &status, &hits)
 
 	out := bufio.NewWriter(os.Stdout)
 	var outMu sync.Mutex
@@ -116,6 +111,33 @@ func backend() {
 		case "hits":
 			say("hits %d", hits.Load())
 		}
+	}
+}
+
+// serveHTTP is a minimal HTTP/1.x responder (read the request head, answer, close):
+// far cheaper than net/http, so the backend is not what limits the harness.
+func serveHTTP(ln net.Listener, status, hits *atomic.Int64) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			buf := make([]byte, 2048)
+			n := 0
+			for !strings.Contains(string(buf[:n]), "\r\n\r\n") {
+				m, err := c.Read(buf[n:])
+				if err != nil || n+m == len(buf) {
+					return
+				}
+				n += m
+			}
+			hits.Add(1)
+			code := int(status.Load())
+			fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n", code, http.StatusText(code))
+		}()
 	}
 }
 
