@@ -378,3 +378,48 @@ func TestFake(t *testing.T) {
 		t.Fatalf("after Shutdown: sets %d, advertised %v", m, f.Advertised())
 	}
 }
+
+// The listen port is busy at start: Run keeps retrying (never fails) and starts
+// GoBGP once the port is free.
+func TestRunRetriesWhenPortBusy(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := validGlobal()
+	g.BGPLocalIPs = []string{"127.0.0.1"}
+	g.BGPLocalPort = l.Addr().(*net.TCPAddr).Port
+	g.BGPPeerAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.2")}
+	s, err := New(g, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	s.Set([]Announcement{{Prefix: netip.MustParsePrefix("192.0.2.1/32"), NextHop: g.BGPNextHopIPv4}})
+	time.Sleep(300 * time.Millisecond)
+	if len(s.Advertised()) != 0 {
+		t.Fatal("advertised although GoBGP cannot have started")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run gave up: %v", err)
+	default:
+	}
+	l.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Advertised()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("GoBGP never started after the port was freed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel() // Run shuts down by itself
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Advertised()) != 0 {
+		t.Fatal("Run's implicit Shutdown left routes advertised")
+	}
+}
