@@ -112,7 +112,7 @@ func perfNode(i int) *corev1.Node {
 			NodeInfo: corev1.NodeSystemInfo{
 				MachineID: fmt.Sprintf("%032x", i), SystemUUID: fmt.Sprintf("ec2%029x", i), BootID: fmt.Sprintf("%032x", i*7),
 				KernelVersion: "6.1.0-28-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", ContainerRuntimeVersion: "containerd://1.7.24",
-				KubeletVersion: "v1.36.3", KubeProxyVersion: "", OperatingSystem: "linux", Architecture: "amd64",
+				KubeletVersion: "v1.36.3", OperatingSystem: "linux", Architecture: "amd64",
 			},
 		},
 	}
