@@ -53,7 +53,11 @@ func TestMain(m *testing.M) {
 		}
 	}
 	rigErr = checkRig()
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildBin != "" { // the speakerd build (bird_test.go)
+		os.RemoveAll(filepath.Dir(buildBin))
+	}
+	os.Exit(code)
 }
 
 // reexecInNetns runs this test binary again in a fresh network namespace.
