@@ -72,7 +72,6 @@ func clientConfig(g config.Global, endpoints []string, log *slog.Logger) (client
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
-		PermitWithoutStream:  true,
 		// The client's own zap logs duplicate what the sources report through slog.
 		Logger: zap.NewNop(),
 		// gRPC's default reconnect backoff grows to 120 s: after a long etcd outage the

@@ -140,3 +140,23 @@ func TestOverlayReportsInnerFailure(t *testing.T) {
 	inner.steps <- func(ev source.Events) { ev.Failed(nil) }
 	rec.waitErr(t, 5*time.Second, "recovery", func(err error) bool { return err == nil })
 }
+
+// etcd unreachable at start: the overlay holds the source's servers for the grace
+// period (so admin-depooled servers are not pooled blindly), then passes them ungated
+// and reports the etcd failure.
+func TestOverlayGraceWithoutEtcd(t *testing.T) {
+	dead := newMembers(t, 1)[0] // never started: nothing listens there
+	inner := &scripted{steps: make(chan func(source.Events), 1)}
+	ov := NewOverlay(inner, newClient(t, dead), testPrefix, testLog(t), nil).(*Overlay)
+	fastWatcher(ov.w)
+	ov.grace = 700 * time.Millisecond
+	rec := newRecorder()
+	start := time.Now()
+	run(t, ov, rec)
+	inner.steps <- func(ev source.Events) { ev.Update(source.Set{"a": {Host: "a", Weight: 1, Enabled: true}}) }
+	rec.waitErr(t, 5*time.Second, "the etcd failure", func(err error) bool { return err != nil })
+	rec.waitSet(t, 5*time.Second, "a, ungated", func(s source.Set) bool { return len(s) == 1 })
+	if d := time.Since(start); d < ov.grace {
+		t.Errorf("servers passed ungated after %v, before the %v grace", d, ov.grace)
+	}
+}

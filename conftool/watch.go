@@ -15,7 +15,7 @@ import (
 
 // Timing of the watch loop. Fields of watcher so tests can shorten them.
 const (
-	defaultReadTimeout   = 10 * time.Second
+	defaultReadTimeout   = 5 * time.Second
 	defaultHealthEvery   = 2 * time.Second
 	defaultHealthTimeout = 2 * time.Second
 	defaultBackoffMin    = 100 * time.Millisecond
