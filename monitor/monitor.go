@@ -234,14 +234,11 @@ type probe struct {
 	cur      Result // the reported state with the latest reason
 }
 
-func (p *probe) snapshot() []*watcher {
+// each calls f for every watcher; f must not call back into the probe.
+func (p *probe) each(f func(service, host string)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]*watcher(nil), p.watchers...)
-}
-
-func (p *probe) each(f func(service, host string)) {
-	for _, w := range p.snapshot() {
+	for _, w := range p.watchers {
 		f(w.service, w.host)
 	}
 }
