@@ -34,6 +34,7 @@ type AdminMetrics struct {
 var adminResults = []string{"ok", "refused", "not_found", "bad_request", "unauthorized", "forbidden", "error"}
 
 // NewAdminMetrics creates the admin counters and registers them on reg (when not nil).
+// Calling it again on the same registry (a rebuilt admin handler) shares the counters.
 func NewAdminMetrics(reg prometheus.Registerer) *AdminMetrics {
 	m := &AdminMetrics{actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kubal_admin_actions_total",
@@ -45,7 +46,15 @@ func NewAdminMetrics(reg prometheus.Registerer) *AdminMetrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.actions)
+		if err := reg.Register(m.actions); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				panic(err) // a different metric with our name: a programming error
+			}
+			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+				m.actions = existing
+			}
+		}
 	}
 	return m
 }

@@ -526,3 +526,13 @@ func TestNewHTTPServerTLS(t *testing.T) {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
 }
+
+func TestAdminMetricsTwice(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a, b := NewAdminMetrics(reg), NewAdminMetrics(reg) // must not panic
+	a.inc(OpPool, "ok")
+	b.inc(OpPool, "ok")
+	if v := counterValue(t, a, "pool", "ok"); v != 2 {
+		t.Fatalf("shared counter = %v, want 2", v)
+	}
+}
