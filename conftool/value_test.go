@@ -104,14 +104,13 @@ func TestServerSetReset(t *testing.T) {
 func BenchmarkApplyOneChange(b *testing.B) {
 	s := &serverSet{ev: discardEvents{}, servers: map[string]source.Server{}}
 	kvs := make([]kv, benchServers)
-	yes, no, ten := "yes", "no", 10
+	yes, ten := "yes", 10
 	for i := range kvs {
 		kvs[i] = kv{host: fmt.Sprintf("server%05d.eqiad.wmnet", i), e: entry{pooled: &yes, weight: &ten}}
 	}
 	s.reset(kvs)
 	w := &watcher{prefix: testPrefix}
 	vals := [][]byte{[]byte(`{"pooled": "no", "weight": 10}`), []byte(`{"pooled": "yes", "weight": 10}`)}
-	_ = no
 	i := 0
 	for b.Loop() {
 		i++
