@@ -2,6 +2,7 @@ package logging
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"testing"
 )
@@ -19,7 +20,7 @@ func TestPyBalStyleLines(t *testing.T) {
 			l.Error("could not fetch", SystemKey, "config-etcd", "url", "http://x/y", "err", "connection refused")
 		}, "[config-etcd] ERROR: could not fetch url=http://x/y err=\"connection refused\"\n"},
 		{"no system", func(l *slog.Logger) { l.Warn("hello") }, "[kubal] WARN: hello\n"},
-		{"critical", func(l *slog.Logger) { l.Log(nil, LevelCritical, "boom") }, "[kubal] CRITICAL: boom\n"},
+		{"critical", func(l *slog.Logger) { l.Log(context.Background(), LevelCritical, "boom") }, "[kubal] CRITICAL: boom\n"},
 		{"debug hidden at info", func(l *slog.Logger) { l.Debug("x") }, ""},
 		{"group", func(l *slog.Logger) { l.WithGroup("g").Info("m", "k", 1) }, "[kubal] INFO: m g.k=1\n"},
 	}
