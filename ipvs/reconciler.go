@@ -226,10 +226,13 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
 		r.applied[k] = p
 	}
 	// Services kubal created or adopted that left the config.
-	for _, k := range sortedKeys(r.owned) {
-		if _, ok := desired[k]; ok {
-			continue
+	gone := map[ServiceKey]bool{}
+	for k := range r.owned {
+		if _, ok := desired[k]; !ok {
+			gone[k] = true
 		}
+	}
+	for _, k := range sortedKeys(gone) {
 		if _, ok := r.known[k]; ok {
 			if err := r.apply(ctx, change{kind: OpDeleteService, k: k}); err != nil {
 				errs = append(errs, err)

@@ -11,7 +11,8 @@ args=(-count=1 -timeout 20m)
 if [ "${1:-}" = "--bench" ]; then
 	shift
 	args+=(-run '^$' -bench . -benchtime 1x)
-	export KUBAL_VM_MEM="${KUBAL_VM_MEM:-2048}"
+	export KUBAL_VM_MEM="${KUBAL_VM_MEM:-2048}" KUBAL_VM_TIMEOUT="${KUBAL_VM_TIMEOUT:-3600}"
+	args=(-count=1 -timeout 60m -run '^$' -bench . -benchtime 1x)
 fi
 export KUBAL_REQUIRE_RIGS=1
 CGO_ENABLED=0 exec go test "${args[@]}" -exec "$PWD/integration/vm/vmexec" ./integration/vm/... "$@"
