@@ -212,15 +212,18 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
 		return err
 	}
 
-	var errs []error
+	var errs errList
 	for _, k := range keys {
+		if ctx.Err() != nil {
+			return ctx.Err() // shutting down: the next process converges
+		}
 		p := desired[k]
 		if prev, ok := r.applied[k]; ok && len(r.draining[k]) == 0 && samePool(prev, p) {
 			continue
 		}
 		if err := r.syncPool(ctx, p); err != nil {
 			delete(r.applied, k)
-			errs = append(errs, err)
+			errs.add(err)
 			continue
 		}
 		r.applied[k] = p
@@ -235,7 +238,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
 	for _, k := range sortedKeys(gone) {
 		if _, ok := r.known[k]; ok {
 			if err := r.apply(ctx, change{kind: OpDeleteService, k: k}); err != nil {
-				errs = append(errs, err)
+				errs.add(err)
 				continue
 			}
 			r.log.Info("ipvs: removed service no longer configured", "service", k.String())
@@ -247,7 +250,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
 		delete(r.draining, k)
 	}
 	r.m.draining.Set(float64(r.drainingCount()))
-	return errors.Join(errs...)
+	return errs.err()
 }
 
 // dump reads the services and, for the ones kubal cares about, their destinations. If
@@ -392,7 +395,7 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 	}
 	r.owned[k] = true
 
-	var errs []error
+	var errs errList
 	wantDests := make(map[destKey]bool, len(p.Destinations))
 	for _, d := range p.Destinations {
 		d = normalizeDest(k, d)
@@ -408,13 +411,13 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 		switch {
 		case !ok:
 			if err := r.apply(ctx, change{kind: OpAddDestination, k: k, d: d}); err != nil {
-				errs = append(errs, err)
+				errs.add(err)
 				continue
 			}
 			cur.dests[dk] = d
 		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
 			if err := r.apply(ctx, change{kind: OpUpdateDestination, k: k, d: d}); err != nil {
-				errs = append(errs, err)
+				errs.add(err)
 				continue
 			}
 			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
@@ -432,14 +435,14 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 		if p.Drain && k.Protocol == TCP {
 			done, err := r.drain(ctx, p, cur, dk, have)
 			if err != nil {
-				errs = append(errs, err)
+				errs.add(err)
 			}
 			if !done {
 				continue
 			}
 		}
 		if err := r.apply(ctx, change{kind: OpDeleteDestination, k: k, d: have}); err != nil {
-			errs = append(errs, err)
+			errs.add(err)
 			continue
 		}
 		delete(cur.dests, dk)
@@ -453,7 +456,7 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 	if dr := r.draining[k]; dr != nil && len(dr) == 0 {
 		delete(r.draining, k)
 	}
-	return errors.Join(errs...)
+	return errs.err()
 }
 
 // drain moves a removed destination to weight 0 and reports whether it may be deleted
@@ -494,6 +497,49 @@ func (r *Reconciler) drain(ctx context.Context, p Pool, cur *kernelService, dk d
 	}
 	return false, nil
 }
+
+// errList collects the errors of a pass, keeping the first few: when the backend is
+// gone every operation fails, and one log line must stay readable.
+type errList struct {
+	first []error
+	more  int
+}
+
+func (e *errList) add(err error) {
+	if err == nil {
+		return
+	}
+	var inner *errList
+	if errors.As(err, &inner) {
+		for _, x := range inner.first {
+			e.add(x)
+		}
+		e.more += inner.more
+		return
+	}
+	if len(e.first) < 5 {
+		e.first = append(e.first, err)
+	} else {
+		e.more++
+	}
+}
+
+func (e *errList) err() error {
+	if len(e.first) == 0 {
+		return nil
+	}
+	return e
+}
+
+func (e *errList) Error() string {
+	s := errors.Join(e.first...).Error()
+	if e.more > 0 {
+		s += fmt.Sprintf("\n(and %d more errors)", e.more)
+	}
+	return s
+}
+
+func (e *errList) Unwrap() []error { return e.first }
 
 // change is one backend operation.
 type change struct {

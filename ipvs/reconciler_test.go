@@ -445,3 +445,25 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 	t.Fatalf("metric %s not registered", name)
 	return 0
 }
+
+// When every operation fails (the backend is gone), the pass error stays short and
+// still wraps the cause.
+func TestManyErrorsStayReadable(t *testing.T) {
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	gone := errors.New("netns gone")
+	f.SetFailure(func(op string, _ ServiceKey, _ Destination) error {
+		if op == OpAddDestination {
+			return gone
+		}
+		return nil
+	})
+	r.Set(benchTable(3, 100))
+	err := r.pass(context.Background(), false)
+	if !errors.Is(err, gone) {
+		t.Fatalf("err = %v", err)
+	}
+	if n := strings.Count(err.Error(), "netns gone"); n != 5 || !strings.Contains(err.Error(), "(and 295 more errors)") {
+		t.Errorf("error lists %d causes:\n%s", n, err)
+	}
+}
