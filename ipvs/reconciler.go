@@ -121,7 +121,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		}
 		done := time.Now()
-		if err == nil && (full || r.known != nil && nextResync.IsZero()) {
+		if err == nil && full {
 			nextResync = done.Add(r.ResyncPeriod)
 		}
 		next := nextResync
