@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -194,7 +195,10 @@ func newFixture(t *testing.T) *fixture {
 	if len(label) > 50 {
 		label = label[:50]
 	}
-	f := &fixture{t: t, rig: r, c: adminClient(t, r), label: label, ns: label, prefix: label + "-"}
+	// Namespaces are never finalized without a controller-manager: a fresh name per
+	// run lets -count=N reuse the rig.
+	ns := label + "-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36)
+	f := &fixture{t: t, rig: r, c: adminClient(t, r), label: label, ns: ns, prefix: label + "-"}
 	t.Cleanup(func() {
 		ctx := context.Background()
 		_ = f.c.CoreV1().Nodes().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "kubal-test=" + label})
