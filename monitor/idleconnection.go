@@ -84,6 +84,7 @@ type IdleConnection struct {
 	startSpread    time.Duration // spread first connects so 10k monitors do not SYN at once
 }
 
+// Run keeps the connection until ctx ends, emitting up/down as things happen.
 func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 	c := ic.cfg
 	bo := backoff{max: c.maxDelay, norm: rand.NormFloat64}

@@ -39,6 +39,7 @@ type UDP struct {
 // icmpReason replaces PyBal's reason None ("(reason unknown)") with the cause.
 const icmpReason = "ICMP destination unreachable received"
 
+// Run probes every interval until ctx ends; ICMP errors are emitted as they arrive.
 func (u *UDP) Run(ctx context.Context, emit func(Result)) {
 	c := u.cfg
 	clk := u.env.clk
