@@ -114,8 +114,10 @@ func (m *Manager) Probes() int {
 // Watch starts (or joins, when an identical probe already runs) the monitor name of
 // service svc against t. report is called from a monitor goroutine with the first
 // result and then on every transition after rise/fall hysteresis; calls for one
-// watcher never overlap. stop detaches this watcher; the shared probe stops when its
-// last watcher goes. report may call stop.
+// watcher never overlap, and the first may come before Watch returns. stop detaches
+// this watcher (idempotent); the shared probe stops when its last watcher goes.
+// report may call stop. A probe that cannot be set up (bad options, no address)
+// is an error; a probe that fails is a down result.
 func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(Result)) (stop func(), err error) {
 	v := newValidator(svc, name)
 	parse, ok := parsers[name]
