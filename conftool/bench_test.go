@@ -71,20 +71,24 @@ func BenchmarkInitialLoad(b *testing.B) {
 	}
 }
 
-// BenchmarkChangeToEvent: on a pool of 10,000 servers, one admin write (a Put of one
+// BenchmarkChangeToEvent: on a pool of 10,000 (and 100) servers, one admin write (a Put of one
 // host's value) until the source delivers the Update that shows it. Reports p50/p99.
 // fsync=on is etcd's default durability; fsync=off isolates kubal's and etcd's
 // processing from the disk.
 func BenchmarkChangeToEvent(b *testing.B) {
-	for _, fsync := range []bool{true, false} {
-		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) {
+	for _, c := range []struct {
+		servers int
+		fsync   bool
+	}{{benchServers, true}, {benchServers, false}, {100, true}} {
+		fsync := c.fsync
+		b.Run(fmt.Sprintf("servers=%d/fsync=%v", c.servers, c.fsync), func(b *testing.B) {
 			m := newMembers(b, 1)[0]
 			m.noFsync = !fsync
 			m.start(b)
 			b.Cleanup(m.stop)
 			m.waitReady(b)
 			admin := newClient(b, m)
-			fillPool(b, admin, benchServers)
+			fillPool(b, admin, c.servers)
 			log := slog.New(slog.DiscardHandler)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -95,7 +99,8 @@ func BenchmarkChangeToEvent(b *testing.B) {
 			case <-time.After(10 * time.Second):
 				b.Fatal("no first update after 10s")
 			}
-			key := testPrefix + "server04242.eqiad.wmnet"
+			host := fmt.Sprintf("server%05d.eqiad.wmnet", c.servers/2)
+			key := testPrefix + host
 			var lat []time.Duration
 			i := 0
 			b.ResetTimer()
@@ -113,7 +118,7 @@ func BenchmarkChangeToEvent(b *testing.B) {
 					b.Fatalf("write %d: no update after 10s", i)
 				}
 				lat = append(lat, time.Since(start))
-				if s["server04242.eqiad.wmnet"].Enabled != (pooled == "yes") {
+				if s[host].Enabled != (pooled == "yes") {
 					b.Fatalf("update does not show pooled=%s", pooled)
 				}
 			}

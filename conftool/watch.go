@@ -19,7 +19,7 @@ const (
 	defaultHealthEvery   = 2 * time.Second
 	defaultHealthTimeout = 2 * time.Second
 	defaultBackoffMin    = 100 * time.Millisecond
-	defaultBackoffMax    = 10 * time.Second
+	defaultBackoffMax    = 5 * time.Second
 )
 
 // kv is one key's decoded state as the watcher saw it.
