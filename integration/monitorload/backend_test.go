@@ -21,7 +21,8 @@ import (
 // the local address the monitor dialled) and serves HTTP. Commands on stdin:
 //
 //	rst N SPREAD_MS   RST N random idle connections over SPREAD_MS; prints
-//	                  "rst <addr> <unix nanos>" per connection, then "rstdone"
+//	                  "rst <addr> <unix nanos before close> <after close>" per
+//	                  connection, then "rstdone"
 //	status CODE       HTTP status from now on; prints "status <unix nanos>"
 //	conns             prints "conns <held idle connections>"
 //	hits              prints "hits <HTTP requests served>"
@@ -95,7 +96,8 @@ func backend() {
 				c.SetLinger(0)
 				at := time.Now().UnixNano()
 				c.Close() // RST
-				say("rst %s %d", a, at)
+				after := time.Now().UnixNano()
+				say("rst %s %d %d", a, at, after)
 			}
 			say("rstdone")
 		case "status":
