@@ -177,9 +177,27 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		r.Run(ctx, p.emit)
+		for ctx.Err() == nil {
+			if !m.runSafely(ctx, name, r, p.emit) || !sleep(ctx, m.clk, time.Second) {
+				return
+			}
+		}
 	}()
 	return p
+}
+
+// runSafely runs r; it reports true when r panicked, after turning the panic into a
+// down result, so the caller restarts it (PyBal restarted a failed loop).
+func (m *Manager) runSafely(ctx context.Context, name string, r runner, emit func(Result)) (panicked bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			m.log.Error("monitor panicked; restarting it", "monitor", name, "panic", v)
+			emit(Result{Reason: fmt.Sprintf("monitor %s panicked: %v", name, v)})
+			panicked = true
+		}
+	}()
+	r.Run(ctx, emit)
+	return false
 }
 
 func (m *Manager) detach(p *probe, w *watcher) {

@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -47,7 +48,7 @@ func (l *loop) Run(ctx context.Context, emit func(Result)) {
 			if l.timeout > 0 {
 				cctx, cancel = context.WithTimeout(ctx, l.timeout)
 			}
-			r := l.check.Check(cctx)
+			r := safeCheck(cctx, l.check)
 			cancel()
 			if ctx.Err() != nil {
 				return // stopped mid-check: not a result (PyBal ignores CancelledError)
@@ -57,6 +58,17 @@ func (l *loop) Run(ctx context.Context, emit func(Result)) {
 		<-done
 		next = nextTick(next, l.interval, l.clk.Now())
 	}
+}
+
+// safeCheck runs one check; a panic is a down result, not a crashed daemon (PyBal
+// restarted a loop whose check raised).
+func safeCheck(ctx context.Context, c Checker) (r Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			r = Result{Reason: fmt.Sprintf("monitor check panicked: %v", p)}
+		}
+	}()
+	return c.Check(ctx)
 }
 
 // nextTick returns the first grid point prev+k*interval (k >= 1) after now.

@@ -208,3 +208,67 @@ func TestBackoffSequence(t *testing.T) {
 		}
 	}
 }
+
+// A panicking check is a down result and the loop goes on.
+func TestLoopCheckPanicIsDown(t *testing.T) {
+	clk := newFakeClock()
+	calls := 0
+	ck := checkFunc(func(ctx context.Context) Result {
+		calls++
+		if calls == 1 {
+			panic("boom")
+		}
+		return Result{Up: true}
+	})
+	l := &loop{clk: clk, interval: time.Second, check: ck}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan Result, 2)
+	go l.Run(ctx, func(r Result) { got <- r })
+	for _, want := range []Result{{Reason: "monitor check panicked: boom"}, {Up: true}} {
+		clk.waitTimer(t)
+		clk.Advance(time.Second)
+		if r := <-got; r != want {
+			t.Fatalf("got %+v, want %+v", r, want)
+		}
+	}
+}
+
+type panicRunner struct{ start, runs chan struct{} }
+
+func (p panicRunner) Run(ctx context.Context, emit func(Result)) {
+	<-p.start // the test attaches its watcher first
+	p.runs <- struct{}{}
+	panic("long-lived boom")
+}
+
+// A panicking long-lived monitor reports down and is restarted.
+func TestManagerRestartsPanickedRunner(t *testing.T) {
+	m, _ := newTestManager(t)
+	clk := newFakeClock()
+	m.clk = clk
+	pr := panicRunner{start: make(chan struct{}), runs: make(chan struct{}, 10)}
+	r := newReports()
+	p := m.startProbe("Test", "k", fixedSpec{pr})
+	p.mu.Lock()
+	p.watchers = append(p.watchers, &watcher{service: "s", host: "h", report: r.report})
+	p.mu.Unlock()
+	close(pr.start)
+	<-pr.runs
+	if res := r.next(t, time.Second); res.Up || res.Reason != "monitor Test panicked: long-lived boom" {
+		t.Fatalf("%+v", res)
+	}
+	clk.waitTimer(t)
+	clk.Advance(time.Second)
+	select {
+	case <-pr.runs:
+	case <-time.After(time.Second):
+		t.Fatal("not restarted")
+	}
+}
+
+type fixedSpec struct{ r runner }
+
+func (f fixedSpec) key() string           { return "fixed" }
+func (f fixedSpec) hyst() (int, int)      { return 1, 1 }
+func (f fixedSpec) newRunner(*env) runner { return f.r }
