@@ -41,6 +41,12 @@ test-e2e: setup
 
 fuzz:
 	$(GO) test ./config -run '^$$' -fuzz FuzzParse -fuzztime 5m
+	$(GO) test ./api -run '^$$' -fuzz FuzzAdmin -fuzztime 1m
+	$(GO) test ./source -run '^$$' -fuzz FuzzParseList -fuzztime 1m
+
+# In-process benchmarks; the load harnesses are in docs/perf/*.md with their commands.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./pool ./config ./api ./ipvs
 
 clean:
 	rm -rf $(BIN)

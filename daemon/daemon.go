@@ -186,7 +186,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.addresses, err = d.addressBackend(); err != nil {
 		return err
 	}
-	d.monitors = monitor.NewManager(d.reg, d.log)
+	d.monitors = monitor.NewManager(d.reg, d.log.With("system", "monitor"))
 	defer d.monitors.Close()
 
 	var wg sync.WaitGroup
