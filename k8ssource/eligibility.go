@@ -78,7 +78,11 @@ func (e *Endpoints) Add(c discoveryv1.EndpointConditions) {
 // EndpointsByNode aggregates EndpointSlices per Node name. Endpoints without a
 // nodeName cannot gate a node and are ignored.
 func EndpointsByNode(slices []*discoveryv1.EndpointSlice) map[string]Endpoints {
-	m := make(map[string]Endpoints)
+	n := 0
+	for _, s := range slices {
+		n += len(s.Endpoints)
+	}
+	m := make(map[string]Endpoints, n)
 	for _, s := range slices {
 		for i := range s.Endpoints {
 			ep := &s.Endpoints[i]

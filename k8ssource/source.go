@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -57,8 +56,6 @@ type Source struct {
 	client kubernetes.Interface
 	health *health
 	m      *metrics
-	// warned remembers the last non-fatal finding logged per node (weight annotation).
-	warned map[string]string
 	// noTrim keeps whole objects in the caches: only for the side-by-side memory
 	// benchmark that shows what the trim saves.
 	noTrim bool
@@ -119,7 +116,6 @@ func New(rawURL string, g config.Global, svc *config.Service, log *slog.Logger, 
 		client: client,
 		health: h,
 		m:      m,
-		warned: make(map[string]string),
 	}, nil
 }
 
@@ -157,49 +153,44 @@ func restConfig(g config.Global, u URL) (*rest.Config, error) {
 
 // Run starts the informers and reports the server set until ctx is done.
 //
-// One goroutine (this one) calls ev: informer handlers only mark the state dirty,
-// and a burst of events within `coalesce` becomes one recomputation, sent as an
-// Update only when the set changed. While the API server is unreachable the informer
-// caches - and so the last set - are kept, and ev.Failed(err) is called once; on
-// return the informers relist (client-go), the set is recomputed and Failed(nil) is
-// called.
+// One goroutine (this one) calls ev: informer handlers only record which Nodes and
+// EndpointSlices changed. The first change after a quiet period is applied at once;
+// further changes within `coalesce` are batched into one Update (a relist of
+// thousands of objects costs one), and an Update is sent only when the set changed.
+// While the API server is unreachable the informer caches - and so the last set - are
+// kept, and ev.Failed(err) is called once; on return the informers relist (client-go),
+// the set is recomputed in full and Failed(nil) is called.
 func (s *Source) Run(ctx context.Context, ev source.Events) error {
 	ctx, cancel := context.WithCancel(ctx)
-
-	dirty := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
-	}
+	d := newDirty()
 
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.url.Nodes }))
-	nodes := nodeFactory.Core().V1().Nodes()
-	if err := s.setup(nodes.Informer(), resNodes, trimNode, poke); err != nil {
+	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
+	if err := s.setup(nodeInf, resNodes, trimNode, d); err != nil {
 		cancel()
 		return err
 	}
 	resources := []string{resNodes}
-	synced := []cache.InformerSynced{nodes.Informer().HasSynced}
+	synced := []cache.InformerSynced{nodeInf.HasSynced}
 	factories := []informers.SharedInformerFactory{nodeFactory}
 
-	var epsInf cache.SharedIndexInformer
+	var sliceStore keyStore
 	if s.url.Gated() {
 		epFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
 			informers.WithNamespace(s.url.Namespace),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 				o.LabelSelector = labels.Set{ServiceNameLabel: s.url.Service}.String()
 			}))
-		epsInf = epFactory.Discovery().V1().EndpointSlices().Informer()
-		if err := s.setup(epsInf, resEndpointSlices, trimEndpointSlice, poke); err != nil {
+		epsInf := epFactory.Discovery().V1().EndpointSlices().Informer()
+		if err := s.setup(epsInf, resEndpointSlices, trimEndpointSlice, d); err != nil {
 			cancel()
 			return err
 		}
 		resources = append(resources, resEndpointSlices)
 		synced = append(synced, epsInf.HasSynced)
 		factories = append(factories, epFactory)
+		sliceStore = epsInf.GetStore()
 	}
 	for _, f := range factories {
 		f.Start(ctx.Done())
@@ -220,30 +211,36 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 		}
 	}()
 
+	v := newView(s.policy, s.log, nodeInf.GetStore(), sliceStore)
 	var (
-		last       source.Set
-		sent       bool // an Update has been delivered
-		inSync     bool
-		failed     bool // ev.Failed(err) reported, no recovery yet
-		connected  bool
-		timer      = time.NewTimer(0)
-		timerArmed = false
+		sent      bool // an Update has been delivered
+		inSync    bool
+		failed    bool // ev.Failed(err) reported, no recovery yet
+		connected bool
+		lastRun   time.Time
+		timer     = time.NewTimer(time.Hour)
+		armed     bool
 	)
-	<-timer.C
+	timer.Stop()
 	defer timer.Stop()
 	s.m.connected.Set(0)
 
-	recompute := func() {
-		set := s.compute(nodes.Lister(), epsInf)
+	apply := func(full bool) {
+		lastRun = time.Now()
+		nodes, slices := d.take()
+		if full {
+			nodes, slices = v.all()
+		}
+		changes := v.update(nodes, slices)
 		if connected {
 			s.m.lastSync.SetToCurrentTime()
 		}
-		if sent && maps.Equal(set, last) {
+		if sent && len(changes) == 0 {
 			return
 		}
-		s.logChanges(last, set, !sent)
-		last, sent = set, true
-		ev.Update(set.Clone())
+		s.logChanges(v.set, changes, !sent)
+		sent = true
+		ev.Update(v.set.Clone())
 	}
 
 	for {
@@ -258,22 +255,25 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 			if connected {
 				s.m.connected.Set(1)
 			}
-			recompute()
+			apply(true)
 			if connected && failed {
 				failed = false
 				s.log.Info("k8s API server reachable; caches in sync")
 				ev.Failed(nil)
 			}
-		case <-dirty:
-			if !timerArmed {
-				timer.Reset(coalesce)
-				timerArmed = true
+		case <-d.poke:
+			if !inSync || armed {
+				break
 			}
+			if wait := coalesce - time.Since(lastRun); wait > 0 {
+				timer.Reset(wait)
+				armed = true
+				break
+			}
+			apply(false)
 		case <-timer.C:
-			timerArmed = false
-			if inSync {
-				recompute()
-			}
+			armed = false
+			apply(false)
 		case <-s.health.notify:
 			err, answered := s.health.status(resources)
 			switch {
@@ -294,10 +294,10 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 				if failed {
 					failed = false
 					s.log.Info("k8s API server reachable again; resyncing")
-					// The informers relist on their own; their events poke
-					// dirty. Recompute now too, so the state is confirmed
-					// current even if nothing changed.
-					recompute()
+					// The informers relist on their own and their events follow;
+					// a full pass now confirms the state is current even if
+					// nothing changed.
+					apply(true)
 					ev.Failed(nil)
 				}
 			}
@@ -306,7 +306,7 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 }
 
 // setup wires one informer before it starts: memory trim, error handler, events.
-func (s *Source) setup(inf cache.SharedIndexInformer, res string, trim cache.TransformFunc, poke func()) error {
+func (s *Source) setup(inf cache.SharedIndexInformer, res string, trim cache.TransformFunc, d *dirty) error {
 	if s.noTrim {
 		trim = nil
 	}
@@ -324,11 +324,19 @@ func (s *Source) setup(inf cache.SharedIndexInformer, res string, trim cache.Tra
 	if err != nil {
 		return fmt.Errorf("k8s source %s: %s informer: %w", s.url, res, err)
 	}
-	count := func(typ string) { s.m.events.WithLabelValues(res, typ).Inc() }
+	add := func(typ string, obj any) {
+		s.m.events.WithLabelValues(res, typ).Inc()
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			s.log.Warn("k8s source: object without a key", "resource", res, "err", err)
+			return
+		}
+		d.add(res, key)
+	}
 	_, err = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { count("add"); poke() },
-		UpdateFunc: func(any, any) { count("update"); poke() },
-		DeleteFunc: func(any) { count("delete"); poke() },
+		AddFunc:    func(obj any) { add("add", obj) },
+		UpdateFunc: func(_, obj any) { add("update", obj) },
+		DeleteFunc: func(obj any) { add("delete", obj) },
 	})
 	if err != nil {
 		return fmt.Errorf("k8s source %s: %s informer: %w", s.url, res, err)
@@ -341,50 +349,9 @@ func isRoutineWatchEnd(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
-// compute maps the cached Nodes (and EndpointSlices) to the server set.
-func (s *Source) compute(nl nodeLister, epsInf cache.SharedIndexInformer) source.Set {
-	nodes, _ := nl.List(labels.Everything()) // the informer holds only selected nodes
-	var byNode map[string]Endpoints
-	if epsInf != nil {
-		objs := epsInf.GetStore().List()
-		eps := make([]*discoveryv1.EndpointSlice, 0, len(objs))
-		for _, o := range objs {
-			if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-				eps = append(eps, es)
-			}
-		}
-		byNode = EndpointsByNode(eps)
-	}
-	set := make(source.Set, len(nodes))
-	for _, n := range nodes {
-		srv, warn := NodeServer(n, byNode[n.Name], s.policy)
-		set[srv.Host] = srv
-		msg := ""
-		if warn != nil {
-			msg = warn.Error()
-		}
-		if s.warned[n.Name] != msg {
-			if msg != "" {
-				s.log.Warn(msg)
-			}
-			s.warned[n.Name] = msg
-		}
-	}
-	for name := range s.warned {
-		if _, ok := set[name]; !ok {
-			delete(s.warned, name)
-		}
-	}
-	return set
-}
-
-type nodeLister interface {
-	List(labels.Selector) ([]*corev1.Node, error)
-}
-
 // logChanges logs what an Update changes: a summary on the first one, then one line
 // per changed node (bounded).
-func (s *Source) logChanges(old, cur source.Set, first bool) {
+func (s *Source) logChanges(cur source.Set, changes []change, first bool) {
 	enabled := 0
 	for _, srv := range cur {
 		if srv.Enabled {
@@ -395,34 +362,20 @@ func (s *Source) logChanges(old, cur source.Set, first bool) {
 		s.log.Info("k8s source synced", "nodes", len(cur), "enabled", enabled)
 		return
 	}
-	var lines int
-	more := 0
-	logf := func(msg string, args ...any) {
-		if lines < maxLoggedChanges {
-			s.log.Info(msg, args...)
-			lines++
-		} else {
-			more++
+	for i, c := range changes {
+		if i == maxLoggedChanges {
+			s.log.Info("k8s source: more node changes", "count", len(changes)-i, "nodes", len(cur), "enabled", enabled)
+			break
 		}
-	}
-	for _, h := range slices.Sorted(maps.Keys(cur)) {
-		srv, prev := cur[h], old[h]
-		_, existed := old[h]
 		switch {
-		case !existed:
-			logf("k8s node added", "host", h, "enabled", srv.Enabled, "reason", srv.Reason)
-		case srv != prev:
-			logf("k8s node changed", "host", h, "enabled", srv.Enabled, "reason", srv.Reason,
-				"addr", srv.Addr, "weight", srv.Weight)
+		case !c.hasCurr:
+			s.log.Info("k8s node removed", "host", c.host)
+		case !c.hadOld:
+			s.log.Info("k8s node added", "host", c.host, "enabled", c.cur.Enabled, "reason", c.cur.Reason)
+		default:
+			s.log.Info("k8s node changed", "host", c.host, "enabled", c.cur.Enabled, "reason", c.cur.Reason,
+				"addr", c.cur.Addr, "weight", c.cur.Weight, "was_enabled", c.old.Enabled)
 		}
-	}
-	for _, h := range slices.Sorted(maps.Keys(old)) {
-		if _, ok := cur[h]; !ok {
-			logf("k8s node removed", "host", h)
-		}
-	}
-	if more > 0 {
-		s.log.Info("k8s source: more node changes", "count", more, "nodes", len(cur), "enabled", enabled)
 	}
 }
 
