@@ -21,8 +21,9 @@ if [ ! -x "$apiserver" ]; then
 	ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 	tmp="$apiserver.tmp.$$"
 	trap 'rm -f "$tmp"' EXIT
-	# -mod=mod: go.sum is committed; never let a stray vendor dir or GOFLAGS interfere.
-	(cd "$here/apiserver-build" && GOFLAGS=-mod=mod CGO_ENABLED=0 \
+	# go.sum is committed; -mod=mod so a stray vendor dir cannot interfere, no VCS
+	# stamping (it fails on checkouts git considers unsafe).
+	(cd "$here/apiserver-build" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 \
 		go build -trimpath -ldflags "$ldflags" -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver)
 	mv "$tmp" "$apiserver"
 	trap - EXIT
@@ -40,7 +41,7 @@ if [ ! -x "$etcd" ]; then
 	echo "building etcd $etcd_version into $etcd"
 	tmp="$etcd.tmp.$$"
 	trap 'rm -f "$tmp"' EXIT
-	(cd "$root" && go build -trimpath -o "$tmp" ./integration/k8s/etcd)
+	(cd "$root" && GOFLAGS=-buildvcs=false go build -trimpath -o "$tmp" ./integration/k8s/etcd)
 	mv "$tmp" "$etcd"
 	trap - EXIT
 fi
