@@ -2,6 +2,7 @@ package conftool
 
 import (
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"maps"
@@ -123,3 +124,38 @@ type discardEvents struct{}
 
 func (discardEvents) Update(source.Set) {}
 func (discardEvents) Failed(error)      {}
+
+func TestBackoff(t *testing.T) {
+	w := &watcher{backoffMin: 100 * time.Millisecond, backoffMax: 5 * time.Second}
+	for attempt, want := range []time.Duration{100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000} {
+		want *= time.Millisecond
+		for range 50 {
+			if d := w.backoff(attempt); d < want/2 || d > want {
+				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", attempt, d, want/2, want)
+			}
+		}
+	}
+	if d := w.backoff(1000); d > w.backoffMax {
+		t.Fatalf("backoff(1000) = %v, over the cap", d)
+	}
+}
+
+// FuzzDecodeEntry: any bytes either decode to a value within bounds or give an error;
+// never a panic.
+func FuzzDecodeEntry(f *testing.F) {
+	for _, s := range []string{`{"pooled": "yes", "weight": 10}`, `{"pooled": "inactive"}`, `{}`, `null`, `[1]`, `{"weight": 1e3}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		e, err := decodeEntry(raw)
+		if err != nil {
+			return
+		}
+		if e.weight != nil && *e.weight < 0 {
+			t.Fatalf("negative weight from %q", raw)
+		}
+		if srv, keep := merge(source.Server{}, false, "h", e); keep && srv.Host != "h" {
+			t.Fatalf("merge lost the host: %+v", srv)
+		}
+	})
+}
