@@ -92,7 +92,8 @@ func (w *watcher) run(ctx context.Context, h handler) {
 	w.m.setConnected(w.prefix, false)
 	defer w.m.setConnected(w.prefix, false)
 	attempt := 0
-	reason := "" // why the next read is a resync; "" for the first read
+	quickEnds := 0 // watches that ended (not by compaction) soon after they started
+	reason := ""   // why the next read is a resync; "" for the first read
 	for ctx.Err() == nil {
 		rev, err := w.read(ctx, h)
 		if err != nil {
@@ -117,6 +118,7 @@ func (w *watcher) run(ctx context.Context, h handler) {
 		}
 		attempt = 0
 		w.m.setConnected(w.prefix, true)
+		started := w.now()
 		err = w.watch(ctx, h, rev+1)
 		if ctx.Err() != nil {
 			return
@@ -134,6 +136,15 @@ func (w *watcher) run(ctx context.Context, h handler) {
 			// read reports a failure if etcd really is unavailable.
 			reason = "reconnect"
 			w.log.Info("conftool: watch ended, re-reading", "err", err)
+			// A watch that keeps failing right away must not turn into a read loop.
+			if w.now().Sub(started) < w.healthEvery {
+				quickEnds++
+				if !sleep(ctx, w.backoff(quickEnds-1)) {
+					return
+				}
+			} else {
+				quickEnds = 0
+			}
 		}
 	}
 }
