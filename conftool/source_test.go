@@ -82,6 +82,10 @@ func TestPyBalSequence(t *testing.T) {
 	if got := metricValue(t, reg, "kubal_conftool_watch_connected", "prefix", testPrefix); got != 1 {
 		t.Errorf("watch_connected = %v, want 1", got)
 	}
+	last := metricValue(t, reg, "kubal_conftool_last_event_timestamp_seconds", "prefix", testPrefix)
+	if age := time.Since(time.Unix(0, int64(last*1e9))); age < 0 || age > 5*time.Second {
+		t.Errorf("last_event_timestamp_seconds = %v: age %v, want the last step's event", last, age)
+	}
 }
 
 func readJSON(t *testing.T, path string, v any) {
