@@ -14,8 +14,8 @@ import (
 	"github.com/kubal/kubal/source"
 )
 
-// TestCoalescing: a burst of Node events is batched: at most one Update per
-// `coalesce` window (bounded frequency), far fewer Updates than events. The in-memory fake clientset is enough here (the loop's batching is under
+// TestCoalescing: a burst of Node events is batched: consecutive Updates are at least
+// `coalesce` apart (bounded frequency), however fast the events come. The in-memory fake clientset is enough here (the loop's batching is under
 // test, not the API server); the rig tests cover the real watch path.
 func TestCoalescing(t *testing.T) {
 	client := fake.NewClientset()
@@ -41,12 +41,17 @@ func TestCoalescing(t *testing.T) {
 	took := time.Since(start)
 	time.Sleep(3 * coalesce) // nothing more may follow
 	rec.mu.Lock()
-	updates := rec.updates[1:]
+	updates, times := rec.updates[1:], rec.times[1:]
 	rec.mu.Unlock()
-	bound := int(took/coalesce) + 2
+	bound := int(took/coalesce) + 1
 	t.Logf("%d node events over %s -> %d Updates (bound %d)", burst, took, len(updates), bound)
-	if len(updates) > bound || len(updates) > burst/2 {
+	if len(updates) > bound {
 		t.Errorf("%d Updates for %d events over %s: more than one per %s window", len(updates), burst, took, coalesce)
+	}
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < coalesce {
+			t.Errorf("Updates %d and %d only %s apart, want >= %s", i-1, i, gap, coalesce)
+		}
 	}
 	// Every Update is a full set that only grows during this burst.
 	for i := 1; i < len(updates); i++ {

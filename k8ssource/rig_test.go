@@ -92,7 +92,8 @@ type recorder struct {
 	mu      sync.Mutex
 	last    source.Set
 	updates []source.Set
-	failed  []error // every Failed call in order (nil = recovered)
+	times   []time.Time // of each Update
+	failed  []error     // every Failed call in order (nil = recovered)
 	poke    chan struct{}
 }
 
@@ -102,6 +103,7 @@ func (r *recorder) Update(s source.Set) {
 	r.mu.Lock()
 	r.last = s
 	r.updates = append(r.updates, s)
+	r.times = append(r.times, time.Now())
 	r.mu.Unlock()
 	r.signal()
 }

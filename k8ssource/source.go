@@ -226,7 +226,9 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 	s.m.connected.Set(0)
 
 	apply := func(full bool) {
-		lastRun = time.Now()
+		// The window starts when the work ends, so consecutive Updates are at least
+		// `coalesce` apart however long a pass takes.
+		defer func() { lastRun = time.Now() }()
 		nodes, slices := d.take()
 		if full {
 			nodes, slices = v.all()
