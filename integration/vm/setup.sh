@@ -83,6 +83,9 @@ if [ ! -f "$base" ]; then
 		esac
 		echo "$rel" >>"$root/etc/modules.order"
 	done
+	# moby/ipvs runs `modprobe ip_vs`; the modules are loaded by /init already.
+	printf '#!/bin/sh\n# modules are preloaded by /init\nexit 0\n' >"$root/sbin/modprobe"
+	chmod 755 "$root/sbin/modprobe"
 	cp "$here/init.sh" "$root/init"
 	chmod 755 "$root/init"
 	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$base.tmp"
