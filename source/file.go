@@ -43,6 +43,54 @@ func isJSONURL(u string) bool {
 	return strings.HasSuffix(u, ".json")
 }
 
+// poller is the loop both list sources share: every interval, read; deliver a
+// changed set; on errors keep the last good set and report the failure once per
+// outage (and its recovery).
+type poller struct {
+	what     string // the path or URL, for logs
+	log      *slog.Logger
+	interval time.Duration
+	// read returns the current set; unchanged=true means "same as last time"
+	// without reading (an unchanged stat, a 304).
+	read func(ctx context.Context) (set Set, unchanged bool, err error)
+}
+
+func (p *poller) run(ctx context.Context, ev Events) error {
+	var (
+		last      Set
+		failing   bool
+		delivered bool
+	)
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		set, unchanged, err := p.read(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			if !failing {
+				p.log.Error("cannot read server list; keeping the last good one", "source", p.what, "err", err)
+			}
+			failing = true
+			ev.Failed(err)
+		case err == nil:
+			if failing {
+				p.log.Info("server list readable again", "source", p.what)
+				ev.Failed(nil)
+			}
+			failing = false
+			if !unchanged && (!delivered || !equalSets(set, last)) {
+				last, delivered = set, true
+				ev.Update(set.Clone())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
 // File is a file:// server list, re-read when its stat changes.
 type File struct {
 	Path     string
@@ -52,47 +100,22 @@ type File struct {
 
 // Run implements Source.
 func (f *File) Run(ctx context.Context, ev Events) error {
-	var (
-		lastStat  os.FileInfo
-		last      Set
-		failing   bool
-		delivered bool
-	)
-	t := time.NewTicker(f.Interval)
-	defer t.Stop()
-	for {
-		st, err := os.Stat(f.Path)
-		if err == nil && lastStat != nil && sameStat(st, lastStat) && !failing {
-			// unchanged
-		} else {
-			set, perr := f.read()
-			switch {
-			case perr != nil:
-				if !failing {
-					f.Log.Error("cannot read server list; keeping the last good one", "path", f.Path, "err", perr)
-				}
-				failing = true
-				lastStat = nil
-				ev.Failed(perr)
-			default:
-				if failing {
-					f.Log.Info("server list readable again", "path", f.Path)
-					ev.Failed(nil)
-				}
-				failing = false
-				lastStat = st
-				if !delivered || !equalSets(set, last) {
-					last, delivered = set, true
-					ev.Update(set.Clone())
-				}
+	var lastStat os.FileInfo // of the last successful read
+	p := &poller{what: f.Path, log: f.Log, interval: f.Interval,
+		read: func(context.Context) (Set, bool, error) {
+			st, err := os.Stat(f.Path)
+			if err == nil && lastStat != nil && sameStat(st, lastStat) {
+				return nil, true, nil
 			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+			lastStat = nil
+			set, err := f.read()
+			if err != nil {
+				return nil, false, err
+			}
+			lastStat = st
+			return set, false, nil
+		}}
+	return p.run(ctx, ev)
 }
 
 func sameStat(a, b os.FileInfo) bool {
@@ -131,44 +154,19 @@ func (h *HTTP) Run(ctx context.Context, ev Events) error {
 	if client == nil {
 		client = &http.Client{Timeout: 5 * time.Second}
 	}
-	var (
-		last      Set
-		etag      string
-		failing   bool
-		delivered bool
-	)
-	t := time.NewTicker(h.Interval)
-	defer t.Stop()
-	for {
-		set, newTag, notModified, err := h.fetch(ctx, client, etag)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			if !failing {
-				h.Log.Error("cannot fetch server list; keeping the last good one", "url", h.URL, "err", err)
-			}
-			failing = true
-			etag = ""
-			ev.Failed(err)
-		case err == nil:
-			if failing {
-				h.Log.Info("server list reachable again", "url", h.URL)
-				ev.Failed(nil)
-			}
-			failing = false
-			if !notModified {
+	etag := ""
+	p := &poller{what: h.URL, log: h.Log, interval: h.Interval,
+		read: func(ctx context.Context) (Set, bool, error) {
+			set, newTag, notModified, err := h.fetch(ctx, client, etag)
+			switch {
+			case err != nil:
+				etag = ""
+			case !notModified:
 				etag = newTag
-				if !delivered || !equalSets(set, last) {
-					last, delivered = set, true
-					ev.Update(set.Clone())
-				}
 			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+			return set, notModified, err
+		}}
+	return p.run(ctx, ev)
 }
 
 func (h *HTTP) fetch(ctx context.Context, c *http.Client, etag string) (Set, string, bool, error) {
