@@ -1,10 +1,17 @@
 package conftool
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,29 +78,52 @@ func BenchmarkInitialLoad(b *testing.B) {
 	}
 }
 
-// BenchmarkChangeToEvent: on a pool of 10,000 (and 100) servers, one admin write (a Put of one
-// host's value) until the source delivers the Update that shows it. Reports p50/p99.
-// fsync=on is etcd's default durability; fsync=off isolates kubal's and etcd's
-// processing from the disk.
+// BenchmarkChangeToEvent: on a pool of 10,000 (and 100) servers, one admin write (a Put
+// of one host's value) until the source delivers the Update that shows it. Reports
+// p50/p99/max. fsync=true is etcd's default durability, fsync=false takes the disk out;
+// etcd=embedded runs the server in the benchmark process (one GC for both),
+// etcd=process in its own process, as in production.
 func BenchmarkChangeToEvent(b *testing.B) {
 	for _, c := range []struct {
 		servers int
 		fsync   bool
-	}{{benchServers, true}, {benchServers, false}, {100, true}} {
-		fsync := c.fsync
-		b.Run(fmt.Sprintf("servers=%d/fsync=%v", c.servers, c.fsync), func(b *testing.B) {
-			m := newMembers(b, 1)[0]
-			m.noFsync = !fsync
-			m.start(b)
-			b.Cleanup(m.stop)
-			m.waitReady(b)
-			admin := newClient(b, m)
-			fillPool(b, admin, c.servers)
+		process bool
+	}{
+		{benchServers, true, false}, {benchServers, false, false}, {100, true, false},
+		{benchServers, true, true}, {benchServers, false, true},
+	} {
+		where := "embedded"
+		if c.process {
+			where = "process"
+		}
+		b.Run(fmt.Sprintf("servers=%d/fsync=%v/etcd=%s", c.servers, c.fsync, where), func(b *testing.B) {
+			var endpoint string
+			if c.process {
+				endpoint = startEtcdProcess(b, c.fsync)
+			} else {
+				m := newMembers(b, 1)[0]
+				m.noFsync = !c.fsync
+				m.start(b)
+				b.Cleanup(m.stop)
+				m.waitReady(b)
+				endpoint = m.clientURL.Host
+			}
 			log := slog.New(slog.DiscardHandler)
+			cli := func() *clientv3.Client {
+				cli, err := NewClient(config.Global{}, []string{endpoint}, log)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { cli.Close() })
+				return cli
+			}
+			admin := cli()
+			fillPool(b, admin, c.servers)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			ev := make(chanEvents, 1)
-			go func() { _ = NewSource(newClient(b, m), testPrefix, log, nil).Run(ctx, ev) }()
+			src := NewSource(cli(), testPrefix, log, nil)
+			go func() { _ = src.Run(ctx, ev) }()
 			select {
 			case <-ev:
 			case <-time.After(10 * time.Second):
@@ -131,4 +161,39 @@ func BenchmarkChangeToEvent(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 		})
 	}
+}
+
+// startEtcdProcess builds conftool/internal/etcdserver with the go tool running the
+// benchmark and starts it in its own process; it skips when the build is impossible.
+func startEtcdProcess(b *testing.B, fsync bool) string {
+	b.Helper()
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "etcdserver")
+	gotool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if out, err := exec.Command(gotool, "build", "-o", bin, "github.com/kubal/kubal/conftool/internal/etcdserver").CombinedOutput(); err != nil {
+		b.Skipf("cannot build the etcd server binary: %v\n%s", err, out)
+	}
+	client := fmt.Sprintf("127.0.0.1:%d", freePort(b))
+	args := []string{"-dir", filepath.Join(dir, "data"), "-client", client, "-peer", fmt.Sprintf("127.0.0.1:%d", freePort(b))}
+	if !fsync {
+		args = append(args, "-nofsync")
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		b.Fatalf("etcd process: %q, %v", line, err)
+	}
+	return client
 }
