@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -169,7 +168,10 @@ func startEtcdProcess(b *testing.B, fsync bool) string {
 	b.Helper()
 	dir := b.TempDir()
 	bin := filepath.Join(dir, "etcdserver")
-	gotool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	gotool, err := exec.LookPath("go")
+	if err != nil {
+		b.Skipf("no go tool in PATH to build the etcd server binary: %v", err)
+	}
 	if out, err := exec.Command(gotool, "build", "-o", bin, "github.com/kubal/kubal/conftool/internal/etcdserver").CombinedOutput(); err != nil {
 		b.Skipf("cannot build the etcd server binary: %v\n%s", err, out)
 	}
