@@ -10,6 +10,7 @@ type metrics struct {
 	connected prometheus.Gauge
 	events    *prometheus.CounterVec
 	lastSync  prometheus.Gauge
+	delay     prometheus.Histogram
 }
 
 // newMetrics registers the source's metrics, labelled with the service (pool) name so
@@ -32,11 +33,17 @@ func newMetrics(reg prometheus.Registerer, service string) (*metrics, error) {
 			Help:        "Unix time at which the k8s source last recomputed its servers from caches in sync with a reachable API server.",
 			ConstLabels: cl,
 		}),
+		delay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "kubal_k8s_event_delay_seconds",
+			Help:        "Time from the first informer event of a batch to the Update it caused (coalescing window plus recomputation).",
+			ConstLabels: cl,
+			Buckets:     []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.events, m.lastSync} {
+	for _, c := range []prometheus.Collector{m.connected, m.events, m.lastSync, m.delay} {
 		if err := reg.Register(c); err != nil {
 			// A reload re-creating the source for the same service: reuse the
 			// registered collectors so the series continue.
@@ -47,6 +54,8 @@ func newMetrics(reg prometheus.Registerer, service string) (*metrics, error) {
 			switch existing := are.ExistingCollector.(type) {
 			case *prometheus.CounterVec:
 				m.events = existing
+			case prometheus.Histogram:
+				m.delay = existing
 			case prometheus.Gauge:
 				if c == prometheus.Collector(m.connected) {
 					m.connected = existing

@@ -59,13 +59,16 @@ func BenchmarkK8sSource(b *testing.B) {
 			res := runPerfChild(b, r.Kubeconfig, c, trim)
 			load, _ := os.ReadFile("/proc/loadavg")
 			b.Logf("%s: sync %s, %d nodes; RSS after sync %.1f MB (peak %.1f MB), Go heap %.1f MB; "+
-				"event latency from write start p50 %s p99 %s max %s, from write ack p50 %s p99 %s, write p99 %s (n=%d); loadavg %s",
+				"back-to-back changes: event latency from write start p50 %s p99 %s max %s, from write ack p50 %s p99 %s, write p99 %s (n=%d); "+
+				"isolated changes: from write start p50 %s p99 %s (n=%d); inside the source (informer event to Update) p50 %s p99 %s (n=%d); loadavg %s",
 				name, res.sync, res.nodes, mb(res.rss), mb(res.hwm), mb(res.heap), res.p50, res.p99, res.max,
-				res.ack50, res.ack99, res.write99, res.n, strings.TrimSpace(string(load)))
+				res.ack50, res.ack99, res.write99, res.n, res.iso50, res.iso99, res.n, res.in50, res.in99, res.inN, strings.TrimSpace(string(load)))
 			b.ReportMetric(res.sync.Seconds(), name+"-sync-s")
 			b.ReportMetric(mb(res.rss), name+"-rss-MB")
 			b.ReportMetric(mb(res.hwm), name+"-peak-rss-MB")
 			b.ReportMetric(float64(res.p99.Microseconds())/1000, name+"-event-p99-ms")
+			b.ReportMetric(float64(res.iso99.Microseconds())/1000, name+"-isolated-event-p99-ms")
+			b.ReportMetric(float64(res.in99.Microseconds())/1000, name+"-in-source-p99-ms")
 		}
 	}
 }
@@ -191,6 +194,9 @@ type perfResult struct {
 	p50, p99, max  time.Duration // from before the API write to the Update
 	ack50, ack99   time.Duration // from the write's acknowledgement to the Update
 	write99        time.Duration // the write itself (API server + etcd), p99
+	iso50, iso99   time.Duration // isolated changes (quiet before each), from write start
+	in50, in99     time.Duration // inside the source: informer event to Update
+	inN            int
 	n              int
 }
 
@@ -260,8 +266,14 @@ func runPerfChild(b *testing.B, kubeconfig string, c kubernetes.Interface, trim 
 	res.heap, _ = strconv.ParseInt(l[3], 10, 64)
 
 	ctx := context.Background()
-	var lat, ack, write []time.Duration
-	for i := range perfChanges {
+	var lat, ack, write, iso []time.Duration
+	for i := range 2 * perfChanges {
+		// The second half leaves 3 windows of quiet before each change: the latency of
+		// an isolated change, with no coalescing wait.
+		isolated := i >= perfChanges
+		if isolated {
+			time.Sleep(3 * coalesce)
+		}
 		node := perfNodeName((i * 37) % perfNodes)
 		// 37 is coprime with 5,000: every change flips a distinct Ready node.
 		patch := `{"status":{"conditions":[{"type":"Ready","status":"False","reason":"PerfFlip"}]}}`
@@ -277,25 +289,36 @@ func runPerfChild(b *testing.B, kubeconfig string, c kubernetes.Interface, trim 
 				continue
 			}
 			at, _ := strconv.ParseInt(l[3], 10, 64)
+			if isolated {
+				iso = append(iso, time.Unix(0, at).Sub(t0))
+				break
+			}
 			lat = append(lat, time.Unix(0, at).Sub(t0))
 			ack = append(ack, max(0, time.Unix(0, at).Sub(t1)))
 			break
 		}
 	}
 	// Restore for the next run.
-	for i := range perfChanges {
+	for i := range 2 * perfChanges {
 		node := perfNodeName((i * 37) % perfNodes)
 		patch := `{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}`
 		if _, err := c.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
 			b.Fatal(err)
 		}
 	}
-	for _, d := range [][]time.Duration{lat, ack, write} {
+	stdin.Close() // the child stops and reports its internal delays
+	l = next("delay", 30*time.Second)
+	in50, _ := strconv.ParseInt(l[1], 10, 64)
+	in99, _ := strconv.ParseInt(l[2], 10, 64)
+	res.in50, res.in99 = time.Duration(in50), time.Duration(in99)
+	res.inN, _ = strconv.Atoi(l[3])
+	for _, d := range [][]time.Duration{lat, ack, write, iso} {
 		slices.Sort(d)
 	}
 	res.n = len(lat)
 	res.p50, res.p99, res.max = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
 	res.ack50, res.ack99, res.write99 = pct(ack, 50), pct(ack, 99), pct(write, 99)
+	res.iso50, res.iso99 = pct(iso, 50), pct(iso, 99)
 	return res
 }
 
@@ -316,10 +339,23 @@ func perfChild() int {
 	if os.Getenv("KUBAL_K8S_PERF_NOTRIM") != "" {
 		src.(*Source).noTrim = true
 	}
+	ev := &perfEvents{out: out, start: start}
+	// The source's own share of the latency: first informer event of a batch to
+	// the Update (after the initial sync).
+	var delays []time.Duration
+	src.(*Source).onDelay = func(d time.Duration) {
+		if ev.last != nil {
+			delays = append(delays, d)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
-	ev := &perfEvents{out: out, start: start}
 	_ = src.Run(ctx, ev)
+	slices.Sort(delays)
+	if len(delays) > 0 {
+		fmt.Fprintf(out, "delay %d %d %d\n", pct(delays, 50), pct(delays, 99), len(delays))
+	}
+	out.Flush()
 	return 0
 }
 

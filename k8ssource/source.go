@@ -59,6 +59,8 @@ type Source struct {
 	// noTrim keeps whole objects in the caches: only for the side-by-side memory
 	// benchmark that shows what the trim saves.
 	noTrim bool
+	// onDelay, when set (benchmark only), sees each event-to-Update delay.
+	onDelay func(time.Duration)
 }
 
 // New parses `k8s://[context]?nodes=<label selector>&endpoints=<namespace>/<service>`
@@ -229,11 +231,18 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 		// The window starts when the work ends, so consecutive Updates are at least
 		// `coalesce` apart however long a pass takes.
 		defer func() { lastRun = time.Now() }()
-		nodes, slices := d.take()
+		nodes, slices, since := d.take()
 		if full {
 			nodes, slices = v.all()
 		}
 		changes := v.update(nodes, slices)
+		if !since.IsZero() && len(changes) > 0 {
+			delay := time.Since(since)
+			s.m.delay.Observe(delay.Seconds())
+			if s.onDelay != nil {
+				s.onDelay(delay)
+			}
+		}
 		if connected {
 			s.m.lastSync.SetToCurrentTime()
 		}

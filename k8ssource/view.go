@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -23,6 +24,7 @@ type dirty struct {
 	mu     sync.Mutex
 	nodes  map[string]struct{}
 	slices map[string]struct{}
+	since  time.Time     // when the oldest untaken change arrived
 	poke   chan struct{} // cap 1
 }
 
@@ -32,6 +34,9 @@ func newDirty() *dirty {
 
 func (d *dirty) add(res, key string) {
 	d.mu.Lock()
+	if d.since.IsZero() {
+		d.since = time.Now()
+	}
 	if res == resNodes {
 		d.nodes[key] = struct{}{}
 	} else {
@@ -44,9 +49,10 @@ func (d *dirty) add(res, key string) {
 	}
 }
 
-func (d *dirty) take() (nodes, slices []string) {
+func (d *dirty) take() (nodes, slices []string, since time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	since, d.since = d.since, time.Time{}
 	for k := range d.nodes {
 		nodes = append(nodes, k)
 	}
@@ -55,7 +61,7 @@ func (d *dirty) take() (nodes, slices []string) {
 	}
 	clear(d.nodes)
 	clear(d.slices)
-	return nodes, slices
+	return nodes, slices, since
 }
 
 // view is the loop-owned server set, updated incrementally: only the Nodes and
