@@ -36,9 +36,11 @@ type Reconciler struct {
 	log *slog.Logger
 	m   *metrics
 
-	mu      sync.Mutex
-	desired []Pool
-	kick    chan struct{}
+	mu       sync.Mutex
+	desired  []Pool
+	dirty    map[ServiceKey]bool // pools changed by Set since the last pass
+	allDirty bool                // the set of services changed: look at everything
+	kick     chan struct{}
 
 	// Owned by the Run goroutine.
 	known    map[ServiceKey]*kernelService // last known backend state; nil = dump first
@@ -46,6 +48,7 @@ type Reconciler struct {
 	owned    map[ServiceKey]bool           // created or adopted by this process
 	draining map[ServiceKey]map[destKey]time.Time
 	applied  map[ServiceKey]Pool // converged since the last dump: skipped while unchanged
+	index    map[ServiceKey]int  // position of each key in the pools of the last full look
 }
 
 type destKey struct {
@@ -73,6 +76,8 @@ func NewReconciler(b Backend, log *slog.Logger, reg prometheus.Registerer) *Reco
 		owned:        map[ServiceKey]bool{},
 		draining:     map[ServiceKey]map[destKey]time.Time{},
 		applied:      map[ServiceKey]Pool{},
+		dirty:        map[ServiceKey]bool{},
+		allDirty:     true,
 	}
 }
 
@@ -85,7 +90,25 @@ func NewReconciler(b Backend, log *slog.Logger, reg prometheus.Registerer) *Reco
 func (r *Reconciler) Set(pools []Pool) {
 	cp := slices.Clone(pools)
 	r.mu.Lock()
+	prev := r.desired
 	r.desired = cp
+	// Remember which pools changed (a pointer comparison for untouched ones), so
+	// that a pass for one weight change looks at one pool.
+	if !r.allDirty {
+		if len(prev) != len(cp) {
+			r.allDirty = true
+		} else {
+			for i := range cp {
+				if cp[i].Service.ServiceKey != prev[i].Service.ServiceKey {
+					r.allDirty = true
+					break
+				}
+				if !samePool(prev[i], cp[i]) {
+					r.dirty[cp[i].Service.ServiceKey] = true
+				}
+			}
+		}
+	}
 	r.mu.Unlock()
 	select {
 	case r.kick <- struct{}{}:
@@ -163,10 +186,13 @@ func backoff(n int, base, limit time.Duration) time.Duration {
 	return min(d, limit)
 }
 
-func (r *Reconciler) snapshot() []Pool {
+// take returns the desired pools and what changed since the last take.
+func (r *Reconciler) take() (pools []Pool, dirty map[ServiceKey]bool, all bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.desired
+	pools, dirty, all = r.desired, r.dirty, r.allDirty
+	r.dirty, r.allDirty = map[ServiceKey]bool{}, false
+	return pools, dirty, all
 }
 
 // Reconcile runs one pass synchronously (full: dump the backend first). For tests,
@@ -184,7 +210,14 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
 			r.known = nil // converge from a fresh dump next time
 		}
 	}()
-	pools := r.snapshot()
+	pools, dirty, all := r.take()
+	if !full && !all && r.known != nil && r.index != nil {
+		return r.passChanged(ctx, pools, dirty)
+	}
+	r.index = make(map[ServiceKey]int, len(pools))
+	for i, p := range pools {
+		r.index[p.Service.ServiceKey] = i
+	}
 	desired := make(map[ServiceKey]Pool, len(pools))
 	keys := make([]ServiceKey, 0, len(pools))
 	for _, p := range pools {
@@ -248,6 +281,43 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
 		delete(r.known, k)
 		delete(r.covered, k)
 		delete(r.draining, k)
+	}
+	r.m.draining.Set(float64(r.drainingCount()))
+	return errs.err()
+}
+
+// passChanged is the incremental pass: the set of services is the same as in the last
+// full look, so only the pools Set changed and the draining ones need work.
+func (r *Reconciler) passChanged(ctx context.Context, pools []Pool, dirty map[ServiceKey]bool) error {
+	if err := r.pollDraining(ctx); err != nil {
+		return err
+	}
+	for k := range r.draining {
+		dirty[k] = true
+	}
+	idx := make([]int, 0, len(dirty))
+	for k := range dirty {
+		if i, ok := r.index[k]; ok {
+			idx = append(idx, i)
+		}
+	}
+	slices.Sort(idx) // config order, as a full pass
+	var errs errList
+	for _, i := range idx {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p := pools[i]
+		k := p.Service.ServiceKey
+		if prev, ok := r.applied[k]; ok && len(r.draining[k]) == 0 && samePool(prev, p) {
+			continue
+		}
+		if err := r.syncPool(ctx, p); err != nil {
+			delete(r.applied, k)
+			errs.add(err)
+			continue
+		}
+		r.applied[k] = p
 	}
 	r.m.draining.Set(float64(r.drainingCount()))
 	return errs.err()
@@ -633,7 +703,7 @@ func samePool(a, b Pool) bool {
 
 func sameService(a, b Service) bool {
 	return a.ServiceKey == b.ServiceKey && a.Scheduler == b.Scheduler && a.OPS == b.OPS &&
-		slices.Equal(canonicalFlags(a.Flags), canonicalFlags(b.Flags))
+		(slices.Equal(a.Flags, b.Flags) || slices.Equal(canonicalFlags(a.Flags), canonicalFlags(b.Flags)))
 }
 
 func normalizeDestKeepConns(k ServiceKey, d Destination) Destination {

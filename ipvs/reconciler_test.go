@@ -467,3 +467,34 @@ func TestManyErrorsStayReadable(t *testing.T) {
 		t.Errorf("error lists %d causes:\n%s", n, err)
 	}
 }
+
+// A service added to the config later is looked up in the kernel first (adopted if
+// there), and a pass after a change to one pool touches only that pool.
+func TestConfigGrowsAndIncrementalScope(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	a := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1)}}
+	r.Set([]Pool{a})
+	mustPass(t, r, false)
+	// Someone (an older kubal) already has the DNS service in the kernel.
+	must(t, f.AddService(ctx, Service{ServiceKey: dns, Scheduler: "rr"}))
+	must(t, f.AddDestination(ctx, dns, dest("10.0.1.9", 0, 1)))
+	f.ResetCalls()
+	b := Pool{Service: Service{ServiceKey: dns, Scheduler: "rr"}, Destinations: []Destination{dest("10.0.1.9", 0, 1)}}
+	r.Set([]Pool{a, b})
+	mustPass(t, r, false)
+	if c := f.Calls(); c[OpAddService] != 0 || c[OpDumpServices] != 1 || c[OpAddDestination] != 0 {
+		t.Errorf("new config service already in the kernel: %v; want one dump, adoption, no add", c)
+	}
+	f.ResetCalls()
+	b.Destinations = []Destination{dest("10.0.1.9", 0, 4)}
+	r.Set([]Pool{a, b})
+	mustPass(t, r, false)
+	if c := f.Calls(); len(c) != 1 || c[OpUpdateDestination] != 1 {
+		t.Errorf("one weight change: %v", c)
+	}
+	if got := f.Table()[dns].Destinations[0].Weight; got != 4 {
+		t.Errorf("weight %d, want 4", got)
+	}
+}
