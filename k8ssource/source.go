@@ -20,6 +20,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -31,6 +32,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/source"
@@ -163,6 +165,9 @@ func restConfig(g config.Global, u URL) (*rest.Config, error) {
 // kept, and ev.Failed(err) is called once; on return the informers relist (client-go),
 // the set is recomputed in full and Failed(nil) is called.
 func (s *Source) Run(ctx context.Context, ev source.Events) error {
+	// client-go logs contextually: its reflectors' messages go to our logger, not to
+	// klog's global stderr output.
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(s.log.Handler()))
 	ctx, cancel := context.WithCancel(ctx)
 	d := newDirty()
 
@@ -195,7 +200,7 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 		sliceStore = epsInf.GetStore()
 	}
 	for _, f := range factories {
-		f.Start(ctx.Done())
+		f.StartWithContext(ctx)
 	}
 	defer func() {
 		cancel()
