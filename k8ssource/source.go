@@ -101,7 +101,8 @@ func New(rawURL string, g config.Global, svc *config.Service, log *slog.Logger, 
 	h := newHealth()
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "kubal/k8ssource"
-	// Protobuf halves decode time and garbage for thousands of Nodes.
+	// Protobuf: the API server's compact encoding, for thousands of Nodes (JSON stays
+	// accepted, e.g. through proxies that only speak it).
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &transport{next: rt, h: h} })
