@@ -29,7 +29,8 @@ const (
 // namespace over generic netlink (github.com/moby/ipvs).
 type Netlink struct {
 	mu sync.Mutex
-	h  *mobyipvs.Handle
+	h  *mobyipvs.Handle // dumps
+	w  *genlWriter      // changes, batched
 }
 
 // NewNetlink opens the IPVS table of the network namespace at netnsPath ("" = the
@@ -47,7 +48,12 @@ func NewNetlink(netnsPath string) (*Netlink, error) {
 		h.Close()
 		return nil, fmt.Errorf("ipvs: first dump in netns %q: %w", netnsPath, err)
 	}
-	return &Netlink{h: h}, nil
+	w, err := newGenlWriter(netnsPath)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Netlink{h: h, w: w}, nil
 }
 
 // CheckKernel reports whether the running kernel offers IPVS (the generic netlink
@@ -72,7 +78,17 @@ func (n *Netlink) Close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.h.Close()
+	n.w.close()
 }
+
+// applyBatch sends many changes per round trip (the Reconciler's batcher).
+func (n *Netlink) applyBatch(ctx context.Context, cs []change) []error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.w.apply(ctx, cs)
+}
+
+func (n *Netlink) one(ctx context.Context, c change) error { return n.applyBatch(ctx, []change{c})[0] }
 
 // Services implements Backend. Firewall-mark and non-TCP/UDP services are skipped:
 // they are never kubal's.
@@ -94,35 +110,17 @@ func (n *Netlink) Services(ctx context.Context) ([]Service, error) {
 
 // AddService implements Backend.
 func (n *Netlink) AddService(ctx context.Context, s Service) error {
-	ks, err := toKernelService(s)
-	if err != nil {
-		return err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.h.NewService(ks)
+	return n.one(ctx, change{kind: OpAddService, k: s.ServiceKey, svc: s})
 }
 
 // UpdateService implements Backend.
 func (n *Netlink) UpdateService(ctx context.Context, s Service) error {
-	ks, err := toKernelService(s)
-	if err != nil {
-		return err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.h.UpdateService(ks)
+	return n.one(ctx, change{kind: OpUpdateService, k: s.ServiceKey, svc: s})
 }
 
 // DeleteService implements Backend.
 func (n *Netlink) DeleteService(ctx context.Context, k ServiceKey) error {
-	ks, err := toKernelService(Service{ServiceKey: k})
-	if err != nil {
-		return err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.h.DelService(ks)
+	return n.one(ctx, change{kind: OpDeleteService, k: k})
 }
 
 // Destinations implements Backend.
@@ -146,31 +144,17 @@ func (n *Netlink) Destinations(ctx context.Context, k ServiceKey) ([]Destination
 
 // AddDestination implements Backend.
 func (n *Netlink) AddDestination(ctx context.Context, k ServiceKey, d Destination) error {
-	return n.destOp(k, d, (*mobyipvs.Handle).NewDestination)
+	return n.one(ctx, change{kind: OpAddDestination, k: k, d: d})
 }
 
 // UpdateDestination implements Backend.
 func (n *Netlink) UpdateDestination(ctx context.Context, k ServiceKey, d Destination) error {
-	return n.destOp(k, d, (*mobyipvs.Handle).UpdateDestination)
+	return n.one(ctx, change{kind: OpUpdateDestination, k: k, d: d})
 }
 
 // DeleteDestination implements Backend.
 func (n *Netlink) DeleteDestination(ctx context.Context, k ServiceKey, d Destination) error {
-	return n.destOp(k, d, (*mobyipvs.Handle).DelDestination)
-}
-
-func (n *Netlink) destOp(k ServiceKey, d Destination, fn func(*mobyipvs.Handle, *mobyipvs.Service, *mobyipvs.Destination) error) error {
-	ks, err := toKernelService(Service{ServiceKey: k})
-	if err != nil {
-		return err
-	}
-	kd, err := toKernelDest(k, d)
-	if err != nil {
-		return err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return fn(n.h, ks, kd)
+	return n.one(ctx, change{kind: OpDeleteDestination, k: k, d: d})
 }
 
 func family(a netip.Addr) uint16 {

@@ -49,6 +49,7 @@ type Reconciler struct {
 	draining map[ServiceKey]map[destKey]time.Time
 	applied  map[ServiceKey]Pool // converged since the last dump: skipped while unchanged
 	index    map[ServiceKey]int  // position of each key in the pools of the last full look
+	queue    []queued            // destination changes waiting for a batching backend
 }
 
 type destKey struct {
@@ -480,18 +481,10 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 		have, ok := cur.dests[dk]
 		switch {
 		case !ok:
-			if err := r.apply(ctx, change{kind: OpAddDestination, k: k, d: d}); err != nil {
-				errs.add(err)
-				continue
-			}
-			cur.dests[dk] = d
+			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
 		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
-			if err := r.apply(ctx, change{kind: OpUpdateDestination, k: k, d: d}); err != nil {
-				errs.add(err)
-				continue
-			}
 			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
-			cur.dests[dk] = d
+			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
 		}
 	}
 	for _, dk := range sortedDestKeys(cur.dests) {
@@ -511,18 +504,14 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 				continue
 			}
 		}
-		if err := r.apply(ctx, change{kind: OpDeleteDestination, k: k, d: have}); err != nil {
-			errs.add(err)
-			continue
-		}
-		delete(cur.dests, dk)
-		if dr := r.draining[k]; dr != nil {
-			delete(dr, dk)
-			if len(dr) == 0 {
-				delete(r.draining, k)
+		errs.add(r.enqueue(ctx, change{kind: OpDeleteDestination, k: k, d: have}, func() {
+			delete(cur.dests, dk)
+			if dr := r.draining[k]; dr != nil {
+				delete(dr, dk)
 			}
-		}
+		}))
 	}
+	errs.add(r.flush(ctx))
 	if dr := r.draining[k]; dr != nil && len(dr) == 0 {
 		delete(r.draining, k)
 	}
@@ -547,10 +536,9 @@ func (r *Reconciler) drain(ctx context.Context, p Pool, cur *kernelService, dk d
 	if have.Weight != 0 {
 		zero := have
 		zero.Weight = 0
-		if err := r.apply(ctx, change{kind: OpUpdateDestination, k: k, d: zero}); err != nil {
+		if err := r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: zero}, func() { cur.dests[dk] = zero }); err != nil {
 			return false, err
 		}
-		cur.dests[dk] = zero
 		r.log.Info("ipvs: draining destination", "service", k.String(), "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
 			"active", have.ActiveConns, "inactive", have.InactiveConns)
 		return false, nil // counters are re-read on the next poll
@@ -654,6 +642,56 @@ func (c change) do(ctx context.Context, b Backend) error {
 		return b.DeleteDestination(ctx, c.k, c.d)
 	}
 	return fmt.Errorf("unknown operation %q", c.kind)
+}
+
+// batcher is a Backend that can pipeline many operations in one round trip
+// (Netlink). applyBatch returns one error (or nil) per change, in order.
+type batcher interface {
+	applyBatch(ctx context.Context, cs []change) []error
+}
+
+type queued struct {
+	c  change
+	ok func()
+}
+
+// enqueue applies c, at once or (batching backend) at the next flush; ok runs when it
+// succeeded.
+func (r *Reconciler) enqueue(ctx context.Context, c change, ok func()) error {
+	if _, batching := r.b.(batcher); !batching {
+		if err := r.apply(ctx, c); err != nil {
+			return err
+		}
+		ok()
+		return nil
+	}
+	r.queue = append(r.queue, queued{c, ok})
+	return nil
+}
+
+// flush applies the queued changes in one batch.
+func (r *Reconciler) flush(ctx context.Context) error {
+	if len(r.queue) == 0 {
+		return nil
+	}
+	q := r.queue
+	r.queue = r.queue[:0]
+	cs := make([]change, len(q))
+	for i := range q {
+		cs[i] = q[i].c
+		r.m.op(q[i].c.kind).Inc()
+	}
+	results := r.b.(batcher).applyBatch(ctx, cs)
+	var errs errList
+	for i, err := range results {
+		if err != nil {
+			r.m.opErr(cs[i].kind).Inc()
+			errs.add(fmt.Errorf("ipvs %s (%s): %w", cs[i].kind, cs[i].line(), err))
+			continue
+		}
+		q[i].ok()
+	}
+	return errs.err()
 }
 
 func (r *Reconciler) apply(ctx context.Context, c change) error {

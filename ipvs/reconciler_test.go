@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -496,5 +497,60 @@ func TestConfigGrowsAndIncrementalScope(t *testing.T) {
 	}
 	if got := f.Table()[dns].Destinations[0].Weight; got != 4 {
 		t.Errorf("weight %d, want 4", got)
+	}
+}
+
+// batchFake is a batching backend (as Netlink is) over the Fake.
+type batchFake struct {
+	*Fake
+	batches []int
+}
+
+func (b *batchFake) applyBatch(ctx context.Context, cs []change) []error {
+	b.batches = append(b.batches, len(cs))
+	errs := make([]error, len(cs))
+	for i, c := range cs {
+		errs[i] = c.do(ctx, b.Fake)
+	}
+	return errs
+}
+
+func TestBatchingBackend(t *testing.T) {
+	f := NewFake()
+	bf := &batchFake{Fake: f}
+	r, _, c := newTestReconciler(t, bf)
+	boom := errors.New("EBUSY")
+	f.SetFailure(func(op string, _ ServiceKey, d Destination) error {
+		if op == OpAddDestination && d.Addr == netip.MustParseAddr("10.0.1.3") {
+			return boom
+		}
+		return nil
+	})
+	a, b, x := dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10), dest("10.0.1.3", 0, 10)
+	p := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{a, b, x}, Drain: true, DrainTimeout: time.Second}
+	r.Set([]Pool{p})
+	if err := r.pass(context.Background(), false); !errors.Is(err, boom) {
+		t.Fatalf("pass: %v", err)
+	}
+	if !slices.Equal(bf.batches, []int{3}) {
+		t.Errorf("batches %v, want one of 3 destinations", bf.batches)
+	}
+	f.SetFailure(nil)
+	mustPass(t, r, false) // fresh dump, adds the missing one
+	if len(f.Table()[web].Destinations) != 3 {
+		t.Fatalf("table %v", table(f))
+	}
+	// Drain through batches: weight 0, then removal after the timeout.
+	must(t, f.SetConns(web, b.Addr, 0, 2, 0))
+	p.Destinations = []Destination{a, x}
+	r.Set([]Pool{p})
+	mustPass(t, r, false)
+	if d := f.Table()[web].Destinations[1]; d.Addr != b.Addr || d.Weight != 0 {
+		t.Fatalf("draining destination %+v", d)
+	}
+	c.t = c.t.Add(2 * time.Second)
+	mustPass(t, r, false)
+	if len(f.Table()[web].Destinations) != 2 || len(r.draining) != 0 {
+		t.Errorf("after drain timeout: %v, draining %v", table(f), r.draining)
 	}
 }
