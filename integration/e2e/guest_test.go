@@ -309,6 +309,9 @@ func (s *scenario) step1() {
 	if !ok {
 		t.Fatalf("step 1: BIRD never learned %s/32\n%s", vip, s.birdDebug())
 	}
+	// What an operator sees on the router (docs/operations.md shows this output).
+	s.birdc("show route for " + vip + "/32 all")
+	s.birdc("show bfd sessions")
 	// The announcement as PyBal makes it: our AS path, our next hop.
 	route := s.birdCmd("show route for " + vip + "/32 all")
 	if !strings.Contains(route, "BGP.as_path: 64600") || !strings.Contains(route, "BGP.next_hop: 10.0.0.1") {
@@ -507,6 +510,7 @@ func (s *scenario) step6() {
 		t.Fatalf("step 6: route still at BIRD 10 s after kill -9 with BFD\n%s", s.birdDebug())
 	}
 	proto := s.birdCmd("show protocols all kubal")
+	s.birdc("show protocols kubal")
 	s.result("6", "kill -9 (egress to BIRD blackholed) -> route gone at BIRD in %s (bound 1.5 s; BFD 300 ms x 3); BIRD: %s", ms(d), birdLastError(proto))
 	if d > 1500*time.Millisecond {
 		t.Errorf("step 6: BFD failover took %s, want <= 1.5 s", d)
@@ -823,6 +827,16 @@ func waitFor(timeout time.Duration, cond func() bool) (time.Duration, bool) {
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
 // ---- BIRD ----
+
+// birdc runs the real birdc against the router and prints its output.
+func (s *scenario) birdc(cmd string) {
+	args := append([]string{"-s", filepath.Join(workDir, "bird.ctl")}, strings.Fields(cmd)...)
+	out, err := exec.Command("/usr/sbin/birdc", args...).CombinedOutput()
+	fmt.Printf("$ birdc %s\n%s", cmd, out)
+	if err != nil {
+		fmt.Printf("(birdc: %v)\n", err)
+	}
+}
 
 func (s *scenario) birdCmd(cmd string) string {
 	lines, err := s.bird.Cmd(cmd)

@@ -83,7 +83,7 @@ func host(t *testing.T) {
 			rigMissing(t, "%s missing: run integration/vm/setup.sh", filepath.Join(vmCache, f))
 		}
 	}
-	for _, b := range []string{"qemu-system-x86_64", "cpio", "gzip", "bird", "tc", "ldd"} {
+	for _, b := range []string{"qemu-system-x86_64", "cpio", "gzip", "bird", "birdc", "tc", "ldd"} {
 		if _, err := exec.LookPath(b); err != nil {
 			rigMissing(t, "%s not found: run integration/e2e/run.sh (it runs the setup scripts)", b)
 		}
@@ -140,7 +140,7 @@ func host(t *testing.T) {
 	copyFile(t, self, filepath.Join(pay, "e2e.test"))
 	copyFile(t, filepath.Join(binDir, "kubal"), filepath.Join(pay, "kubal"))
 	copyFile(t, filepath.Join(binDir, "kubalctl"), filepath.Join(pay, "kubalctl"))
-	for _, b := range []string{"bird", "tc"} {
+	for _, b := range []string{"bird", "birdc", "tc"} {
 		p, _ := exec.LookPath(b)
 		copyWithLibs(t, root, p, "/usr/sbin/"+b)
 	}
@@ -185,7 +185,11 @@ exec /payload/e2e.test -test.v -test.run '^TestE2E$' -test.timeout 7m
 	t.Logf("measured (guest):\n%s", strings.Join(summary, "\n"))
 	t.Logf("host: total %s", time.Since(start).Round(time.Second))
 	if rc != 0 {
-		t.Fatalf("the scenario in the VM failed (rc=%d); see the guest output above\nhost servers:\n%s", rc, rig.Logs())
+		logs := rig.Logs()
+		if len(logs) > 2000 {
+			logs = logs[len(logs)-2000:]
+		}
+		t.Fatalf("the scenario in the VM failed (rc=%d); see the guest output above\nhost servers (tail):\n%s", rc, logs)
 	}
 }
 

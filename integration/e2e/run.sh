@@ -1,22 +1,16 @@
 #!/usr/bin/env bash
 # `make test-e2e`: kubal's end-to-end ingress scenario (see doc.go and README.md).
 # Idempotent and self-contained: runs the VM and k8s rig setup scripts (cached under
-# $KUBAL_CACHE), checks the host tools it copies into the VM (bird, tc), builds static
+# $KUBAL_CACHE) and integration/bgp/setup.sh (BIRD2, tc: copied into the VM), builds static
 # kubal, kubalctl and the scenario binary, and runs the scenario: etcd + kube-apiserver
 # on the host, everything network-facing in a qemu VM with real IPVS.
 # Extra arguments go to the test binary (e.g. -test.v is always on).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The VM (kernel, base initramfs, qemu, cpio), kube-apiserver + etcd, BIRD2 + tc (pinned).
 ./integration/vm/setup.sh
 ./integration/k8s/setup.sh
-need=()
-for p in bird2 iproute2 cpio gzip; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-	echo "e2e: apt-get install ${need[*]}"
-	apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need[@]}" >/dev/null
-fi
+./integration/bgp/setup.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "e2e: building static kubal, kubalctl and the scenario binary"
