@@ -160,3 +160,21 @@ func TestOverlayGraceWithoutEtcd(t *testing.T) {
 		t.Errorf("servers passed ungated after %v, before the %v grace", d, ov.grace)
 	}
 }
+
+// keyTable: a malformed value keeps the host's previous key (also across a re-read);
+// a delete removes it.
+func TestKeyTableMalformed(t *testing.T) {
+	no, five := "no", 5
+	kt := &keyTable{keys: map[string]entry{}, box: newMailbox[map[string]entry](), errs: newMailbox[optErr]()}
+	kt.reset([]kv{{host: "a", e: entry{pooled: &no}}, {host: "b", e: entry{weight: &five}}})
+	kt.apply([]kv{{host: "a", malformed: true}})
+	kt.reset([]kv{{host: "a", malformed: true}, {host: "b", malformed: true}, {host: "c", malformed: true}})
+	got, ok := kt.box.take()
+	if !ok || len(got) != 2 || *got["a"].pooled != "no" || *got["b"].weight != 5 {
+		t.Fatalf("keys after malformed values = %v, want a and b as before", got)
+	}
+	kt.apply([]kv{{host: "a", deleted: true}})
+	if got, _ := kt.box.take(); len(got) != 1 {
+		t.Fatalf("keys after delete = %v, want only b", got)
+	}
+}
