@@ -75,7 +75,7 @@ func cacheDir() string {
 
 func host(t *testing.T) {
 	if os.Getenv("KUBAL_E2E") != "1" {
-		t.Skip("SKIPPING the end-to-end scenario: it boots a VM for a few minutes; run it with `make test-e2e` (integration/e2e/run.sh sets KUBAL_E2E=1)")
+		t.Skip("SKIPPING the end-to-end scenario: it boots a VM for ~1.5 minutes; run it with `make test-e2e` (integration/e2e/run.sh sets KUBAL_E2E=1)")
 	}
 	vmCache := filepath.Join(cacheDir(), "vm")
 	for _, f := range []string{"vmlinuz", "base.cpio.gz", "kernel"} {
