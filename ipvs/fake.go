@@ -123,9 +123,6 @@ func validService(s Service) error {
 	if !s.Addr.IsValid() || (s.Protocol != TCP && s.Protocol != UDP) {
 		return fmt.Errorf("%w: service %q", ErrInvalidArgument, s.ServiceKey)
 	}
-	if s.OPS && s.Protocol != UDP {
-		return fmt.Errorf("%w: one-packet scheduling on a TCP service", ErrInvalidArgument)
-	}
 	return nil
 }
 
