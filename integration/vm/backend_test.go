@@ -71,7 +71,9 @@ func TestFakeBehavesLikeTheKernel(t *testing.T) {
 			return be.DeleteDestination(ctx, web.ServiceKey, dst("10.2.0.9", 0, 1, ipvs.DR))
 		}},
 		{"delete destination", func(be ipvs.Backend) error { return be.DeleteDestination(ctx, web.ServiceKey, b) }},
-		{"delete missing service", func(be ipvs.Backend) error { return be.DeleteService(ctx, svc(ipvs.TCP, "10.9.9.9", 1, "rr").ServiceKey) }},
+		{"delete missing service", func(be ipvs.Backend) error {
+			return be.DeleteService(ctx, svc(ipvs.TCP, "10.9.9.9", 1, "rr").ServiceKey)
+		}},
 		{"delete service", func(be ipvs.Backend) error { return be.DeleteService(ctx, dns.ServiceKey) }},
 	}
 	for _, s := range steps {
