@@ -385,6 +385,12 @@ func (s *scenario) step3() {
 	if got := s.ipvs(); len(got) != 1 {
 		t.Errorf("step 3: IPVS holds %v, want node1 only", got)
 	}
+	// What the SRE sees: each server's state and why (docs/operations.md shows this).
+	out, code := s.kubalctl("status", pool)
+	fmt.Printf("$ kubalctl status %s\n%s", pool, out)
+	if code != 0 || !strings.Contains(out, "not Ready (Ready=False") || !strings.Contains(out, "ProxyFetch") {
+		t.Errorf("step 3: kubalctl status (exit %d) does not give node3's NotReady and node2's ProxyFetch reasons:\n%s", code, out)
+	}
 }
 
 // 4. kubalctl depool of node1: refused by the threshold with the reason; allowed after
@@ -686,13 +692,13 @@ func (s *scenario) setReady(node string, ready bool) {
 	defer cancel()
 	n, err := s.kc.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 	must(s.t, err)
-	st := corev1.ConditionTrue
+	st, reason := corev1.ConditionTrue, "KubeletReady"
 	if !ready {
-		st = corev1.ConditionFalse
+		st, reason = corev1.ConditionFalse, "KubeletNotReady"
 	}
 	for i := range n.Status.Conditions {
 		if n.Status.Conditions[i].Type == corev1.NodeReady {
-			n.Status.Conditions[i].Status = st
+			n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = st, reason
 			n.Status.Conditions[i].LastTransitionTime = metav1.Now()
 		}
 	}
