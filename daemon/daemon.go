@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,6 +77,7 @@ type Daemon struct {
 	startedAt  time.Time
 	ctx        context.Context
 	servicesWG sync.WaitGroup
+	lastLoop   atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
 
 	extMu     sync.Mutex // guards the shared external clients and stores below
 	etcd      map[string]*clientv3.Client
@@ -251,6 +253,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
+		d.lastLoop.Store(time.Now().UnixNano())
 		select {
 		case <-runCtx.Done():
 			d.shutdown(stopSpeaker)
@@ -503,6 +506,12 @@ func (d *Daemon) converge() {
 			d.opts.Ready()
 		}
 	}
+}
+
+// Alive reports whether the main loop turned recently (it turns at least every
+// second); systemd's watchdog is only petted while it does.
+func (d *Daemon) Alive() bool {
+	return time.Since(time.Unix(0, d.lastLoop.Load())) < 10*time.Second
 }
 
 // hitlessGrace bounds how long a restarted kubal keeps kernel destinations it has no

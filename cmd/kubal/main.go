@@ -92,7 +92,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	go notifier.RunWatchdog(ctx)
+	go notifier.RunWatchdog(ctx, d.Alive)
 	go func() {
 		<-ctx.Done()
 		notifier.Stopping() // before the BGP withdraw, so systemd shows "deactivating"

@@ -73,8 +73,10 @@ func (n *notifier) Status(s string) {
 }
 
 // RunWatchdog pings systemd's watchdog at half the configured interval until ctx is
-// done. It returns at once when systemd asked for no watchdog.
-func (n *notifier) RunWatchdog(ctx context.Context) {
+// done, but only while alive() says the daemon's main loop is turning: a hung daemon
+// stops the pings and systemd restarts it. It returns at once when systemd asked for
+// no watchdog.
+func (n *notifier) RunWatchdog(ctx context.Context, alive func() bool) {
 	if n.addr == nil || n.watchdog <= 0 {
 		return
 	}
@@ -86,7 +88,9 @@ func (n *notifier) RunWatchdog(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n.send("WATCHDOG=1")
+			if alive() {
+				n.send("WATCHDOG=1")
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -62,7 +63,7 @@ func TestNotifierMessages(t *testing.T) {
 	}
 	// No watchdog configured: RunWatchdog returns at once.
 	done := make(chan struct{})
-	go func() { n.RunWatchdog(context.Background()); close(done) }()
+	go func() { n.RunWatchdog(context.Background(), func() bool { return true }); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
@@ -80,7 +81,7 @@ func TestWatchdog(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { n.RunWatchdog(ctx); close(done) }()
+	go func() { n.RunWatchdog(ctx, func() bool { return true }); close(done) }()
 	for i := 0; i < 3; i++ {
 		if m := recv(t, sock); m != "WATCHDOG=1" {
 			t.Fatalf("ping %d: %q", i, m)
@@ -88,6 +89,32 @@ func TestWatchdog(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// A daemon whose main loop stopped turning gets no pings, so systemd restarts it.
+func TestWatchdogStopsWhenNotAlive(t *testing.T) {
+	sock, path := fakeSystemd(t)
+	t.Setenv("NOTIFY_SOCKET", path)
+	t.Setenv("WATCHDOG_USEC", "20000")
+	n := newNotifier()
+	var alive atomic.Bool
+	alive.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go n.RunWatchdog(ctx, alive.Load)
+	for i := 0; i < 2; i++ {
+		if m := recv(t, sock); m != "WATCHDOG=1" {
+			t.Fatalf("ping %d: %q", i, m)
+		}
+	}
+	alive.Store(false)
+	// Drain a ping that may be in flight, then expect silence.
+	_ = sock.SetReadDeadline(time.Now().Add(15 * time.Millisecond))
+	_, _ = sock.Read(make([]byte, 64))
+	_ = sock.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := sock.Read(make([]byte, 64)); err == nil {
+		t.Fatal("watchdog pinged while the daemon was not alive")
+	}
 }
 
 func TestWatchdogForAnotherPID(t *testing.T) {
@@ -105,7 +132,7 @@ func TestNotifierNoSocket(t *testing.T) {
 	n := newNotifier()
 	n.Ready()
 	n.Status("x")
-	n.RunWatchdog(context.Background()) // returns at once
+	n.RunWatchdog(context.Background(), func() bool { return true }) // returns at once
 	if n.Err() != nil {
 		t.Fatal(n.Err())
 	}
