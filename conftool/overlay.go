@@ -151,6 +151,9 @@ func (o *Overlay) Run(ctx context.Context, ev source.Events) error {
 	etcdErrs := newMailbox[optErr]()
 	kt := &keyTable{keys: map[string]entry{}, box: newMailbox[map[string]entry](), errs: etcdErrs}
 	wg.Go(func() { _ = o.inner.Run(ctx, inner) })
+	if pr, ok := ev.(source.ProblemReporter); ok {
+		o.w.report = pr.Problems
+	}
 	wg.Go(func() { o.w.run(ctx, kt) })
 
 	var (

@@ -28,6 +28,9 @@ func NewSource(cli *clientv3.Client, keyPrefix string, log *slog.Logger, m *Metr
 
 // Run implements source.Source.
 func (s *Source) Run(ctx context.Context, ev source.Events) error {
+	if pr, ok := ev.(source.ProblemReporter); ok {
+		s.w.report = pr.Problems
+	}
 	s.w.run(ctx, &serverSet{ev: ev, servers: map[string]source.Server{}})
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -27,7 +28,8 @@ type kv struct {
 	host      string
 	e         entry
 	deleted   bool
-	malformed bool // could not be decoded: keep the host's previous state
+	malformed bool   // could not be decoded: keep the host's previous state
+	problem   string // why it is malformed (with malformed)
 }
 
 // handler consumes what a watcher reads. Calls come from the watcher's goroutine.
@@ -62,6 +64,34 @@ type watcher struct {
 	backoffMax    time.Duration
 	now           func() time.Time
 	afterRead     func(rev int64) // test hook: runs between the full read and the watch
+
+	// bad is the set of keys whose current value is malformed (host -> problem);
+	// report, when set, receives it whenever it changes.
+	bad    map[string]string
+	report func(map[string]string)
+}
+
+// track keeps the malformed-key set current: a full read replaces it, an event for a
+// host sets or clears its entry.
+func (w *watcher) track(kvs []kv, full bool) {
+	next := map[string]string{}
+	if !full {
+		maps.Copy(next, w.bad)
+	}
+	for _, k := range kvs {
+		if k.malformed {
+			next[k.host] = k.problem
+		} else {
+			delete(next, k.host)
+		}
+	}
+	if maps.Equal(next, w.bad) {
+		return
+	}
+	w.bad = next
+	if w.report != nil {
+		w.report(maps.Clone(next))
+	}
 }
 
 func newWatcher(cli *clientv3.Client, prefix string, log *slog.Logger, m *Metrics) *watcher {
@@ -184,6 +214,7 @@ func (w *watcher) read(ctx context.Context, h handler) (int64, error) {
 			kvs = append(kvs, k)
 		}
 	}
+	w.track(kvs, true)
 	h.reset(kvs)
 	w.m.event(w.prefix, w.now())
 	rev := resp.Header.Revision
@@ -205,7 +236,7 @@ func (w *watcher) decode(it *mvccpb.KeyValue) (kv, bool) {
 		w.m.malformedValue(w.prefix)
 		w.log.Warn("conftool: malformed value, the server keeps its previous state",
 			"key", string(it.Key), "value", truncate(string(it.Value), 200), "err", err)
-		return kv{host: host, malformed: true}, true
+		return kv{host: host, malformed: true, problem: fmt.Sprintf("malformed conftool value at %s: %v", it.Key, err)}, true
 	}
 	return kv{host: host, e: e}, true
 }
@@ -264,6 +295,7 @@ func (w *watcher) watch(ctx context.Context, h handler, from int64) error {
 			}
 			w.m.event(w.prefix, w.now())
 			if len(kvs) > 0 {
+				w.track(kvs, false)
 				h.apply(kvs)
 			}
 		}

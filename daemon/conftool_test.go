@@ -127,6 +127,23 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 		return false
 	})
 
+	// A malformed value: the server keeps its state, /alerts says which key and why,
+	// and fixing the value clears it.
+	if _, err := cli.Put(ctx, prefix+"127.0.0.22", `{"pooled": yes`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "malformed value in alerts", func() bool {
+		a := primary.Alerts()
+		return len(a) == 1 && strings.Contains(a[0].Msg, "127.0.0.22") && strings.Contains(a[0].Msg, prefix+"127.0.0.22")
+	})
+	if s := server(t, primary, "127.0.0.22"); !s.Enabled || !s.Pooled {
+		t.Errorf("a malformed value changed the server: %+v", s)
+	}
+	if _, err := cli.Put(ctx, prefix+"127.0.0.22", `{"pooled": "yes", "weight": 10}`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "alert cleared", func() bool { return len(primary.Alerts()) == 0 })
+
 	// Weight through the API lands in etcd too.
 	if _, err := primary.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpWeight, Weight: 3, Actor: "sre"}); err != nil {
 		t.Fatal(err)

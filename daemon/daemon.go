@@ -551,8 +551,17 @@ func (d *Daemon) Alerts() []api.Alert {
 		if rs == nil {
 			continue
 		}
-		if st := rs.status.Load(); st.SourceErr != nil {
+		st := rs.status.Load()
+		if st.SourceErr != nil {
 			out = append(out, api.Alert{Level: "warning", Msg: fmt.Sprintf("%s: server-list source failing, keeping last known servers: %s", name, firstLine(st.SourceErr.Error()))})
+		}
+		hosts := make([]string, 0, len(st.Problems))
+		for h := range st.Problems {
+			hosts = append(hosts, h)
+		}
+		sort.Strings(hosts)
+		for _, h := range hosts {
+			out = append(out, api.Alert{Level: "warning", Msg: fmt.Sprintf("%s: %s keeps its previous state: %s", name, h, firstLine(st.Problems[h]))})
 		}
 	}
 	return out

@@ -47,8 +47,9 @@ type service struct {
 
 // serviceStatus is what the daemon reports about a service besides its pool.
 type serviceStatus struct {
-	Synced    bool  // the source delivered a first server set
-	SourceErr error // the source's current failure, nil when healthy
+	Synced    bool              // the source delivered a first server set
+	SourceErr error             // the source's current failure, nil when healthy
+	Problems  map[string]string // per-server data problems (host -> why), e.g. a malformed value
 }
 
 // override is an admin decision from the local state file (services without conftool).
@@ -207,6 +208,16 @@ func (e *sourceEvents) Failed(err error) {
 			e.s.log.Warn("server-list source failing; keeping the last known servers", "err", err)
 		}
 		e.s.setStatus(func(st *serviceStatus) { st.SourceErr = err })
+	})
+}
+
+// Problems implements source.ProblemReporter.
+func (e *sourceEvents) Problems(p map[string]string) {
+	e.s.send(func() {
+		if e.gen != e.s.srcGen {
+			return
+		}
+		e.s.setStatus(func(st *serviceStatus) { st.Problems = p })
 	})
 }
 

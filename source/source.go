@@ -47,3 +47,12 @@ type Source interface {
 	// is done (errors are reported through ev.Failed and retried).
 	Run(ctx context.Context, ev Events) error
 }
+
+// ProblemReporter is implemented by Events receivers that want per-server data
+// problems a source found, such as a malformed conftool value: the server keeps its
+// previous state, and the problem is shown (in /alerts) until it is fixed. Sources
+// check for it with a type assertion; the map (host -> description) is the full
+// current set, empty when everything is fine again.
+type ProblemReporter interface {
+	Problems(map[string]string)
+}
