@@ -584,19 +584,22 @@ func (s *scenario) step7() {
 		t.Errorf("step 7b: a malformed etcd value changed the pool: %v -> %v", before, s.ipvs())
 	}
 	s.result("7b", "malformed etcd value for node2 -> counted in kubal_conftool_malformed_values_total after %s, pool unchanged (%d dests), /alerts %q", ms(dB), len(s.ipvs()), alertB)
-	if !strings.Contains(alertB, "conftool") && !strings.Contains(alertB, "malformed") {
-		// The issue asks for it in /alerts; kubal (daemon.Alerts) does not report it yet.
-		msg := fmt.Sprintf("step 7b: the malformed etcd value is not visible in /alerts: %q (only in the log and kubal_conftool_malformed_values_total)", alertB)
-		if os.Getenv("KUBAL_E2E_ALLOW_GAPS") == "1" {
-			fmt.Println("E2E-KNOWN-GAP " + msg)
-		} else {
-			t.Error(msg + "; KUBAL_E2E_ALLOW_GAPS=1 downgrades this to a logged gap")
-		}
+	if !strings.Contains(alertB, "malformed conftool value") || !strings.Contains(alertB, conftoolKey+"node2") {
+		t.Errorf("step 7b: /alerts does not name the malformed conftool key: %q", alertB)
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	_, err = s.etcd.Delete(ctx, conftoolKey+"node2")
 	cancel()
 	must(t, err)
+	// Fixing the key clears the alert.
+	if dFix, ok := waitFor(20*time.Second, func() bool {
+		a := s.alerts()
+		return !strings.Contains(a, "conftool") && !strings.Contains(a, "malformed")
+	}); ok {
+		s.result("7b", "malformed key deleted -> /alerts clear after %s", ms(dFix))
+	} else {
+		t.Errorf("step 7b: /alerts still reports the conftool key after it was deleted: %q", s.alerts())
+	}
 
 	// (c) the API server down for 20 s.
 	s.control("stop")
