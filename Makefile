@@ -5,7 +5,7 @@ GO       ?= go
 export KUBAL_CACHE ?= $(HOME)/.cache/kubal
 BIN      := bin
 
-.PHONY: all build demo test unit lint setup test-rigs test-vm test-e2e fuzz bench clean
+.PHONY: all build demo test unit lint setup test-vm test-e2e fuzz bench clean
 
 all: build
 
@@ -16,10 +16,12 @@ demo: build
 	./configs/demo/run.sh
 
 # The README's test command: lint, unit tests, rig tests (real etcd, kube-apiserver,
-# BIRD2, backends in namespaces; rigs required, a missing rig fails), and the VM.
+# BIRD2, backends in namespaces; rigs required, a missing rig fails), the IPVS VM, and
+# the end-to-end ingress scenario (integration/e2e).
 test: lint setup
 	KUBAL_REQUIRE_RIGS=1 $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) test-vm
+	$(MAKE) test-e2e
 
 unit:
 	$(GO) test -count=1 ./...
