@@ -585,24 +585,7 @@ func (s *Speaker) toPath(a Announcement, withdraw bool) (*apiutil.Path, error) {
 // Shutdown withdraws every route, sends a Cease (administrative shutdown) to every
 // peer and stops GoBGP, bounded by ctx. Later calls return the first result; Set is
 // ignored afterwards.
-func (s *Speaker) Shutdown(ctx context.Context) error {
-	s.shutdownOnce.Do(func() {
-		s.mu.Lock()
-		s.closing = true
-		srv := s.srv
-		s.mu.Unlock()
-		done := make(chan error, 1)
-		go func() { done <- s.stop(srv, false) }()
-		select {
-		case s.shutdownErr = <-done:
-		case <-ctx.Done():
-			s.shutdownErr = fmt.Errorf("bgp shutdown: %w", ctx.Err())
-		}
-		close(s.shutdownDone)
-	})
-	<-s.shutdownDone
-	return s.shutdownErr
-}
+func (s *Speaker) Shutdown(ctx context.Context) error { return s.halt(ctx, false, "bgp shutdown") }
 
 // Detach stops the speaker for a planned restart without withdrawing: with
 // bgp-graceful-restart the sessions are closed without a NOTIFICATION, so routers
@@ -612,17 +595,22 @@ func (s *Speaker) Detach(ctx context.Context) error {
 	if !s.g.BGPGracefulRestart {
 		return s.Shutdown(ctx)
 	}
+	return s.halt(ctx, true, "bgp detach")
+}
+
+// halt stops the speaker once (gracefully or with a withdraw and Cease), bounded by ctx.
+func (s *Speaker) halt(ctx context.Context, graceful bool, what string) error {
 	s.shutdownOnce.Do(func() {
 		s.mu.Lock()
 		s.closing = true
 		srv := s.srv
 		s.mu.Unlock()
 		done := make(chan error, 1)
-		go func() { done <- s.stop(srv, true) }()
+		go func() { done <- s.stop(srv, graceful) }()
 		select {
 		case s.shutdownErr = <-done:
 		case <-ctx.Done():
-			s.shutdownErr = fmt.Errorf("bgp detach: %w", ctx.Err())
+			s.shutdownErr = fmt.Errorf("%s: %w", what, ctx.Err())
 		}
 		close(s.shutdownDone)
 	})

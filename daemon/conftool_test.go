@@ -79,7 +79,7 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 		t.Fatal(err)
 	}
 	backupIPVS := ipvs.NewFake()
-	backup := startDaemonWith(t, backupConf, backupIPVS)
+	backup, _ := startDaemonWith(t, backupConf, backupIPVS)
 
 	for _, d := range []*Daemon{primary, backup} {
 		eventually(t, 10*time.Second, "etcd servers pooled", func() bool {
@@ -149,22 +149,4 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "backup sees the weight", func() bool { return server(t, backup, "127.0.0.21").Weight == 3 })
-}
-
-func startDaemonWith(t *testing.T, conf string, fake *ipvs.Fake) *Daemon {
-	t.Helper()
-	d, err := New(Options{ConfigPath: conf, Log: testLog(t), IPVS: fake, Addrs: ipvs.NewFakeAddrs()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := d.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return d
 }

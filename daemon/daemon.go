@@ -78,6 +78,7 @@ type Daemon struct {
 	ctx        context.Context
 	servicesWG sync.WaitGroup
 	lastLoop   atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
+	detach     atomic.Bool  // stop for a planned restart: keep BGP routes (graceful restart)
 
 	extMu     sync.Mutex // guards the shared external clients and stores below
 	etcd      map[string]*clientv3.Client
@@ -269,14 +270,29 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
+// DetachOnStop makes the coming stop a planned restart: with bgp-graceful-restart the
+// BGP sessions close without withdrawing, so routers keep forwarding to this host
+// (IPVS stays programmed) until the restarted kubal re-announces. Without the key a
+// stop always withdraws.
+func (d *Daemon) DetachOnStop() { d.detach.Store(true) }
+
 func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
-	d.log.Info("shutting down: withdrawing BGP routes, leaving IPVS in place")
 	if d.speaker != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := d.speaker.Shutdown(ctx); err != nil {
+		var err error
+		if d.detach.Load() && d.Config().Global.BGPGracefulRestart {
+			d.log.Info("planned restart: closing BGP sessions gracefully (routes kept by the routers), leaving IPVS in place")
+			err = d.speaker.Detach(ctx)
+		} else {
+			d.log.Info("shutting down: withdrawing BGP routes, leaving IPVS in place")
+			err = d.speaker.Shutdown(ctx)
+		}
+		if err != nil {
 			d.log.Error("BGP shutdown", "system", "bgp", "err", err)
 		}
 		cancel()
+	} else {
+		d.log.Info("shutting down, leaving IPVS in place")
 	}
 	stopSpeaker()
 	d.mu.Lock()

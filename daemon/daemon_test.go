@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,7 +119,14 @@ proxyfetch.timeout = 1
 
 func startDaemon(t *testing.T, r *rig) (d *Daemon, stop func()) {
 	t.Helper()
-	d, err := New(Options{ConfigPath: r.conf, Log: testLog(t), IPVS: r.fake, Addrs: ipvs.NewFakeAddrs()})
+	return startDaemonWith(t, r.conf, r.fake)
+}
+
+// startDaemonWith runs a daemon on conf with a fake kernel; stop (also run at cleanup)
+// stops it and waits.
+func startDaemonWith(t *testing.T, conf string, fake *ipvs.Fake) (d *Daemon, stop func()) {
+	t.Helper()
+	d, err := New(Options{ConfigPath: conf, Log: testLog(t), IPVS: fake, Addrs: ipvs.NewFakeAddrs()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,13 +138,16 @@ func startDaemon(t *testing.T, r *rig) (d *Daemon, stop func()) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
+	var once sync.Once
 	stop = func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("daemon did not stop")
-		}
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Error("daemon did not stop")
+			}
+		})
 	}
 	t.Cleanup(stop)
 	return d, stop

@@ -2,6 +2,10 @@
 // health-checks real servers, programs IPVS and announces the VIPs over BGP.
 //
 //	kubal [-c FILE] [-n|--dryrun] [-d|--debug] [--check-config] [--log-format text|json]
+//
+// Signals: SIGTERM/SIGINT stop (BGP routes withdrawn, IPVS left in place); SIGHUP
+// reloads the config; SIGUSR2 stops for a planned restart (with bgp-graceful-restart
+// the routes stay at the routers until the new process re-announces them).
 package main
 
 import (
@@ -92,6 +96,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
+	// SIGUSR2: stop for a planned restart (systemd restarts kubal): with
+	// bgp-graceful-restart the routers keep this host's routes meanwhile.
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		select {
+		case <-usr2:
+			log.Info("SIGUSR2: stopping for a planned restart")
+			d.DetachOnStop()
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	go notifier.RunWatchdog(ctx, d.Alive)
 	go func() {
 		<-ctx.Done()
