@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kubal/kubal/config"
@@ -31,9 +30,8 @@ func (d *Daemon) newExternalSource(svc *config.Service, log *slog.Logger) (sourc
 		}
 		return conftool.NewSource(cli, prefix, log, d.conftoolMetrics()), nil
 	case "k8s":
-		// One registry, several k8s sources: a pool label keeps their series apart.
-		reg := prometheus.WrapRegistererWith(prometheus.Labels{"pool": svc.Name}, d.reg)
-		src, err := k8ssource.New(svc.ConfigURL, g, svc, log, reg)
+		// The source labels its series with service=<pool> and reuses them across reloads.
+		src, err := k8ssource.New(svc.ConfigURL, g, svc, log, d.reg)
 		if err != nil {
 			return nil, err
 		}
