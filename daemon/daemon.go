@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,20 +66,22 @@ type Daemon struct {
 	services map[string]*runningService
 	order    []string
 
-	reloadErr  error
-	reloadCh   chan chan error
-	changed    chan struct{}
-	metrics    *daemonMetrics
-	monitors   *monitor.Manager
-	reconciler *ipvs.Reconciler
-	addresses  *ipvs.Addresses
-	speaker    *bgp.Speaker
-	ready      bool
-	startedAt  time.Time
-	ctx        context.Context
-	servicesWG sync.WaitGroup
-	lastLoop   atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
-	detach     atomic.Bool  // stop for a planned restart: keep BGP routes (graceful restart)
+	reloadErr   error
+	startCfg    *config.Config // the config of the start: restart-only settings come from it
+	restartKeys []string       // restart-only [global] settings changed by reloads since
+	reloadCh    chan chan error
+	changed     chan struct{}
+	metrics     *daemonMetrics
+	monitors    *monitor.Manager
+	reconciler  *ipvs.Reconciler
+	addresses   *ipvs.Addresses
+	speaker     *bgp.Speaker
+	ready       bool
+	startedAt   time.Time
+	ctx         context.Context
+	servicesWG  sync.WaitGroup
+	lastLoop    atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
+	detach      atomic.Bool  // stop for a planned restart: keep BGP routes (graceful restart)
 
 	extMu     sync.Mutex // guards the shared external clients and stores below
 	etcd      map[string]*clientv3.Client
@@ -118,6 +121,7 @@ func New(opts Options) (*Daemon, error) {
 		log:      opts.Log,
 		reg:      prometheus.NewRegistry(),
 		cfg:      cfg,
+		startCfg: cfg,
 		services: map[string]*runningService{},
 		reloadCh: make(chan chan error),
 		changed:  make(chan struct{}, 1),
@@ -428,6 +432,10 @@ func (d *Daemon) reload() error {
 		d.log.Warn(w.String())
 	}
 	d.reloadErr = nil
+	d.restartKeys = restartNeeded(d.startCfg, cfg)
+	if len(d.restartKeys) > 0 {
+		d.log.Warn("config reloaded, but these [global] settings only take effect after a restart", "keys", strings.Join(d.restartKeys, ", "))
+	}
 	d.cfg = cfg
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)
@@ -438,12 +446,51 @@ func (d *Daemon) reload() error {
 	return nil
 }
 
-// compatibleReload rejects changes a reload cannot apply (they need a restart).
+// compatibleReload rejects changes a reload cannot apply safely.
 func compatibleReload(old, cfg *config.Config) error {
 	if old.Global.BGP != cfg.Global.BGP {
 		return errors.New("[global] bgp changed: restart kubal to apply")
 	}
 	return nil
+}
+
+// restartOnlyKeys are the [global] settings read once at start (listeners, the BGP
+// sessions, the state file). A reload applies everything else - services, sources,
+// monitors, thresholds and the announcements' attributes - and reports these as
+// needing a restart instead of ignoring them silently.
+var restartOnlyKeys = []struct {
+	key  string
+	same func(a, b *config.Global) bool
+}{
+	{"bgp-local-asn", func(a, b *config.Global) bool { return a.BGPLocalASN == b.BGPLocalASN }},
+	{"bgp-peer-address", func(a, b *config.Global) bool { return slices.Equal(a.BGPPeerAddresses, b.BGPPeerAddresses) }},
+	{"bgp-local-ips", func(a, b *config.Global) bool { return slices.Equal(a.BGPLocalIPs, b.BGPLocalIPs) }},
+	{"bgp-local-port", func(a, b *config.Global) bool { return a.BGPLocalPort == b.BGPLocalPort }},
+	{"bgp-hold-time", func(a, b *config.Global) bool { return a.BGPHoldTime == b.BGPHoldTime }},
+	{"bgp-bfd", func(a, b *config.Global) bool {
+		return a.BGPBFD == b.BGPBFD && a.BGPBFDMinRx == b.BGPBFDMinRx && a.BGPBFDMinTx == b.BGPBFDMinTx && a.BGPBFDMultiplier == b.BGPBFDMultiplier
+	}},
+	{"bgp-graceful-restart", func(a, b *config.Global) bool { return a.BGPGracefulRestart == b.BGPGracefulRestart }},
+	{"instrumentation", func(a, b *config.Global) bool {
+		return a.Instrumentation == b.Instrumentation && a.InstrumentationPort == b.InstrumentationPort && slices.Equal(a.InstrumentationIPs, b.InstrumentationIPs)
+	}},
+	{"admin", func(a, b *config.Global) bool {
+		return a.AdminPort == b.AdminPort && slices.Equal(a.AdminIPs, b.AdminIPs) && a.AdminTokenFile == b.AdminTokenFile &&
+			a.AdminTLSCert == b.AdminTLSCert && a.AdminTLSKey == b.AdminTLSKey && a.AdminClientCA == b.AdminClientCA
+	}},
+	{"state-file", func(a, b *config.Global) bool { return a.StateFile == b.StateFile }},
+}
+
+// restartNeeded lists the restart-only [global] settings that differ between the
+// config kubal started with and cfg.
+func restartNeeded(started, cfg *config.Config) []string {
+	var out []string
+	for _, k := range restartOnlyKeys {
+		if !k.same(&started.Global, &cfg.Global) {
+			out = append(out, k.key)
+		}
+	}
+	return out
 }
 
 // converge pushes the services' current state to IPVS and BGP and updates readiness.
@@ -561,6 +608,9 @@ func (d *Daemon) Alerts() []api.Alert {
 	var out []api.Alert
 	if d.reloadErr != nil {
 		out = append(out, api.Alert{Level: "warning", Msg: "config reload failed, running the previous config: " + firstLine(d.reloadErr.Error())})
+	}
+	if len(d.restartKeys) > 0 {
+		out = append(out, api.Alert{Level: "warning", Msg: "restart kubal to apply changed [global] settings: " + strings.Join(d.restartKeys, ", ")})
 	}
 	for _, name := range d.order {
 		rs := d.services[name]
