@@ -318,6 +318,11 @@ func (d *Daemon) ipvsBackend() (ipvs.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("IPVS: %w (use -n/--dryrun on a host without IPVS)", err)
 	}
+	if d.opts.Debug {
+		// PyBal's -d printed every ipvsadm line; this also turns off netlink batching,
+		// which is fine for debugging.
+		return debugBackend{Backend: nl, log: d.log.With("system", "ipvs")}, nil
+	}
 	return nl, nil
 }
 

@@ -340,3 +340,25 @@ func testLog(t *testing.T) *slog.Logger {
 	}
 	return logging.New(os.Stderr, slog.LevelDebug, false)
 }
+
+func TestDebugBackendLogsIpvsadmLines(t *testing.T) {
+	var b strings.Builder
+	log := logging.New(&b, slog.LevelDebug, false)
+	fake := ipvs.NewFake()
+	db := debugBackend{Backend: fake, log: log.With("system", "ipvs")}
+	ctx := context.Background()
+	k := ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr("10.0.0.1"), Port: 80}
+	if err := db.AddService(ctx, ipvs.Service{ServiceKey: k, Scheduler: "wrr"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.AddDestination(ctx, k, ipvs.Destination{Addr: netip.MustParseAddr("10.0.1.5"), Weight: 10}); err != nil {
+		t.Fatal(err)
+	}
+	want := "[ipvs] DEBUG: -A -t 10.0.0.1:80 -s wrr\n[ipvs] DEBUG: -a -t 10.0.0.1:80 -r 10.0.1.5 -w 10\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+	if len(fake.Table()[k].Destinations) != 1 {
+		t.Error("the change did not reach the backend")
+	}
+}
