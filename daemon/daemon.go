@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -664,33 +665,57 @@ func firstLine(s string) string {
 
 // ---- HTTP listeners ----
 
-func (d *Daemon) startHTTP(cfg *config.Config) ([]*http.Server, error) {
-	var servers []*http.Server
+func (d *Daemon) startHTTP(cfg *config.Config) (servers []*http.Server, err error) {
+	defer func() {
+		if err != nil { // do not leak the listeners already started
+			for _, s := range servers {
+				_ = s.Close()
+			}
+		}
+	}()
 	g := cfg.Global
 	if g.Instrumentation {
 		h := api.NewInstrumentation(d, d.reg, d.log.With("system", "instrumentation"))
-		for _, ip := range g.InstrumentationIPs {
-			s, err := d.listen(net.JoinHostPort(ip, strconv.Itoa(g.InstrumentationPort)), h, nil)
-			if err != nil {
-				return nil, err
-			}
-			servers = append(servers, s)
+		ss, err := d.listenAll(g.InstrumentationIPs, g.InstrumentationPort, h, nil)
+		servers = append(servers, ss...)
+		if err != nil {
+			return servers, fmt.Errorf("instrumentation: %w", err)
 		}
 	}
 	admin, tlsOn, err := d.adminHandler(g)
 	if err != nil {
-		return nil, err
+		return servers, err
 	}
 	if admin != nil {
-		for _, ip := range g.AdminIPs {
-			s, err := d.listen(net.JoinHostPort(ip, strconv.Itoa(g.AdminPort)), admin, tlsOn)
-			if err != nil {
-				return nil, err
-			}
-			servers = append(servers, s)
+		ss, err := d.listenAll(g.AdminIPs, g.AdminPort, admin, tlsOn)
+		servers = append(servers, ss...)
+		if err != nil {
+			return servers, fmt.Errorf("admin: %w", err)
 		}
 	}
 	return servers, nil
+}
+
+// listenAll listens on port at every address. An address the host does not have
+// (e.g. ::1 of the default list on a host without IPv6) is skipped with a warning;
+// any other error, or no listener at all, fails.
+func (d *Daemon) listenAll(ips []string, port int, h http.Handler, tlsOn *tlsFiles) ([]*http.Server, error) {
+	var out []*http.Server
+	for _, ip := range ips {
+		s, err := d.listen(net.JoinHostPort(ip, strconv.Itoa(port)), h, tlsOn)
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			d.log.Warn("address not available on this host; not listening on it", "addr", ip, "port", port)
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("none of %v is available for port %d", ips, port)
+	}
+	return out, nil
 }
 
 func (d *Daemon) listen(addr string, h http.Handler, tlsOn *tlsFiles) (*http.Server, error) {

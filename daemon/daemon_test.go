@@ -362,3 +362,26 @@ func TestDebugBackendLogsIpvsadmLines(t *testing.T) {
 		t.Error("the change did not reach the backend")
 	}
 }
+
+func TestListenSkipsUnavailableAddresses(t *testing.T) {
+	d := &Daemon{log: logging.Discard()}
+	h := http.NotFoundHandler()
+	// 192.0.2.1 (TEST-NET) is not on this host: skipped; 127.0.0.1 is served.
+	ss, err := d.listenAll([]string{"192.0.2.1", "127.0.0.1"}, freePort(t), h, nil)
+	if err != nil || len(ss) != 1 {
+		t.Fatalf("listeners %d, err %v", len(ss), err)
+	}
+	ss[0].Close()
+	if _, err := d.listenAll([]string{"192.0.2.1"}, freePort(t), h, nil); err == nil {
+		t.Error("no address available, yet no error")
+	}
+	// A port in use is an error, not a skip.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := d.listenAll([]string{"127.0.0.1"}, ln.Addr().(*net.TCPAddr).Port, h, nil); err == nil {
+		t.Error("port in use accepted")
+	}
+}
