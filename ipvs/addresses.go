@@ -78,42 +78,11 @@ func (a *Addresses) Set(vips []VIP) {
 
 // Run converges until ctx is done; errors are logged and retried, never returned.
 func (a *Addresses) Run(ctx context.Context) error {
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	deadline := time.Now()
-	var notBefore time.Time
-	failures := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-a.kick:
-			at := later(notBefore, time.Now())
-			if at.Before(deadline) {
-				deadline = at
-				timer.Reset(time.Until(at))
-			}
-			continue
-		case <-timer.C:
-		}
+	runLoop(ctx, a.log, "vip addresses: reconcile", a.kick, a.MinInterval, a.MaxBackoff, func(ctx context.Context) (time.Time, error) {
 		err := a.pass(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		done := time.Now()
-		next := done.Add(a.ResyncPeriod)
-		notBefore = done.Add(a.MinInterval)
-		if err != nil {
-			failures++
-			next = done.Add(backoff(failures, a.MinInterval, a.MaxBackoff))
-			notBefore = next
-			a.log.Warn("vip addresses: reconcile failed; retrying", "retry_in", next.Sub(done).Round(time.Millisecond), "error", err)
-		} else {
-			failures = 0
-		}
-		deadline = next
-		timer.Reset(time.Until(next))
-	}
+		return time.Now().Add(a.ResyncPeriod), err
+	})
+	return nil
 }
 
 // Pass converges once, synchronously (Run calls it; handy in tests and at shutdown).

@@ -118,56 +118,26 @@ func (r *Reconciler) Set(pools []Pool) {
 }
 
 // Run reconciles until ctx is done. Backend errors are logged, counted and retried
-// with backoff; they never end Run.
+// with backoff; they never end Run. A full dump happens at start and every
+// ResyncPeriod (drift repair); other passes apply only what changed.
 func (r *Reconciler) Run(ctx context.Context) error {
-	timer := time.NewTimer(0) // the first pass at once
-	defer timer.Stop()
-	deadline := time.Now()
-	var notBefore, nextResync time.Time
-	failures := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.kick:
-			// Coalesce: at most one pass per MinInterval (or per backoff step).
-			at := later(notBefore, time.Now())
-			if at.Before(deadline) {
-				deadline = at
-				timer.Reset(time.Until(at))
-			}
-			continue
-		case <-timer.C:
-		}
+	var nextResync time.Time
+	runLoop(ctx, r.log, "ipvs reconcile", r.kick, r.MinInterval, r.MaxBackoff, func(ctx context.Context) (time.Time, error) {
 		full := !time.Now().Before(nextResync)
 		err := r.pass(ctx, full)
-		if ctx.Err() != nil {
-			return nil
-		}
 		done := time.Now()
 		if err == nil && full {
 			nextResync = done.Add(r.ResyncPeriod)
 		}
-		next := nextResync
-		notBefore = done.Add(r.MinInterval)
-		if err != nil {
-			failures++
-			retry := done.Add(backoff(failures, r.MinInterval, r.MaxBackoff))
-			r.log.Warn("ipvs reconcile failed; retrying", "retry_in", retry.Sub(done).Round(time.Millisecond), "error", err)
-			notBefore = later(notBefore, retry)
-			next = retry
-		} else {
-			failures = 0
-		}
+		want := nextResync
 		if len(r.draining) > 0 {
-			if d := done.Add(r.DrainPoll); d.Before(next) {
-				next = d
+			if d := done.Add(r.DrainPoll); d.Before(want) {
+				want = d
 			}
 		}
-		next = later(next, notBefore)
-		deadline = next
-		timer.Reset(time.Until(next))
-	}
+		return want, err
+	})
+	return nil
 }
 
 func later(a, b time.Time) time.Time {
