@@ -52,8 +52,9 @@ type Options struct {
 	// Resolve overrides DNS resolution of server names (tests).
 	Resolve func(ctx context.Context, host string, v6 bool) (netip.Addr, error)
 	// Ready is called once the config is loaded and every source has delivered its
-	// first server set (systemd READY=1).
-	Ready func()
+	// first server set, or ReadyTimeout passed (systemd READY=1).
+	Ready        func()
+	ReadyTimeout time.Duration // default 60 s, below the unit's TimeoutStartSec
 }
 
 // Daemon is a running kubal.
@@ -109,6 +110,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.Resolve == nil {
 		opts.Resolve = lookupHost
+	}
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = 60 * time.Second
 	}
 	cfg, err := LoadConfig(opts.ConfigPath)
 	if err != nil {
@@ -568,12 +572,24 @@ func (d *Daemon) converge() {
 	if d.speaker != nil {
 		d.speaker.Set(bgp.Desired(cfg, pooled))
 	}
-	if allSynced && !d.ready {
-		d.ready = true
+	if d.ready {
+		return
+	}
+	switch {
+	case allSynced:
 		d.log.Info("all sources synced; ready", "services", len(states))
-		if d.opts.Ready != nil {
-			d.opts.Ready()
-		}
+	case time.Since(d.startedAt) > d.opts.ReadyTimeout:
+		// Tell systemd anyway: otherwise its start timeout would kill a kubal that is
+		// serving (IPVS adopted, BGP up) only because one source is down, and the
+		// restart would withdraw the routes. /readyz and /alerts keep saying which
+		// source has not synced.
+		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", d.Ready())
+	default:
+		return
+	}
+	d.ready = true
+	if d.opts.Ready != nil {
+		d.opts.Ready()
 	}
 }
 

@@ -385,3 +385,35 @@ func TestListenSkipsUnavailableAddresses(t *testing.T) {
 		t.Error("port in use accepted")
 	}
 }
+
+// A source that never delivers (an unreachable http:// list) does not keep systemd
+// waiting forever: READY comes after ReadyTimeout, while /readyz still names the source.
+func TestReadyAfterTimeoutWhenASourceNeverSyncs(t *testing.T) {
+	r := newRig(t)
+	conf, err := os.ReadFile(r.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := fmt.Sprintf("http://127.0.0.1:%d/servers.json", freePort(t))
+	if err := os.WriteFile(r.conf, []byte(strings.Replace(string(conf), "file://"+r.list, dead, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var ready atomic.Bool
+	d, err := New(Options{ConfigPath: r.conf, Log: testLog(t), IPVS: r.fake, Addrs: ipvs.NewFakeAddrs(),
+		Ready: func() { ready.Store(true) }, ReadyTimeout: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(500 * time.Millisecond)
+	if ready.Load() {
+		t.Fatal("ready before the timeout with an unsynced source")
+	}
+	eventually(t, 5*time.Second, "ready after the timeout", ready.Load)
+	if err := d.Ready(); err == nil || !strings.Contains(err.Error(), "web_80") {
+		t.Errorf("/readyz: %v, want the unsynced pool named", err)
+	}
+}
