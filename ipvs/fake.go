@@ -230,16 +230,9 @@ func (f *Fake) AddDestination(ctx context.Context, k ServiceKey, d Destination) 
 func (f *Fake) UpdateDestination(ctx context.Context, k ServiceKey, d Destination) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.check(OpUpdateDestination, k, d); err != nil {
+	s, i, err := f.existing(OpUpdateDestination, k, d)
+	if err != nil {
 		return err
-	}
-	s, ok := f.svcs[k]
-	if !ok {
-		return ErrNoService
-	}
-	i := s.find(k, d.Addr, d.Port)
-	if i < 0 {
-		return ErrNoDest
 	}
 	if d.Weight < 0 {
 		return fmt.Errorf("%w: weight %d", ErrInvalidArgument, d.Weight)
@@ -254,19 +247,28 @@ func (f *Fake) UpdateDestination(ctx context.Context, k ServiceKey, d Destinatio
 func (f *Fake) DeleteDestination(ctx context.Context, k ServiceKey, d Destination) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.check(OpDeleteDestination, k, d); err != nil {
+	s, i, err := f.existing(OpDeleteDestination, k, d)
+	if err != nil {
 		return err
-	}
-	s, ok := f.svcs[k]
-	if !ok {
-		return ErrNoService
-	}
-	i := s.find(k, d.Addr, d.Port)
-	if i < 0 {
-		return ErrNoDest
 	}
 	s.dests = slices.Delete(s.dests, i, i+1)
 	return nil
+}
+
+// existing finds a destination that an update or delete needs to exist (f.mu held).
+func (f *Fake) existing(op string, k ServiceKey, d Destination) (*fakeService, int, error) {
+	if err := f.check(op, k, d); err != nil {
+		return nil, -1, err
+	}
+	s, ok := f.svcs[k]
+	if !ok {
+		return nil, -1, ErrNoService
+	}
+	i := s.find(k, d.Addr, d.Port)
+	if i < 0 {
+		return nil, -1, ErrNoDest
+	}
+	return s, i, nil
 }
 
 // normalizeDest is what the kernel stores: the real port, a forwarding method, no counters.
