@@ -66,6 +66,8 @@ scheduler = wrr
 config = k8s://?nodes=kubal-e2e/ingress=true&endpoints=istio-system/istio-ingressgateway
 conftool = eqiad/ingress/ingressgateway
 depool-threshold = .3
+depool-mode = drain
+drain-timeout = 30
 monitors = ['ProxyFetch', 'IdleConnection']
 proxyfetch.url = ['http://localhost/healthz/ready']
 proxyfetch.port = 15021
@@ -670,7 +672,9 @@ func (s *scenario) ipvs() map[string]string {
 	}
 	for _, l := range strings.Split(string(out), "\n") {
 		f := strings.Fields(l)
-		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" {
+		// A destination at weight 0 is draining: it takes no new connections, so it
+		// counts as out of the pool (it is deleted once idle or after drain-timeout).
+		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" && f[3] != "0" {
 			host, _, _ := net.SplitHostPort(f[1])
 			m[host] = f[3]
 		}
