@@ -39,6 +39,12 @@ type handler interface {
 	failed(err error)
 }
 
+// revisionHandler is a handler that wants the etcd revision its state reflects, after
+// each full read and each watch response.
+type revisionHandler interface {
+	at(rev int64)
+}
+
 // errCompacted: the watch's start revision was compacted away; a full read is needed.
 var errCompacted = errors.New("watch revision compacted")
 
@@ -218,6 +224,9 @@ func (w *watcher) read(ctx context.Context, h handler) (int64, error) {
 	h.reset(kvs)
 	w.m.event(w.prefix, w.now())
 	rev := resp.Header.Revision
+	if rh, ok := h.(revisionHandler); ok {
+		rh.at(rev)
+	}
 	if w.afterRead != nil {
 		w.afterRead(rev)
 	}
@@ -297,6 +306,9 @@ func (w *watcher) watch(ctx context.Context, h handler, from int64) error {
 			if len(kvs) > 0 {
 				w.track(kvs, false)
 				h.apply(kvs)
+			}
+			if rh, ok := h.(revisionHandler); ok {
+				rh.at(resp.Header.Revision)
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -99,6 +100,7 @@ type AuditRecord struct {
 	New      json.RawMessage `json:"new"`
 	Reason   string          `json:"reason"`
 	Revision int64           `json:"prev_mod_revision"`
+	Force    bool            `json:"force,omitempty"` // the depool threshold was overridden
 }
 
 // AuditKey returns the audit key of a change (see AuditSuffix).
@@ -115,62 +117,118 @@ func AuditKey(keyPrefix, host string, t time.Time, prevModRev int64) string {
 // A change that alters nothing writes nothing. A missing key is created with only the
 // changed fields. A malformed stored value is an error (fix it by hand first).
 func (w *Writer) Apply(ctx context.Context, keyPrefix, host string, ch Change, actor, reason string) (old, new Value, err error) {
-	if host == "" || strings.Contains(host, "/") {
-		return Value{}, Value{}, fmt.Errorf("conftool: bad host %q", host)
+	r, err := w.ApplyChecked(ctx, Write{Prefix: keyPrefix, Host: host, Change: ch, Actor: actor, Reason: reason})
+	return r.Old, r.New, err
+}
+
+// Write is one admin change for ApplyChecked.
+type Write struct {
+	Prefix, Host  string
+	Change        Change
+	Actor, Reason string
+	Force         bool // recorded in the audit record
+	// Check, when set, sees every key of the pool as it will be after the change and
+	// may refuse it (the depool threshold). The write then commits only if no key of
+	// the pool changed since the read, so two writers (two LVS hosts, two SREs) cannot
+	// both pass a check that only one of them may pass.
+	Check func(before, after map[string]Key) error
+}
+
+// Written is the result of ApplyChecked. Revision is the etcd revision of the write,
+// 0 when nothing changed.
+type Written struct {
+	Old, New Value
+	Revision int64
+}
+
+// Key is a pool key's decoded value; absent fields are "" / nil.
+type Key struct {
+	Pooled string
+	Weight *int
+}
+
+// ApplyChecked is Apply with an optional check over the whole pool (see Write.Check).
+// On error nothing was written, except when the error wraps ErrUnknownOutcome.
+func (w *Writer) ApplyChecked(ctx context.Context, wr Write) (Written, error) {
+	if wr.Host == "" || strings.Contains(wr.Host, "/") {
+		return Written{}, fmt.Errorf("conftool: bad host %q", wr.Host)
 	}
-	if !strings.HasSuffix(keyPrefix, "/") {
-		keyPrefix += "/"
+	if !strings.HasSuffix(wr.Prefix, "/") {
+		wr.Prefix += "/"
 	}
-	key := keyPrefix + host
-	if err := ch.validate(); err != nil {
-		return Value{}, Value{}, fmt.Errorf("conftool: %s: %w", key, err)
+	key := wr.Prefix + wr.Host
+	if err := wr.Change.validate(); err != nil {
+		return Written{}, fmt.Errorf("conftool: %s: %w", key, err)
 	}
 	for attempt := 1; ; attempt++ {
-		old, new, done, err := w.try(ctx, keyPrefix, key, host, ch, actor, reason)
+		res, done, err := w.try(ctx, key, wr)
 		if err != nil {
 			w.m.write("error")
-			return old, new, err
+			return res, err
 		}
 		if done {
-			return old, new, nil
+			return res, nil
 		}
 		w.m.conflict()
 		if attempt >= w.maxAttempts {
 			w.m.write("conflict")
-			w.log.Warn("conftool: admin change not applied: concurrent writes", "key", key, "actor", actor,
-				"change", ch.String(), "attempts", attempt)
-			return Value{}, Value{}, fmt.Errorf("conftool: %s: %w (%d attempts); re-read and retry", key, ErrConflict, attempt)
+			w.log.Warn("conftool: admin change not applied: concurrent writes", "key", key, "actor", wr.Actor,
+				"change", wr.Change.String(), "attempts", attempt)
+			return Written{}, fmt.Errorf("conftool: %s: %w (%d attempts); re-read and retry", key, ErrConflict, attempt)
 		}
 		// Short jittered pause so racing writers do not collide again in lockstep.
 		if !sleep(ctx, time.Duration(rand.N(int64(attempt)*int64(5*time.Millisecond)))+time.Millisecond) {
-			return Value{}, Value{}, fmt.Errorf("conftool: %s: %w", key, ctx.Err())
+			return Written{}, fmt.Errorf("conftool: %s: %w", key, ctx.Err())
 		}
 	}
 }
 
+// ErrUnknownOutcome: the transaction was sent but its answer was lost; it may have
+// been applied.
+var ErrUnknownOutcome = errors.New("outcome unknown")
+
 // try does one read-modify-compare-and-swap. done=false means the compare failed.
-func (w *Writer) try(ctx context.Context, keyPrefix, key, host string, ch Change, actor, reason string) (old, new Value, done bool, err error) {
-	get, err := w.cli.Get(ctx, key)
+// With a check, the whole pool is read and the compare covers every key of it.
+func (w *Writer) try(ctx context.Context, key string, wr Write) (res Written, done bool, err error) {
+	var get *clientv3.GetResponse
+	if wr.Check != nil {
+		get, err = w.cli.Get(ctx, wr.Prefix, clientv3.WithPrefix())
+	} else {
+		get, err = w.cli.Get(ctx, key)
+	}
 	if err != nil {
-		return Value{}, Value{}, false, fmt.Errorf("conftool: read %s: %w", key, err)
+		return Written{}, false, fmt.Errorf("conftool: read %s: %w", key, err)
 	}
 	fields := map[string]json.RawMessage{}
 	var oldRaw []byte
 	var modRev int64
-	if len(get.Kvs) > 0 {
-		oldRaw = get.Kvs[0].Value
-		modRev = get.Kvs[0].ModRevision
+	pool := map[string]Key{}
+	for _, it := range get.Kvs {
+		if string(it.Key) == key {
+			oldRaw, modRev = it.Value, it.ModRevision
+			continue
+		}
+		host, ok := strings.CutPrefix(string(it.Key), wr.Prefix)
+		if !ok || host == "" || strings.Contains(host, "/") {
+			continue
+		}
+		if e, err := decodeEntry(it.Value); err == nil {
+			pool[host] = e.key()
+		}
+	}
+	if oldRaw != nil {
 		if fields, err = decodeFields(oldRaw); err != nil {
-			return Value{}, Value{}, false, fmt.Errorf("conftool: %s holds a malformed value (%v): fix it by hand first", key, err)
+			return Written{}, false, fmt.Errorf("conftool: %s holds a malformed value (%v): fix it by hand first", key, err)
 		}
 	}
 	oe, err := entryOf(fields)
 	if err != nil {
-		return Value{}, Value{}, false, fmt.Errorf("conftool: %s holds a malformed value (%v): fix it by hand first", key, err)
+		return Written{}, false, fmt.Errorf("conftool: %s holds a malformed value (%v): fix it by hand first", key, err)
 	}
-	old = oe.value()
+	res.Old = oe.value()
 	oldCanon, _ := json.Marshal(fields)
 
+	ch := wr.Change
 	if ch.Pooled != nil {
 		fields["pooled"], _ = json.Marshal(*ch.Pooled)
 	}
@@ -184,51 +242,67 @@ func (w *Writer) try(ctx context.Context, keyPrefix, key, host string, ch Change
 		}
 		n := cur + ch.WeightDelta
 		if n < 0 || n > math.MaxInt32 {
-			return old, old, false, fmt.Errorf("conftool: %s: weight %d%+d out of range", key, cur, ch.WeightDelta)
+			return res, false, fmt.Errorf("conftool: %s: weight %d%+d out of range", key, cur, ch.WeightDelta)
 		}
 		fields["weight"], _ = json.Marshal(n)
 	}
 	newRaw, err := json.Marshal(fields) // map keys sorted: a stable encoding
 	if err != nil {
-		return old, old, false, fmt.Errorf("conftool: encode %s: %w", key, err)
+		return res, false, fmt.Errorf("conftool: encode %s: %w", key, err)
 	}
 	ne, _ := entryOf(fields)
-	new = ne.value()
+	res.New = ne.value()
 	if oldRaw != nil && bytes.Equal(oldCanon, newRaw) {
 		w.m.write("noop")
-		w.log.Info("conftool: admin change: no change", "key", key, "actor", actor, "change", ch.String(), "reason", reason)
-		return old, new, true, nil
+		w.log.Info("conftool: admin change: no change", "key", key, "actor", wr.Actor, "change", ch.String(), "reason", wr.Reason)
+		return res, true, nil
+	}
+	if wr.Check != nil {
+		after := maps.Clone(pool)
+		if oldRaw != nil {
+			pool[wr.Host] = oe.key()
+		}
+		after[wr.Host] = ne.key()
+		if err := wr.Check(pool, after); err != nil {
+			return res, false, err
+		}
 	}
 
 	now := w.now()
-	rec := AuditRecord{Time: now.UTC(), Actor: actor, Key: key, Host: host, Change: ch.String(),
-		Old: json.RawMessage("null"), New: newRaw, Reason: reason, Revision: modRev}
+	rec := AuditRecord{Time: now.UTC(), Actor: wr.Actor, Key: key, Host: wr.Host, Change: ch.String(),
+		Old: json.RawMessage("null"), New: newRaw, Reason: wr.Reason, Revision: modRev, Force: wr.Force}
 	if oldRaw != nil {
 		rec.Old = compact(oldRaw)
 	}
 	audit, err := json.Marshal(rec)
 	if err != nil {
-		return old, new, false, fmt.Errorf("conftool: encode audit record: %w", err)
+		return res, false, fmt.Errorf("conftool: encode audit record: %w", err)
 	}
 	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", modRev)
 	if modRev == 0 {
 		cmp = clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	}
-	auditKey := AuditKey(keyPrefix, host, now, modRev)
-	resp, err := w.cli.Txn(ctx).If(cmp).
+	cmps := []clientv3.Cmp{cmp}
+	if wr.Check != nil {
+		// Nothing in the pool changed since the read the check saw.
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(wr.Prefix), "<", get.Header.Revision+1).WithPrefix())
+	}
+	auditKey := AuditKey(wr.Prefix, wr.Host, now, modRev)
+	resp, err := w.cli.Txn(ctx).If(cmps...).
 		Then(clientv3.OpPut(key, string(newRaw)), clientv3.OpPut(auditKey, string(audit))).
 		Commit()
 	if err != nil {
-		return old, new, false, fmt.Errorf("conftool: write %s: %w", key, err)
+		return res, false, fmt.Errorf("conftool: write %s: %w: %w", key, ErrUnknownOutcome, err)
 	}
 	if !resp.Succeeded {
-		return old, new, false, nil
+		return res, false, nil
 	}
+	res.Revision = resp.Header.Revision
 	w.m.write("ok")
-	w.log.Info("conftool: admin change", "actor", actor, "key", key, "change", ch.String(),
-		"old", string(rec.Old), "new", string(newRaw), "reason", reason,
+	w.log.Info("conftool: admin change", "actor", wr.Actor, "key", key, "change", ch.String(),
+		"old", string(rec.Old), "new", string(newRaw), "reason", wr.Reason, "force", wr.Force,
 		"audit_key", auditKey, "revision", resp.Header.Revision)
-	return old, new, true, nil
+	return res, true, nil
 }
 
 // compact returns raw without insignificant whitespace (for a no-op check and audit).
@@ -238,4 +312,16 @@ func compact(raw []byte) []byte {
 		return raw
 	}
 	return b.Bytes()
+}
+
+func (e entry) key() Key {
+	var k Key
+	if e.pooled != nil {
+		k.Pooled = *e.pooled
+	}
+	if e.weight != nil {
+		w := *e.weight
+		k.Weight = &w
+	}
+	return k
 }

@@ -1,6 +1,13 @@
-// Package daemon wires kubal together: it builds the sources, monitors, coordinators
-// (one actor goroutine per service) and the reconcilers (IPVS, VIP addresses, BGP)
-// from a Config, serves the HTTP API, and reloads the config on request.
+// Package daemon runs kubal's lifecycle: it builds the stages from the config (a
+// service actor per service, with its source and admin store), hands the services'
+// published states through plan to the reconcilers (IPVS, VIP addresses, BGP), serves
+// the HTTP API, and diffs reloads. It holds no pooling logic of its own.
+//
+// Data walks (docs/DESIGN.md has them in full): a server-list change goes source ->
+// service actor (admin intent applied, coordinator) -> State -> plan.Pool ->
+// ipvs.Reconciler; an admin depool goes API -> admin store Apply (threshold check and
+// durable write in one step) -> store watch -> service actor -> State (which the API
+// waits for) -> plan.Pool -> ipvs.Reconciler.
 package daemon
 
 import (
@@ -10,47 +17,43 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"slices"
-	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/utils/clock"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/kubal/kubal/adminstate"
 	"github.com/kubal/kubal/api"
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
-	"github.com/kubal/kubal/conftool"
 	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/monitor"
-	"github.com/kubal/kubal/pool"
-	"github.com/kubal/kubal/source"
+	"github.com/kubal/kubal/plan"
+	"github.com/kubal/kubal/service"
 )
 
 // Options configure a Daemon. Zero values mean production defaults.
 type Options struct {
 	ConfigPath string
-	DryRun     bool // -n: IPVS operations are printed as ipvsadm lines, not applied
-	Debug      bool // -d
-	Log        *slog.Logger
+	// DryRun (-n): IPVS operations and VIP addresses are printed, not applied, and no
+	// BGP session is opened unless DryRunBGP.
+	DryRun    bool
+	DryRunBGP bool
+	Debug     bool // -d
+	Log       *slog.Logger
 	// DryRunOutput receives the ipvsadm lines in dry-run mode (default: stdout).
 	DryRunOutput io.Writer
 	// IPVS and Addrs override the IPVS and VIP-address backends (tests).
 	IPVS  ipvs.Backend
 	Addrs ipvs.AddrBackend
 	// Resolve overrides DNS resolution of server names (tests).
-	Resolve func(ctx context.Context, host string, v6 bool) (netip.Addr, error)
+	Resolve service.Resolver
+	// Clock is the one clock of the daemon's stages (tests inject a fake).
+	Clock clock.WithTicker
 	// Ready is called once the config is loaded and every source has delivered its
 	// first server set, or ReadyTimeout passed (systemd READY=1).
 	Ready        func()
@@ -59,44 +62,48 @@ type Options struct {
 
 // Daemon is a running kubal.
 type Daemon struct {
-	opts Options
-	log  *slog.Logger
-	reg  *prometheus.Registry
+	opts    Options
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *daemonMetrics
+	ext     *external
 
-	mu       sync.Mutex // guards cfg, services, order, reloadErr
-	cfg      *config.Config
-	services map[string]*runningService
-	order    []string
+	cfg      atomic.Pointer[config.Config]
+	startCfg *config.Config // restart-only settings come from it
 
+	mu          sync.RWMutex // guards services, reloadErr, restartKeys; never held while waiting
+	services    map[string]*running
 	reloadErr   error
-	startCfg    *config.Config // the config of the start: restart-only settings come from it
-	restartKeys []string       // restart-only [global] settings changed by reloads since
-	reloadCh    chan chan error
-	changed     chan struct{}
-	metrics     *daemonMetrics
-	monitors    *monitor.Manager
-	reconciler  *ipvs.Reconciler
-	addresses   *ipvs.Addresses
-	speaker     *bgp.Speaker
-	ready       bool
-	startedAt   time.Time
-	ctx         context.Context
-	servicesWG  sync.WaitGroup
-	lastLoop    atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
-	detach      atomic.Bool  // stop for a planned restart: keep BGP routes (graceful restart)
+	restartKeys []string
 
-	extMu     sync.Mutex // guards the shared external clients and stores below
-	etcd      map[string]*clientv3.Client
-	writers   map[*clientv3.Client]*conftool.Writer
-	ctMetrics *conftool.Metrics
-	state     *adminstate.File
+	dirtyMu sync.Mutex
+	dirty   map[string]bool
+	changed chan struct{}
+
+	reloadCh chan chan error
+	monitors *monitor.Manager
+	ipvs     *ipvs.Reconciler
+	addrs    *ipvs.Addresses
+	speaker  *bgp.Speaker
+	ctx      context.Context
+
+	// Owned by the main loop: the last plan per service, for incremental convergence.
+	pools   map[string]ipvs.Pool
+	pooled  map[string]plan.Service
+	ready   bool
+	started time.Time
+
+	lastLoop atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
+	detach   atomic.Bool  // stop for a planned restart: keep BGP routes (graceful restart)
 }
 
-type runningService struct {
-	*service
-	key  string // config.Service.Key() at start: a change means a different virtual service
-	stop chan struct{}
-	done chan struct{}
+// running is a started service actor.
+type running struct {
+	svc    *service.Service
+	key    ipvs.ServiceKey
+	source string // the source and admin store it was built for
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // New loads and validates the config. A bad config returns every error
@@ -110,6 +117,10 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.Resolve == nil {
 		opts.Resolve = lookupHost
+	}
+	opts.Resolve = bounded(opts.Resolve, maxResolving)
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
 	}
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 60 * time.Second
@@ -125,45 +136,27 @@ func New(opts Options) (*Daemon, error) {
 		opts:     opts,
 		log:      opts.Log,
 		reg:      prometheus.NewRegistry(),
-		cfg:      cfg,
 		startCfg: cfg,
-		services: map[string]*runningService{},
-		reloadCh: make(chan chan error),
+		services: map[string]*running{},
+		dirty:    map[string]bool{},
 		changed:  make(chan struct{}, 1),
-		etcd:     map[string]*clientv3.Client{},
-		writers:  map[*clientv3.Client]*conftool.Writer{},
+		reloadCh: make(chan chan error),
+		pools:    map[string]ipvs.Pool{},
+		pooled:   map[string]plan.Service{},
 	}
+	d.cfg.Store(cfg)
+	d.ext = newExternal(d.log, d.reg)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = newDaemonMetrics(d.reg)
 	d.reg.MustRegister(api.NewServiceCollector(d))
 	return d, nil
 }
 
-// LoadConfig parses and validates a config file, including every monitor's options.
-func LoadConfig(path string) (*config.Config, error) {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return nil, err
-	}
-	var diags config.Diagnostics
-	for _, svc := range cfg.Services {
-		diags = append(diags, monitor.Validate(svc)...)
-	}
-	if len(diags) > 0 {
-		return nil, diags
-	}
-	return cfg, nil
-}
-
 // Registry is the daemon's Prometheus registry (served on /metrics).
 func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
 
 // Config returns the running config.
-func (d *Daemon) Config() *config.Config {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.cfg
-}
+func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 
 // Reload re-reads the config file; a bad file keeps the running config and returns why.
 func (d *Daemon) Reload(ctx context.Context) error {
@@ -181,21 +174,33 @@ func (d *Daemon) Reload(ctx context.Context) error {
 	}
 }
 
+// DetachOnStop makes the coming stop a planned restart: with bgp-graceful-restart the
+// BGP sessions close without withdrawing, so routers keep forwarding to this host
+// (IPVS stays programmed) until the restarted kubal re-announces.
+func (d *Daemon) DetachOnStop() { d.detach.Store(true) }
+
+// Alive reports whether the main loop turned recently (it turns at least every
+// second); systemd's watchdog is only petted while it does.
+func (d *Daemon) Alive() bool {
+	return time.Since(time.Unix(0, d.lastLoop.Load())) < 10*time.Second
+}
+
 // Run runs the daemon until ctx is done, then withdraws BGP routes (so routers move to
 // the backup LVS) and stops, leaving IPVS as it is.
 func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer d.closeExternal()
+	defer d.ext.close()
 	d.ctx = runCtx
-	d.startedAt = time.Now()
+	d.started = d.opts.Clock.Now()
+	cfg := d.Config()
 
-	backend, err := d.ipvsBackend()
+	backend, err := d.ipvsBackend(cfg)
 	if err != nil {
 		return err
 	}
-	d.reconciler = ipvs.NewReconciler(backend, d.log.With("system", "ipvs"), d.reg)
-	if d.addresses, err = d.addressBackend(); err != nil {
+	d.ipvs = ipvs.NewReconciler(backend, d.log.With("system", "ipvs"), d.reg)
+	if d.addrs, err = d.addressBackend(cfg); err != nil {
 		return err
 	}
 	d.monitors = monitor.NewManager(d.reg, d.log.With("system", "monitor"))
@@ -203,64 +208,40 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer func() {
-		cancel() // stop the reconcilers before waiting for them, also on an early error return
+		cancel() // stop the reconcilers before waiting for them, also on an early return
 		wg.Wait()
 	}()
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := d.reconciler.Run(runCtx); err != nil && runCtx.Err() == nil {
-			d.log.Error("IPVS reconciler stopped", "system", "ipvs", "err", err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := d.addresses.Run(runCtx); err != nil && runCtx.Err() == nil {
-			d.log.Error("VIP address reconciler stopped", "system", "ipvs", "err", err)
-		}
-	}()
+	wg.Go(func() { d.logStop("IPVS reconciler", d.ipvs.Run(runCtx), runCtx) })
+	wg.Go(func() { d.logStop("VIP address reconciler", d.addrs.Run(runCtx), runCtx) })
 
-	cfg := d.Config()
-	// Admin overrides must apply from the first pool state: a depool survives restarts.
-	if err := d.openState(cfg.Global); err != nil {
+	// Admin overrides apply from the first pool state: a depool survives restarts.
+	if err := d.ext.openState(cfg.Global); err != nil {
 		return err
 	}
 	speakerCtx, stopSpeaker := context.WithCancel(context.Background())
 	defer stopSpeaker()
-	if cfg.Global.BGP {
+	if cfg.Global.BGP && (!d.dryRun(cfg) || d.opts.DryRunBGP) {
 		sp, err := bgp.New(cfg.Global, d.log.With("system", "bgp"), d.reg)
 		if err != nil {
 			return fmt.Errorf("bgp: %w", err)
 		}
 		d.speaker = sp
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := sp.Run(speakerCtx); err != nil && speakerCtx.Err() == nil {
-				d.log.Error("BGP speaker stopped", "system", "bgp", "err", err)
-			}
-		}()
+		wg.Go(func() { d.logStop("BGP speaker", sp.Run(speakerCtx), speakerCtx) })
+	} else if cfg.Global.BGP {
+		d.log.Warn("dry run: no BGP session is opened (would announce the VIPs); use --dryrun-bgp to open them")
 	}
 
 	srvs, err := d.startHTTP(cfg)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, s := range srvs {
-			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = s.Shutdown(sctx)
-			c()
-		}
-	}()
+	defer d.stopHTTP(srvs)
 
-	d.mu.Lock()
 	d.applyServices(cfg)
-	d.mu.Unlock()
 	d.metrics.reloadSuccess.Set(1)
 	d.metrics.reloadTime.SetToCurrentTime()
 
-	tick := time.NewTicker(time.Second)
+	tick := d.opts.Clock.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		d.lastLoop.Store(time.Now().UnixNano())
@@ -271,19 +252,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case ch := <-d.reloadCh:
 			ch <- d.reload()
 		case <-d.changed:
-			d.converge()
-		case <-tick.C:
-			// Periodic: readiness, hitless-restart grace expiry, status gauges.
-			d.converge()
+			d.converge(false)
+		case <-tick.C():
+			d.checkReady()
 		}
 	}
 }
 
-// DetachOnStop makes the coming stop a planned restart: with bgp-graceful-restart the
-// BGP sessions close without withdrawing, so routers keep forwarding to this host
-// (IPVS stays programmed) until the restarted kubal re-announces. Without the key a
-// stop always withdraws.
-func (d *Daemon) DetachOnStop() { d.detach.Store(true) }
+func (d *Daemon) logStop(what string, err error, ctx context.Context) {
+	if err != nil && ctx.Err() == nil {
+		d.log.Error(what+" stopped", "err", err)
+	}
+}
+
+func (d *Daemon) dryRun(cfg *config.Config) bool { return d.opts.DryRun || cfg.Global.DryRun }
 
 func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
 	if d.speaker != nil {
@@ -305,18 +287,22 @@ func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
 	}
 	stopSpeaker()
 	d.mu.Lock()
-	for _, rs := range d.services {
-		close(rs.stop)
-	}
+	all := d.services
+	d.services = map[string]*running{}
 	d.mu.Unlock()
-	d.servicesWG.Wait()
+	for _, r := range all {
+		r.cancel()
+	}
+	for _, r := range all {
+		<-r.done
+	}
 }
 
-func (d *Daemon) ipvsBackend() (ipvs.Backend, error) {
+func (d *Daemon) ipvsBackend(cfg *config.Config) (ipvs.Backend, error) {
 	if d.opts.IPVS != nil {
 		return d.opts.IPVS, nil
 	}
-	if d.opts.DryRun || d.Config().Global.DryRun {
+	if d.dryRun(cfg) {
 		return ipvs.NewDryRun(d.opts.DryRunOutput), nil
 	}
 	nl, err := ipvs.NewNetlink("")
@@ -324,19 +310,18 @@ func (d *Daemon) ipvsBackend() (ipvs.Backend, error) {
 		return nil, fmt.Errorf("IPVS: %w (use -n/--dryrun on a host without IPVS)", err)
 	}
 	if d.opts.Debug {
-		// PyBal's -d printed every ipvsadm line; this also turns off netlink batching,
-		// which is fine for debugging.
+		// PyBal's -d printed every ipvsadm line; this also turns off netlink batching.
 		return debugBackend{Backend: nl, log: d.log.With("system", "ipvs")}, nil
 	}
 	return nl, nil
 }
 
-func (d *Daemon) addressBackend() (*ipvs.Addresses, error) {
+func (d *Daemon) addressBackend(cfg *config.Config) (*ipvs.Addresses, error) {
 	log := d.log.With("system", "vip")
 	switch {
 	case d.opts.Addrs != nil:
 		return ipvs.NewAddressesWith(d.opts.Addrs, log), nil
-	case d.opts.DryRun || d.Config().Global.DryRun:
+	case d.dryRun(cfg):
 		return ipvs.NewAddressesWith(ipvs.NewDryRunAddrs(d.opts.DryRunOutput), log), nil
 	}
 	a, err := ipvs.NewAddresses("", log)
@@ -346,244 +331,160 @@ func (d *Daemon) addressBackend() (*ipvs.Addresses, error) {
 	return a, nil
 }
 
-// notify marks the desired state dirty; the main loop converges it.
-func (d *Daemon) notify() {
+// markDirty records that a service published a new State; the main loop converges it.
+func (d *Daemon) markDirty(name string) {
+	d.dirtyMu.Lock()
+	d.dirty[name] = true
+	d.dirtyMu.Unlock()
 	select {
 	case d.changed <- struct{}{}:
 	default:
 	}
 }
 
-// applyServices starts, reconfigures or stops services to match cfg. d.mu is held.
+// applyServices starts, reconfigures or replaces the service actors to match cfg. A
+// service whose virtual service, source or admin store changed gets a new actor (the
+// kernel keeps its destinations until the new source synced); the rest are
+// reconfigured in place. Actors never call back into the daemon, so nothing here can
+// deadlock on them.
 func (d *Daemon) applyServices(cfg *config.Config) {
 	want := map[string]*config.Service{}
 	for _, svc := range cfg.Services {
 		want[svc.Name] = svc
 	}
-	for name, rs := range d.services {
+	d.mu.Lock()
+	var stop []*running
+	for name, r := range d.services {
 		svc, ok := want[name]
-		if ok && svc.Key() == rs.key {
+		if ok && plan.Key(svc) == r.key && sourceKey(svc, cfg.Global) == r.source {
 			continue
 		}
 		d.log.Info("stopping service", "system", name)
-		close(rs.stop)
-		<-rs.done
+		stop = append(stop, r)
 		delete(d.services, name)
 	}
-	d.order = d.order[:0]
+	d.mu.Unlock()
+	for _, r := range stop {
+		r.cancel()
+		<-r.done
+	}
 	for _, svc := range cfg.Services {
-		d.order = append(d.order, svc.Name)
-		if rs, ok := d.services[svc.Name]; ok {
-			svc := svc
-			// Synchronous, so a reload is in force when Reload returns.
-			if err := rs.call(d.ctx, func() { rs.reconfigure(svc) }); err != nil {
+		d.mu.RLock()
+		r, ok := d.services[svc.Name]
+		d.mu.RUnlock()
+		if ok {
+			ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+			if err := r.svc.Reconfigure(ctx, svc); err != nil {
 				d.log.Error("reconfigure", "system", svc.Name, "err", err)
 			}
+			cancel()
 			continue
 		}
-		d.startService(svc)
+		if err := d.startService(cfg, svc); err != nil {
+			d.log.Error("cannot start service", "system", svc.Name, "config", svc.ConfigURL, "err", err)
+		}
 	}
+	d.converge(true)
 }
 
-func (d *Daemon) startService(svc *config.Service) {
-	deps := serviceDeps{
-		ctx:       d.ctx,
-		monitors:  d.monitors,
-		newSource: d.newSource,
-		resolve:   d.opts.Resolve,
-		changed:   d.notify,
-		now:       time.Now,
-	}
-	s := newService(svc, d.localOverrides(svc.Name), deps, d.log)
-	rs := &runningService{service: s, key: svc.Key(), stop: make(chan struct{}), done: make(chan struct{})}
-	d.services[svc.Name] = rs
-	d.servicesWG.Add(1)
-	go func() {
-		defer d.servicesWG.Done()
-		defer close(rs.done)
-		s.run(rs.stop)
-	}()
-}
-
-// newSource builds the server-list source for a service's config URL.
-func (d *Daemon) newSource(svc *config.Service) (source.Source, error) {
-	log := d.log.With("system", "config-"+scheme(svc.ConfigURL), "pool", svc.Name)
-	switch scheme(svc.ConfigURL) {
-	case "file", "http", "https":
-		return source.New(svc.ConfigURL, log)
-	}
-	return d.newExternalSource(svc, log)
-}
-
-func scheme(u string) string {
-	if i := strings.Index(u, "://"); i > 0 {
-		return u[:i]
-	}
-	return ""
-}
-
-// reload validates the file first; on error the running config stays.
-func (d *Daemon) reload() error {
-	start := time.Now()
-	cfg, err := LoadConfig(d.opts.ConfigPath)
-	if err == nil {
-		err = compatibleReload(d.Config(), cfg)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+func (d *Daemon) startService(cfg *config.Config, svc *config.Service) error {
+	src, store, err := d.ext.build(cfg.Global, svc)
 	if err != nil {
-		d.reloadErr = err
-		d.metrics.reloadSuccess.Set(0)
-		d.metrics.reloads.WithLabelValues("failure").Inc()
-		d.log.Error("config reload failed; keeping the running config", "path", d.opts.ConfigPath, "err", err)
 		return err
 	}
-	for _, w := range cfg.Warnings {
-		d.log.Warn(w.String())
-	}
-	d.reloadErr = nil
-	d.restartKeys = restartNeeded(d.startCfg, cfg)
-	if len(d.restartKeys) > 0 {
-		d.log.Warn("config reloaded, but these [global] settings only take effect after a restart", "keys", strings.Join(d.restartKeys, ", "))
-	}
-	d.cfg = cfg
-	d.applyServices(cfg)
-	d.metrics.reloadSuccess.Set(1)
-	d.metrics.reloadTime.SetToCurrentTime()
-	d.metrics.reloads.WithLabelValues("success").Inc()
-	d.log.Info("config reloaded", "path", d.opts.ConfigPath, "services", len(cfg.Services), "took", time.Since(start))
-	d.notify()
-	return nil
-}
-
-// compatibleReload rejects changes a reload cannot apply safely.
-func compatibleReload(old, cfg *config.Config) error {
-	if old.Global.BGP != cfg.Global.BGP {
-		return errors.New("[global] bgp changed: restart kubal to apply")
-	}
-	return nil
-}
-
-// restartOnlyKeys are the [global] settings read once at start (listeners, the BGP
-// sessions, the state file). A reload applies everything else - services, sources,
-// monitors, thresholds and the announcements' attributes - and reports these as
-// needing a restart instead of ignoring them silently.
-var restartOnlyKeys = []struct {
-	key  string
-	same func(a, b *config.Global) bool
-}{
-	{"bgp-local-asn", func(a, b *config.Global) bool { return a.BGPLocalASN == b.BGPLocalASN }},
-	{"bgp-peer-address", func(a, b *config.Global) bool { return slices.Equal(a.BGPPeerAddresses, b.BGPPeerAddresses) }},
-	{"bgp-local-ips", func(a, b *config.Global) bool { return slices.Equal(a.BGPLocalIPs, b.BGPLocalIPs) }},
-	{"bgp-local-port", func(a, b *config.Global) bool { return a.BGPLocalPort == b.BGPLocalPort }},
-	{"bgp-hold-time", func(a, b *config.Global) bool { return a.BGPHoldTime == b.BGPHoldTime }},
-	{"bgp-bfd", func(a, b *config.Global) bool {
-		return a.BGPBFD == b.BGPBFD && a.BGPBFDMinRx == b.BGPBFDMinRx && a.BGPBFDMinTx == b.BGPBFDMinTx && a.BGPBFDMultiplier == b.BGPBFDMultiplier
-	}},
-	{"bgp-graceful-restart", func(a, b *config.Global) bool { return a.BGPGracefulRestart == b.BGPGracefulRestart }},
-	{"instrumentation", func(a, b *config.Global) bool {
-		return a.Instrumentation == b.Instrumentation && a.InstrumentationPort == b.InstrumentationPort && slices.Equal(a.InstrumentationIPs, b.InstrumentationIPs)
-	}},
-	{"admin", func(a, b *config.Global) bool {
-		return a.AdminPort == b.AdminPort && slices.Equal(a.AdminIPs, b.AdminIPs) && a.AdminTokenFile == b.AdminTokenFile &&
-			a.AdminTLSCert == b.AdminTLSCert && a.AdminTLSKey == b.AdminTLSKey && a.AdminClientCA == b.AdminClientCA
-	}},
-	{"state-file", func(a, b *config.Global) bool { return a.StateFile == b.StateFile }},
-}
-
-// restartNeeded lists the restart-only [global] settings that differ between the
-// config kubal started with and cfg.
-func restartNeeded(started, cfg *config.Config) []string {
-	var out []string
-	for _, k := range restartOnlyKeys {
-		if !k.same(&started.Global, &cfg.Global) {
-			out = append(out, k.key)
-		}
-	}
-	return out
-}
-
-// converge pushes the services' current state to IPVS and BGP and updates readiness.
-func (d *Daemon) converge() {
+	s := service.New(svc, service.Deps{
+		Source:   src,
+		Store:    store,
+		Monitors: d.monitors,
+		Resolve:  d.opts.Resolve,
+		Clock:    d.opts.Clock,
+		Log:      d.log,
+		Health:   scheme(svc.ConfigURL) == "k8s",
+		Changed:  func() { d.markDirty(svc.Name) },
+	})
+	ctx, cancel := context.WithCancel(d.ctx)
+	r := &running{svc: s, key: plan.Key(svc), source: sourceKey(svc, cfg.Global), cancel: cancel, done: make(chan struct{})}
 	d.mu.Lock()
-	cfg := d.cfg
-	type svcState struct {
-		cfg  *config.Service
-		snap *pool.Snapshot
-		st   *serviceStatus
-		done bool
-	}
-	states := make([]svcState, 0, len(d.order))
-	for _, name := range d.order {
-		rs, ok := d.services[name]
-		if !ok {
+	d.services[svc.Name] = r
+	d.mu.Unlock()
+	go func() {
+		defer close(r.done)
+		s.Run(ctx)
+	}()
+	d.markDirty(svc.Name)
+	return nil
+}
+
+// converge hands the changed services' plans to the reconcilers. The cost is that of
+// the changed pools: unchanged services keep their last plan.
+func (d *Daemon) converge(all bool) {
+	cfg := d.Config()
+	d.dirtyMu.Lock()
+	dirty := d.dirty
+	d.dirty = map[string]bool{}
+	d.dirtyMu.Unlock()
+
+	d.mu.RLock()
+	bgpChanged := all
+	for _, svc := range cfg.Services {
+		if !all && !dirty[svc.Name] {
 			continue
 		}
-		svc, _ := cfg.Service(name)
-		states = append(states, svcState{svc, rs.snap.Load(), rs.status.Load(), rs.monitored.Load()})
-	}
-	d.mu.Unlock()
-
-	grace := time.Since(d.startedAt) < hitlessGrace
-	pools := make([]ipvs.Pool, 0, len(states))
-	var vips []ipvs.VIP
-	seenVIP := map[ipvs.VIP]bool{}
-	pooled := map[string]int{}
-	allSynced := true
-	for _, s := range states {
-		p := ipvs.Pool{
-			Service: ipvs.Service{
-				ServiceKey: ipvs.ServiceKey{Protocol: ipvs.Protocol(s.cfg.Protocol), Addr: s.cfg.IP, Port: s.cfg.Port},
-				Scheduler:  s.cfg.Scheduler,
-				Flags:      s.cfg.SchedulerFlags,
-				OPS:        s.cfg.OPS,
-			},
-			Drain:        s.cfg.DepoolMode == config.DepoolDrain,
-			DrainTimeout: s.cfg.DrainTimeout,
-			// Hitless restart: keep what the kernel has until the source synced and the
-			// monitors have spoken (or the grace period ran out).
-			KeepExtra: grace && !s.done,
+		var ps plan.Service
+		if r, ok := d.services[svc.Name]; ok {
+			st := r.svc.State()
+			ps = plan.Service{Snapshot: st.Snapshot, Settled: st.Settled}
+			d.metrics.sourceHealthy.WithLabelValues(svc.Name).Set(boolGauge(st.SourceErr == nil && st.Intent.Err == nil))
 		}
-		for _, sv := range s.snap.Servers {
-			if !sv.Pooled || !sv.Addr.IsValid() {
-				continue
+		d.pools[svc.Name] = plan.Pool(svc, ps)
+		on, known := plan.Pooled(ps)
+		was, wasKnown := plan.Pooled(d.pooled[svc.Name])
+		if known != wasKnown || (on > 0) != (was > 0) {
+			bgpChanged = true
+		}
+		d.pooled[svc.Name] = ps
+	}
+	d.mu.RUnlock()
+	if all {
+		for name := range d.pools {
+			if _, ok := cfg.Service(name); !ok {
+				delete(d.pools, name)
+				delete(d.pooled, name)
 			}
-			pooled[s.cfg.Name]++
-			p.Destinations = append(p.Destinations, ipvs.Destination{
-				Addr: sv.Addr, Weight: sv.Weight, Forwarding: ipvs.Forwarding(s.cfg.Forwarding),
-			})
 		}
-		pools = append(pools, p)
-		if v := (ipvs.VIP{Addr: s.cfg.IP, Interface: s.cfg.VIPInterface}); !seenVIP[v] {
-			seenVIP[v] = true
-			vips = append(vips, v)
-		}
-		if !s.st.Synced {
-			allSynced = false
-		}
-		healthy := 1.0
-		if s.st.SourceErr != nil {
-			healthy = 0
-		}
-		d.metrics.sourceHealthy.WithLabelValues(s.cfg.Name).Set(healthy)
+		d.addrs.Set(plan.VIPs(cfg))
 	}
-	d.reconciler.Set(pools)
-	d.addresses.Set(vips)
-	if d.speaker != nil {
-		d.speaker.Set(bgp.Desired(cfg, pooled))
+	pools := make([]ipvs.Pool, 0, len(cfg.Services))
+	for _, svc := range cfg.Services {
+		pools = append(pools, d.pools[svc.Name])
 	}
+	d.ipvs.Set(pools)
+	if d.speaker != nil && bgpChanged {
+		d.speaker.Set(plan.Announcements(cfg, d.pooled))
+	}
+	d.checkReady()
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// checkReady tells systemd once every source synced, or after ReadyTimeout anyway:
+// otherwise its start timeout would kill a kubal that is serving (IPVS adopted, BGP
+// up) only because one source is down. /readyz and /alerts keep naming the source.
+func (d *Daemon) checkReady() {
 	if d.ready {
 		return
 	}
+	err := d.Ready()
 	switch {
-	case allSynced:
-		d.log.Info("all sources synced; ready", "services", len(states))
-	case time.Since(d.startedAt) > d.opts.ReadyTimeout:
-		// Tell systemd anyway: otherwise its start timeout would kill a kubal that is
-		// serving (IPVS adopted, BGP up) only because one source is down, and the
-		// restart would withdraw the routes. /readyz and /alerts keep saying which
-		// source has not synced.
-		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", d.Ready())
+	case err == nil:
+		d.log.Info("all sources synced; ready", "services", len(d.Config().Services))
+	case d.opts.Clock.Since(d.started) > d.opts.ReadyTimeout:
+		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", err)
 	default:
 		return
 	}
@@ -593,165 +494,77 @@ func (d *Daemon) converge() {
 	}
 }
 
-// Alive reports whether the main loop turned recently (it turns at least every
-// second); systemd's watchdog is only petted while it does.
-func (d *Daemon) Alive() bool {
-	return time.Since(time.Unix(0, d.lastLoop.Load())) < 10*time.Second
-}
-
-// hitlessGrace bounds how long a restarted kubal keeps kernel destinations it has no
-// verdict on yet.
-const hitlessGrace = 60 * time.Second
-
-// ---- api.State ----
-
-// Pools implements api.State.
-func (d *Daemon) Pools() []string {
+// reload validates the file first; on error the running config stays.
+func (d *Daemon) reload() error {
+	start := time.Now()
+	cfg, err := LoadConfig(d.opts.ConfigPath)
+	if err == nil && d.Config().Global.BGP != cfg.Global.BGP {
+		err = errors.New("[global] bgp changed: restart kubal to apply")
+	}
+	if err != nil {
+		d.mu.Lock()
+		d.reloadErr = err
+		d.mu.Unlock()
+		d.metrics.reloadSuccess.Set(0)
+		d.metrics.reloads.WithLabelValues("failure").Inc()
+		d.log.Error("config reload failed; keeping the running config", "path", d.opts.ConfigPath, "err", err)
+		return err
+	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn(w.String())
+	}
+	keys := restartNeeded(d.startCfg, cfg)
+	if len(keys) > 0 {
+		d.log.Warn("config reloaded, but these [global] settings only take effect after a restart", "keys", keys)
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.order...)
-}
-
-// Snapshot implements api.State.
-func (d *Daemon) Snapshot(name string) (pool.Snapshot, bool) {
-	d.mu.Lock()
-	rs, ok := d.services[name]
+	d.reloadErr, d.restartKeys = nil, keys
 	d.mu.Unlock()
-	if !ok {
-		return pool.Snapshot{}, false
-	}
-	return *rs.snap.Load(), true
-}
-
-// Alerts implements api.State: kubal's own alerts beyond PyBal's pool alerts.
-func (d *Daemon) Alerts() []api.Alert {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []api.Alert
-	if d.reloadErr != nil {
-		out = append(out, api.Alert{Level: "warning", Msg: "config reload failed, running the previous config: " + firstLine(d.reloadErr.Error())})
-	}
-	if len(d.restartKeys) > 0 {
-		out = append(out, api.Alert{Level: "warning", Msg: "restart kubal to apply changed [global] settings: " + strings.Join(d.restartKeys, ", ")})
-	}
-	for _, name := range d.order {
-		rs := d.services[name]
-		if rs == nil {
-			continue
-		}
-		st := rs.status.Load()
-		if st.SourceErr != nil {
-			out = append(out, api.Alert{Level: "warning", Msg: fmt.Sprintf("%s: server-list source failing, keeping last known servers: %s", name, firstLine(st.SourceErr.Error()))})
-		}
-		hosts := make([]string, 0, len(st.Problems))
-		for h := range st.Problems {
-			hosts = append(hosts, h)
-		}
-		sort.Strings(hosts)
-		for _, h := range hosts {
-			out = append(out, api.Alert{Level: "warning", Msg: fmt.Sprintf("%s: %s keeps its previous state: %s", name, h, firstLine(st.Problems[h]))})
-		}
-	}
-	return out
-}
-
-// Ready implements api.State.
-func (d *Daemon) Ready() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var waiting []string
-	for _, name := range d.order {
-		if rs := d.services[name]; rs != nil && !rs.status.Load().Synced {
-			waiting = append(waiting, name)
-		}
-	}
-	if len(waiting) > 0 {
-		sort.Strings(waiting)
-		return fmt.Errorf("waiting for the first server list of: %s", strings.Join(waiting, ", "))
-	}
+	d.cfg.Store(cfg)
+	d.applyServices(cfg)
+	d.metrics.reloadSuccess.Set(1)
+	d.metrics.reloadTime.SetToCurrentTime()
+	d.metrics.reloads.WithLabelValues("success").Inc()
+	d.log.Info("config reloaded", "path", d.opts.ConfigPath, "services", len(cfg.Services), "took", time.Since(start))
 	return nil
 }
 
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " (and more)"
-	}
-	return s
-}
-
-// ---- HTTP listeners ----
-
-func (d *Daemon) startHTTP(cfg *config.Config) (servers []*http.Server, err error) {
-	defer func() {
-		if err != nil { // do not leak the listeners already started
-			for _, s := range servers {
-				_ = s.Close()
-			}
+// lookupHost resolves host to one address of the VIP's family, preferring the first
+// answer (PyBal picked at random; a stable choice avoids needless IPVS churn).
+func lookupHost(ctx context.Context, host string, v6 bool) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		if is6 := a.Is6() && !a.Is4In6(); is6 != v6 {
+			return netip.Addr{}, fmt.Errorf("%s is not of the VIP's address family", host)
 		}
-	}()
-	g := cfg.Global
-	if g.Instrumentation {
-		h := api.NewInstrumentation(d, d.reg, d.log.With("system", "instrumentation"))
-		ss, err := d.listenAll(g.InstrumentationIPs, g.InstrumentationPort, h, nil)
-		servers = append(servers, ss...)
-		if err != nil {
-			return servers, fmt.Errorf("instrumentation: %w", err)
-		}
+		return a, nil
 	}
-	admin, tlsOn, err := d.adminHandler(g)
+	network := "ip4"
+	if v6 {
+		network = "ip6"
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, host)
 	if err != nil {
-		return servers, err
+		return netip.Addr{}, err
 	}
-	if admin != nil {
-		ss, err := d.listenAll(g.AdminIPs, g.AdminPort, admin, tlsOn)
-		servers = append(servers, ss...)
-		if err != nil {
-			return servers, fmt.Errorf("admin: %w", err)
-		}
+	if len(addrs) == 0 {
+		return netip.Addr{}, fmt.Errorf("no %s address for %s", network, host)
 	}
-	return servers, nil
+	return addrs[0].Unmap(), nil
 }
 
-// listenAll listens on port at every address. An address the host does not have
-// (e.g. ::1 of the default list on a host without IPv6) is skipped with a warning;
-// any other error, or no listener at all, fails.
-func (d *Daemon) listenAll(ips []string, port int, h http.Handler, tlsOn *tlsFiles) ([]*http.Server, error) {
-	var out []*http.Server
-	for _, ip := range ips {
-		s, err := d.listen(net.JoinHostPort(ip, strconv.Itoa(port)), h, tlsOn)
-		if errors.Is(err, syscall.EADDRNOTAVAIL) {
-			d.log.Warn("address not available on this host; not listening on it", "addr", ip, "port", port)
-			continue
-		}
-		if err != nil {
-			return out, err
-		}
-		out = append(out, s)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("none of %v is available for port %d", ips, port)
-	}
-	return out, nil
-}
+// maxResolving bounds concurrent DNS lookups (100k unresolvable names must not mean
+// 100k goroutines in the resolver at once).
+const maxResolving = 32
 
-func (d *Daemon) listen(addr string, h http.Handler, tlsOn *tlsFiles) (*http.Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
+func bounded(r service.Resolver, n int) service.Resolver {
+	sem := make(chan struct{}, n)
+	return func(ctx context.Context, host string, v6 bool) (netip.Addr, error) {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return netip.Addr{}, ctx.Err()
+		}
+		defer func() { <-sem }()
+		return r(ctx, host, v6)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
-	go func() {
-		var err error
-		if tlsOn != nil {
-			srv.TLSConfig = tlsOn.cfg
-			err = srv.ServeTLS(ln, "", "")
-		} else {
-			err = srv.Serve(ln)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("HTTP listener stopped", "addr", addr, "err", err)
-		}
-	}()
-	d.log.Info("listening", "addr", ln.Addr().String(), "tls", tlsOn != nil)
-	return srv, nil
 }

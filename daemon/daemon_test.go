@@ -284,6 +284,16 @@ func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 	r := newRig(t)
 	d, stop := startDaemon(t, r)
 	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	// The threshold counts servers up by their monitors: wait for the first checks.
+	eventually(t, 5*time.Second, "first checks", func() bool {
+		snap, _ := d.Snapshot("web_80")
+		for _, sv := range snap.Servers {
+			if len(sv.Monitors) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 
 	ctx := context.Background()
 	start := time.Now()
@@ -314,6 +324,8 @@ func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.22", Op: api.OpPool, Actor: "sre"}); err != nil {
 		t.Fatal(err)
 	}
+	// A re-enabled server is pooled once its monitors are up again (SPEC §14 #5).
+	eventually(t, 5*time.Second, "re-pooled", func() bool { return server(t, d, "127.0.0.22").Pooled })
 	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpWeight, Weight: 0, Actor: "sre"}); err != nil {
 		t.Fatal(err)
 	}

@@ -5,131 +5,161 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/kubal/kubal/admin"
+	"github.com/kubal/kubal/adminstate"
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/conftool"
 	"github.com/kubal/kubal/k8ssource"
 	"github.com/kubal/kubal/source"
 )
 
-// newExternalSource builds the etcd:// and k8s:// sources, and wraps any non-etcd
-// source in a conftool overlay when the service has `conftool = dc/cluster/service`.
-func (d *Daemon) newExternalSource(svc *config.Service, log *slog.Logger) (source.Source, error) {
-	g := d.Config().Global
+// external holds what services share outside the process: etcd clients (one per
+// endpoint set), conftool metrics and writers, and the local state file.
+type external struct {
+	log *slog.Logger
+	reg prometheus.Registerer
+
+	mu      sync.Mutex
+	etcd    map[string]*clientv3.Client
+	writers map[*clientv3.Client]*conftool.Writer
+	metrics *conftool.Metrics
+	state   *admin.StateFile
+}
+
+func newExternal(log *slog.Logger, reg prometheus.Registerer) *external {
+	return &external{log: log, reg: reg, etcd: map[string]*clientv3.Client{}, writers: map[*clientv3.Client]*conftool.Writer{}}
+}
+
+// openState opens the local admin state file (services without conftool).
+func (e *external) openState(g config.Global) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state != nil {
+		return nil
+	}
+	f, err := adminstate.Open(g.StateFile, e.log.With("system", "adminstate"))
+	if err != nil {
+		return fmt.Errorf("state-file: %w", err)
+	}
+	e.state = admin.NewStateFile(f)
+	return nil
+}
+
+func scheme(u string) string {
+	if i := strings.Index(u, "://"); i > 0 {
+		return u[:i]
+	}
+	return ""
+}
+
+// sourceKey identifies what a service's source and admin store are built from: a
+// change means a new actor.
+func sourceKey(svc *config.Service, g config.Global) string {
+	return svc.ConfigURL + "|" + svc.Conftool + "|" + g.ConftoolPrefix + "|" + strings.Join(g.EtcdEndpoints, ",")
+}
+
+// build returns a service's source and its admin store, chosen once: conftool keys
+// when the servers come from etcd or the service names `conftool =`, else the state
+// file.
+func (e *external) build(g config.Global, svc *config.Service) (source.Source, admin.Store, error) {
+	log := e.log.With("system", "config-"+scheme(svc.ConfigURL), "pool", svc.Name)
+	var src source.Source
+	var cli *clientv3.Client
+	var prefix string
+	var err error
 	switch scheme(svc.ConfigURL) {
+	case "file", "http", "https":
+		src, err = source.New(svc.ConfigURL, log)
 	case "etcd":
-		endpoint, prefix, err := conftool.ParseURL(svc.ConfigURL)
-		if err != nil {
-			return nil, err
+		var endpoint string
+		if endpoint, prefix, err = conftool.ParseURL(svc.ConfigURL); err != nil {
+			return nil, nil, err
 		}
-		cli, err := d.etcdClient(g, []string{endpoint})
-		if err != nil {
-			return nil, err
+		if cli, err = e.client(g, []string{endpoint}); err != nil {
+			return nil, nil, err
 		}
-		return conftool.NewSource(cli, prefix, log, d.conftoolMetrics()), nil
+		src = conftool.NewSource(cli, prefix, log, e.conftoolMetrics())
 	case "k8s":
 		// The source labels its series with service=<pool> and reuses them across reloads.
-		src, err := k8ssource.New(svc.ConfigURL, g, svc, log, d.reg)
-		if err != nil {
-			return nil, err
-		}
-		return d.withOverlay(svc, src, log)
+		src, err = k8ssource.New(svc.ConfigURL, g, svc, log, e.reg)
+	default:
+		err = fmt.Errorf("config %q: unsupported URL scheme", svc.ConfigURL)
 	}
-	return nil, fmt.Errorf("config %q: unsupported URL scheme", svc.ConfigURL)
-}
-
-// withOverlay gates src with conftool keys when the service asks for it.
-func (d *Daemon) withOverlay(svc *config.Service, src source.Source, log *slog.Logger) (source.Source, error) {
-	if svc.Conftool == "" {
-		return src, nil
-	}
-	g := d.Config().Global
-	prefix, err := conftool.KeyPrefix(g.ConftoolPrefix, svc.Conftool)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	cli, err := d.etcdClient(g, nil)
-	if err != nil {
-		return nil, err
+	if cli == nil && svc.Conftool != "" {
+		if prefix, err = conftool.KeyPrefix(g.ConftoolPrefix, svc.Conftool); err != nil {
+			return nil, nil, err
+		}
+		if cli, err = e.client(g, nil); err != nil {
+			return nil, nil, err
+		}
 	}
-	return conftool.NewOverlay(src, cli, prefix, log, d.conftoolMetrics()), nil
+	if cli == nil {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return src, e.state.Pool(svc.Name), nil
+	}
+	keys := conftool.NewKeys(cli, prefix, e.log.With("system", "conftool", "pool", svc.Name), e.conftoolMetrics())
+	return src, admin.NewConftool(keys, e.writer(cli), prefix), nil
 }
 
-// conftoolTarget returns the etcd client and key prefix that hold a service's admin
-// state, or ok=false when the service keeps it in the local state file.
-func (d *Daemon) conftoolTarget(svc *config.Service) (cli *clientv3.Client, prefix string, ok bool, err error) {
-	g := d.Config().Global
-	switch {
-	case scheme(svc.ConfigURL) == "etcd":
-		endpoint, p, err := conftool.ParseURL(svc.ConfigURL)
-		if err != nil {
-			return nil, "", false, err
-		}
-		cli, err := d.etcdClient(g, []string{endpoint})
-		return cli, p, err == nil, err
-	case svc.Conftool != "":
-		p, err := conftool.KeyPrefix(g.ConftoolPrefix, svc.Conftool)
-		if err != nil {
-			return nil, "", false, err
-		}
-		cli, err := d.etcdClient(g, nil)
-		return cli, p, err == nil, err
-	}
-	return nil, "", false, nil
-}
-
-// etcdClient returns a shared client per endpoint set (one connection, many watches).
-func (d *Daemon) etcdClient(g config.Global, endpoints []string) (*clientv3.Client, error) {
+// client returns a shared client per endpoint set (one connection, many watches).
+func (e *external) client(g config.Global, endpoints []string) (*clientv3.Client, error) {
 	key := strings.Join(endpoints, ",")
 	if key == "" {
 		eps := append([]string(nil), g.EtcdEndpoints...)
 		sort.Strings(eps)
 		key = "global:" + strings.Join(eps, ",")
 	}
-	d.extMu.Lock()
-	defer d.extMu.Unlock()
-	if cli, ok := d.etcd[key]; ok {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if cli, ok := e.etcd[key]; ok {
 		return cli, nil
 	}
-	cli, err := conftool.NewClient(g, endpoints, d.log.With("system", "config-etcd"))
+	cli, err := conftool.NewClient(g, endpoints, e.log.With("system", "config-etcd"))
 	if err != nil {
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
-	d.etcd[key] = cli
+	e.etcd[key] = cli
 	return cli, nil
 }
 
-func (d *Daemon) conftoolMetrics() *conftool.Metrics {
-	d.extMu.Lock()
-	defer d.extMu.Unlock()
-	return d.conftoolMetricsLocked()
+func (e *external) conftoolMetrics() *conftool.Metrics {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.metricsLocked()
 }
 
-func (d *Daemon) conftoolMetricsLocked() *conftool.Metrics {
-	if d.ctMetrics == nil {
-		d.ctMetrics = conftool.NewMetrics(d.reg)
+func (e *external) metricsLocked() *conftool.Metrics {
+	if e.metrics == nil {
+		e.metrics = conftool.NewMetrics(e.reg)
 	}
-	return d.ctMetrics
+	return e.metrics
 }
 
-func (d *Daemon) conftoolWriter(cli *clientv3.Client) *conftool.Writer {
-	d.extMu.Lock()
-	defer d.extMu.Unlock()
-	if w, ok := d.writers[cli]; ok {
+func (e *external) writer(cli *clientv3.Client) *conftool.Writer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if w, ok := e.writers[cli]; ok {
 		return w
 	}
-	w := conftool.NewWriter(cli, d.log.With("system", "conftool"), d.conftoolMetricsLocked())
-	d.writers[cli] = w
+	w := conftool.NewWriter(cli, e.log.With("system", "conftool"), e.metricsLocked())
+	e.writers[cli] = w
 	return w
 }
 
-func (d *Daemon) closeExternal() {
-	d.extMu.Lock()
-	defer d.extMu.Unlock()
-	for _, cli := range d.etcd {
+func (e *external) close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, cli := range e.etcd {
 		_ = cli.Close()
 	}
-	d.etcd = map[string]*clientv3.Client{}
+	e.etcd = map[string]*clientv3.Client{}
 }

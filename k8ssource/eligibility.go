@@ -99,12 +99,14 @@ func EndpointsByNode(slices []*discoveryv1.EndpointSlice) map[string]Endpoints {
 
 // NodeServer maps one Node to a real server. It is a pure function of its inputs.
 //
-// An ineligible node is returned "disabled but known" (Enabled false, every reason in
-// Reason), never dropped: it stays visible in /pools with why, and it counts in the
-// depool threshold like any disabled server, so a cluster-wide problem (every node
-// NotReady) cannot silently shrink the pool's denominator. Only deleted (or
-// unselected) Nodes leave the set. This also matches PyBal, which kept NotReady nodes
-// as enabled=false.
+// An unhealthy node (not Ready, NetworkUnavailable, no usable endpoint of the gating
+// service) is returned with Down set: the service feeds it to the coordinator as a
+// failing health check, held to the depool threshold, so a control-plane problem
+// (every kubelet cut from the API server) cannot empty the pool. A cordoned, excluded
+// or tainted node is "disabled but known" (Enabled false, every reason in Reason),
+// like an admin depool. Neither is dropped: it stays visible in /pools with why, and
+// counts in the threshold's denominator. Only deleted (or unselected) Nodes leave the
+// set. PyBal's never-released k8s observer disabled NotReady nodes instead.
 //
 // The error is a non-fatal finding (a bad weight annotation); the Server is usable
 // regardless (weight 1 then).
@@ -124,8 +126,15 @@ func NodeServer(n *corev1.Node, ep Endpoints, p Policy) (source.Server, error) {
 	// Without an InternalIP of the VIP's family, Addr stays zero and the daemon
 	// resolves the node name by DNS, as PyBal did with every k8s node.
 	s.Addr, _ = internalIP(n, p.IPv6)
+	// Health (conditions, the gating endpoint) is a signal held to the depool
+	// threshold, like a failing monitor; cordon, the exclude label and taints are
+	// SRE decisions that disable, like an admin depool.
+	down := conditionReasons(n)
+	if p.Gated && !ep.Usable() {
+		down = append(down, endpointReason(ep, p.ServiceName))
+	}
+	s.Down = strings.Join(down, "; ")
 	var reasons []string
-	reasons = append(reasons, conditionReasons(n)...)
 	if _, ok := n.Labels[ExcludeLabel]; ok {
 		reasons = append(reasons, "labelled "+ExcludeLabel)
 	}
@@ -136,9 +145,6 @@ func NodeServer(n *corev1.Node, ep Endpoints, p Policy) (source.Server, error) {
 		if slices.Contains(p.Taints, t.Key) {
 			reasons = append(reasons, "tainted "+taintString(t))
 		}
-	}
-	if p.Gated && !ep.Usable() {
-		reasons = append(reasons, endpointReason(ep, p.ServiceName))
 	}
 	s.Enabled = len(reasons) == 0
 	s.Reason = strings.Join(reasons, "; ")

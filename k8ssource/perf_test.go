@@ -370,7 +370,7 @@ func (p *perfEvents) Update(s source.Set) {
 	if p.last == nil {
 		enabled := 0
 		for _, srv := range s {
-			if srv.Enabled {
+			if eligible(srv) {
 				enabled++
 			}
 		}
@@ -381,8 +381,8 @@ func (p *perfEvents) Update(s source.Set) {
 		fmt.Fprintf(p.out, "mem %d %d %d\n", rss, hwm, ms.HeapInuse)
 	} else {
 		for h, srv := range s {
-			if srv.Enabled != p.last[h].Enabled {
-				fmt.Fprintf(p.out, "change %s %v %d\n", h, srv.Enabled, now.UnixNano())
+			if eligible(srv) != eligible(p.last[h]) {
+				fmt.Fprintf(p.out, "change %s %v %d\n", h, eligible(srv), now.UnixNano())
 			}
 		}
 	}
@@ -408,3 +408,6 @@ func procStatus(field string) int64 {
 	}
 	return -1
 }
+
+// eligible: neither disabled nor down.
+func eligible(s source.Server) bool { return s.Enabled && s.Down == "" }

@@ -173,13 +173,15 @@ func dump(s source.Set) string {
 // server asserts one server's state; reason is a substring ("" = must be empty).
 func hasServer(s source.Set, host string, enabled bool, reason string) bool {
 	srv, ok := s[host]
-	if !ok || srv.Enabled != enabled {
+	// "enabled" here means eligible: not disabled and not down.
+	if !ok || (srv.Enabled && srv.Down == "") != enabled {
 		return false
 	}
+	why := strings.Trim(srv.Down+"; "+srv.Reason, "; ")
 	if reason == "" {
-		return srv.Reason == ""
+		return why == ""
 	}
-	return strings.Contains(srv.Reason, reason)
+	return strings.Contains(why, reason)
 }
 
 type fixture struct {
@@ -504,8 +506,8 @@ func TestEndpointGating(t *testing.T) {
 	first := rec.updates[0]
 	rec.mu.Unlock()
 	for h, srv := range first {
-		if !srv.Enabled {
-			t.Errorf("first Update had %s disabled (%s): sent before the EndpointSlice cache synced", h, srv.Reason)
+		if !srv.Enabled || srv.Down != "" {
+			t.Errorf("first Update had %s disabled (%s%s): sent before the EndpointSlice cache synced", h, srv.Reason, srv.Down)
 		}
 	}
 

@@ -371,26 +371,26 @@ func isRoutineWatchEnd(err error) bool {
 func (s *Source) logChanges(cur source.Set, changes []change, first bool) {
 	enabled := 0
 	for _, srv := range cur {
-		if srv.Enabled {
+		if srv.Enabled && srv.Down == "" {
 			enabled++
 		}
 	}
 	if first {
-		s.log.Info("k8s source synced", "nodes", len(cur), "enabled", enabled)
+		s.log.Info("k8s source synced", "nodes", len(cur), "eligible", enabled)
 		return
 	}
 	for i, c := range changes {
 		if i == maxLoggedChanges {
-			s.log.Info("k8s source: more node changes", "count", len(changes)-i, "nodes", len(cur), "enabled", enabled)
+			s.log.Info("k8s source: more node changes", "count", len(changes)-i, "nodes", len(cur), "eligible", enabled)
 			break
 		}
 		switch {
 		case !c.hasCurr:
 			s.log.Info("k8s node removed", "host", c.host)
 		case !c.hadOld:
-			s.log.Info("k8s node added", "host", c.host, "enabled", c.cur.Enabled, "reason", c.cur.Reason)
+			s.log.Info("k8s node added", "host", c.host, "enabled", c.cur.Enabled, "reason", c.cur.Reason, "down", c.cur.Down)
 		default:
-			s.log.Info("k8s node changed", "host", c.host, "enabled", c.cur.Enabled, "reason", c.cur.Reason,
+			s.log.Info("k8s node changed", "host", c.host, "enabled", c.cur.Enabled, "reason", c.cur.Reason, "down", c.cur.Down,
 				"addr", c.cur.Addr, "weight", c.cur.Weight, "was_enabled", c.old.Enabled)
 		}
 	}

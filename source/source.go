@@ -17,6 +17,9 @@ type Server struct {
 	// Reason says why a source marks a server disabled (e.g. "node NotReady"); shown in
 	// logs and /pools. Empty when enabled or when the source gives no reason.
 	Reason string
+	// Down is a health signal from the source (e.g. "node NotReady"), "" for none. It
+	// is held to the depool threshold like a failing monitor, unlike Enabled=false.
+	Down string
 }
 
 // Set is a full server list, keyed by Host.

@@ -1,0 +1,111 @@
+// Package plan computes the desired world - IPVS virtual services and destinations,
+// VIP addresses, BGP announcements - as a pure function of the config and the services'
+// published states. It does no I/O; the reconcilers converge the world to its output.
+// (It uses the ipvs and bgp packages' value types only.)
+package plan
+
+import (
+	"github.com/kubal/kubal/bgp"
+	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/ipvs"
+	"github.com/kubal/kubal/pool"
+)
+
+// Service is what plan needs of one service's published state.
+type Service struct {
+	Snapshot *pool.Snapshot
+	// Settled: the source synced and every server's address was resolved once. Until
+	// then the kernel's extra destinations are kept, however long that takes: an
+	// unsynced source never removes what the kernel holds.
+	Settled bool
+}
+
+// Desired is the world kubal wants.
+type Desired struct {
+	Pools         []ipvs.Pool // config order
+	VIPs          []ipvs.VIP
+	Announcements []bgp.Announcement
+}
+
+// Build is the whole plan. states maps service name -> state; a configured service
+// without a state (not started yet) keeps whatever the kernel has.
+func Build(cfg *config.Config, states map[string]Service) Desired {
+	var d Desired
+	for _, svc := range cfg.Services {
+		d.Pools = append(d.Pools, Pool(svc, states[svc.Name]))
+	}
+	d.VIPs = VIPs(cfg)
+	d.Announcements = Announcements(cfg, states)
+	return d
+}
+
+// Pool is one service's IPVS virtual service: its pooled servers with an address.
+func Pool(svc *config.Service, st Service) ipvs.Pool {
+	p := ipvs.Pool{
+		Service: ipvs.Service{
+			ServiceKey: Key(svc),
+			Scheduler:  svc.Scheduler,
+			Flags:      svc.SchedulerFlags,
+			OPS:        svc.OPS,
+		},
+		Drain:        svc.DepoolMode == config.DepoolDrain,
+		DrainTimeout: svc.DrainTimeout,
+		KeepExtra:    !st.Settled || st.Snapshot == nil,
+	}
+	if st.Snapshot == nil {
+		return p
+	}
+	for _, sv := range st.Snapshot.Servers {
+		if !sv.Pooled || !sv.Addr.IsValid() {
+			continue
+		}
+		p.Destinations = append(p.Destinations, ipvs.Destination{
+			Addr: sv.Addr, Weight: sv.Weight, Forwarding: ipvs.Forwarding(svc.Forwarding),
+		})
+	}
+	return p
+}
+
+// Key is a service's IPVS virtual-service key.
+func Key(svc *config.Service) ipvs.ServiceKey {
+	return ipvs.ServiceKey{Protocol: ipvs.Protocol(svc.Protocol), Addr: svc.IP, Port: svc.Port}
+}
+
+// VIPs are the distinct service addresses (with their interface), in config order.
+func VIPs(cfg *config.Config) []ipvs.VIP {
+	var out []ipvs.VIP
+	seen := map[ipvs.VIP]bool{}
+	for _, svc := range cfg.Services {
+		if v := (ipvs.VIP{Addr: svc.IP, Interface: svc.VIPInterface}); !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Pooled counts a service's pooled servers for bgp-withdraw-when-empty; known is false
+// until the service settled (a restart announces before it withdraws).
+func Pooled(st Service) (n int, known bool) {
+	if !st.Settled || st.Snapshot == nil {
+		return 0, false
+	}
+	for _, sv := range st.Snapshot.Servers {
+		if sv.Pooled && sv.Addr.IsValid() {
+			n++
+		}
+	}
+	return n, true
+}
+
+// Announcements are the BGP routes (see bgp.Desired for the attributes and
+// withdraw-when-empty).
+func Announcements(cfg *config.Config, states map[string]Service) []bgp.Announcement {
+	pooled := map[string]int{}
+	for name, st := range states {
+		if n, ok := Pooled(st); ok {
+			pooled[name] = n
+		}
+	}
+	return bgp.Desired(cfg, pooled)
+}
