@@ -16,8 +16,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -116,9 +114,10 @@ func New(opts Options) (*Daemon, error) {
 		opts.DryRunOutput = os.Stdout
 	}
 	if opts.Resolve == nil {
-		opts.Resolve = lookupHost
+		opts.Resolve = service.LookupHost
 	}
-	opts.Resolve = bounded(opts.Resolve, maxResolving)
+	// 100k unresolvable names must not mean 100k lookups at once.
+	opts.Resolve = service.Bounded(opts.Resolve, 32)
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
@@ -310,8 +309,7 @@ func (d *Daemon) ipvsBackend(cfg *config.Config) (ipvs.Backend, error) {
 		return nil, fmt.Errorf("IPVS: %w (use -n/--dryrun on a host without IPVS)", err)
 	}
 	if d.opts.Debug {
-		// PyBal's -d printed every ipvsadm line; this also turns off netlink batching.
-		return debugBackend{Backend: nl, log: d.log.With("system", "ipvs")}, nil
+		return ipvs.Debug(nl, d.log.With("system", "ipvs")), nil
 	}
 	return nl, nil
 }
@@ -527,44 +525,4 @@ func (d *Daemon) reload() error {
 	d.metrics.reloads.WithLabelValues("success").Inc()
 	d.log.Info("config reloaded", "path", d.opts.ConfigPath, "services", len(cfg.Services), "took", time.Since(start))
 	return nil
-}
-
-// lookupHost resolves host to one address of the VIP's family, preferring the first
-// answer (PyBal picked at random; a stable choice avoids needless IPVS churn).
-func lookupHost(ctx context.Context, host string, v6 bool) (netip.Addr, error) {
-	if a, err := netip.ParseAddr(host); err == nil {
-		if is6 := a.Is6() && !a.Is4In6(); is6 != v6 {
-			return netip.Addr{}, fmt.Errorf("%s is not of the VIP's address family", host)
-		}
-		return a, nil
-	}
-	network := "ip4"
-	if v6 {
-		network = "ip6"
-	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, host)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if len(addrs) == 0 {
-		return netip.Addr{}, fmt.Errorf("no %s address for %s", network, host)
-	}
-	return addrs[0].Unmap(), nil
-}
-
-// maxResolving bounds concurrent DNS lookups (100k unresolvable names must not mean
-// 100k goroutines in the resolver at once).
-const maxResolving = 32
-
-func bounded(r service.Resolver, n int) service.Resolver {
-	sem := make(chan struct{}, n)
-	return func(ctx context.Context, host string, v6 bool) (netip.Addr, error) {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return netip.Addr{}, ctx.Err()
-		}
-		defer func() { <-sem }()
-		return r(ctx, host, v6)
-	}
 }

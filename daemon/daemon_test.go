@@ -353,51 +353,6 @@ func testLog(t *testing.T) *slog.Logger {
 	return logging.New(os.Stderr, slog.LevelDebug, false)
 }
 
-func TestDebugBackendLogsIpvsadmLines(t *testing.T) {
-	var b strings.Builder
-	log := logging.New(&b, slog.LevelDebug, false)
-	fake := ipvs.NewFake()
-	db := debugBackend{Backend: fake, log: log.With("system", "ipvs")}
-	ctx := context.Background()
-	k := ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr("10.0.0.1"), Port: 80}
-	if err := db.AddService(ctx, ipvs.Service{ServiceKey: k, Scheduler: "wrr"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.AddDestination(ctx, k, ipvs.Destination{Addr: netip.MustParseAddr("10.0.1.5"), Weight: 10}); err != nil {
-		t.Fatal(err)
-	}
-	want := "[ipvs] DEBUG: -A -t 10.0.0.1:80 -s wrr\n[ipvs] DEBUG: -a -t 10.0.0.1:80 -r 10.0.1.5 -w 10\n"
-	if b.String() != want {
-		t.Errorf("got %q, want %q", b.String(), want)
-	}
-	if len(fake.Table()[k].Destinations) != 1 {
-		t.Error("the change did not reach the backend")
-	}
-}
-
-func TestListenSkipsUnavailableAddresses(t *testing.T) {
-	d := &Daemon{log: logging.Discard()}
-	h := http.NotFoundHandler()
-	// 192.0.2.1 (TEST-NET) is not on this host: skipped; 127.0.0.1 is served.
-	ss, err := d.listenAll([]string{"192.0.2.1", "127.0.0.1"}, freePort(t), h, nil)
-	if err != nil || len(ss) != 1 {
-		t.Fatalf("listeners %d, err %v", len(ss), err)
-	}
-	ss[0].Close()
-	if _, err := d.listenAll([]string{"192.0.2.1"}, freePort(t), h, nil); err == nil {
-		t.Error("no address available, yet no error")
-	}
-	// A port in use is an error, not a skip.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if _, err := d.listenAll([]string{"127.0.0.1"}, ln.Addr().(*net.TCPAddr).Port, h, nil); err == nil {
-		t.Error("port in use accepted")
-	}
-}
-
 // A source that never delivers (an unreachable http:// list) does not keep systemd
 // waiting forever: READY comes after ReadyTimeout, while /readyz still names the source.
 func TestReadyAfterTimeoutWhenASourceNeverSyncs(t *testing.T) {

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/kubal/kubal/admin"
 	"github.com/kubal/kubal/api"
@@ -83,24 +80,8 @@ func (d *Daemon) Alerts() []api.Alert {
 			warn("%s: service not running (see the log: its source could not be built)", svc.Name)
 			continue
 		}
-		st := s.State()
-		if !st.Synced {
-			warn("%s: waiting for the first server list and admin state: keeping the kernel's destinations as they are", svc.Name)
-		}
-		if st.SourceErr != nil {
-			warn("%s: server-list source failing, keeping last known servers: %s", svc.Name, firstLine(st.SourceErr.Error()))
-		}
-		if st.Intent.Err != nil {
-			warn("%s: admin store failing, keeping last known admin state: %s", svc.Name, firstLine(st.Intent.Err.Error()))
-		}
-		// With an etcd:// source the store reads the same keys: one alert per key.
-		problems := maps.Clone(st.Intent.Problems)
-		if problems == nil {
-			problems = map[string]string{}
-		}
-		maps.Copy(problems, st.Problems)
-		for _, h := range slices.Sorted(maps.Keys(problems)) {
-			warn("%s: %s keeps its previous state: %s", svc.Name, h, firstLine(problems[h]))
+		for _, msg := range s.State().Alerts() {
+			warn("%s", msg)
 		}
 	}
 	return out
@@ -113,55 +94,24 @@ func firstLine(s string) string {
 	return s
 }
 
-// errThreshold marks a refusal by the depool threshold check.
-type errThreshold struct{ error }
-
-// Apply implements api.Admin: the pool's admin store checks the depool threshold
-// (unless forced) against the intent it writes over and stores the change durably;
-// then Apply waits until the service has published a state that includes it. The
-// store write is not cut by the client going away: once stored, a change is applied.
+// Apply implements api.Admin through the pool's service (service.Apply): the store
+// checks the depool threshold and writes durably, then the service publishes it.
 func (d *Daemon) Apply(ctx context.Context, a api.Action) (api.Outcome, error) {
 	s := d.service(a.Pool)
 	if s == nil {
 		return api.Outcome{}, fmt.Errorf("pool %q: %w", a.Pool, api.ErrNotFound)
 	}
-	old, ok := s.State().Snapshot.Server(a.Host)
-	if !ok {
-		return api.Outcome{}, fmt.Errorf("server %q in pool %q: %w", a.Host, a.Pool, api.ErrNotFound)
-	}
-	ch := admin.Change{Host: a.Host, Op: admin.Op(a.Op), Weight: a.Weight, Actor: a.Actor, Reason: a.Reason, Force: a.Force}
-	var check admin.Check
-	if !a.Force {
-		th := s.ThresholdCheck(a.Host)
-		check = func(before, after admin.Intent) error {
-			if err := th(before, after); err != nil {
-				return errThreshold{err}
-			}
-			return nil
+	old, cur, err := s.Apply(ctx, admin.Change{Host: a.Host, Op: admin.Op(a.Op), Weight: a.Weight, Actor: a.Actor, Reason: a.Reason, Force: a.Force})
+	for from, to := range map[error]error{
+		service.ErrNoServer: api.ErrNotFound, service.ErrThreshold: api.ErrThreshold,
+		admin.ErrConflict: api.ErrConflict, service.ErrSourceDisabled: api.ErrConflict,
+	} {
+		if errors.Is(err, from) {
+			return api.Outcome{}, fmt.Errorf("%w: %w", err, to)
 		}
 	}
-	store := s.Store()
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	rc, err := store.Apply(wctx, ch, check)
-	cancel()
-	var refused errThreshold
-	switch {
-	case errors.As(err, &refused):
-		return api.Outcome{}, fmt.Errorf("nothing stored: %v: %w", refused.error, api.ErrThreshold)
-	case errors.Is(err, admin.ErrConflict):
-		return api.Outcome{}, fmt.Errorf("nothing stored: %v: %w", err, api.ErrConflict)
-	case errors.Is(err, admin.ErrUnknownOutcome):
-		return api.Outcome{}, fmt.Errorf("%s: %w; check the pool before retrying", store, err)
-	case err != nil:
-		return api.Outcome{}, fmt.Errorf("nothing stored in %s: %w", store, err)
-	}
-	st, err := s.WaitAdmin(ctx, rc.Revision)
 	if err != nil {
-		return api.Outcome{}, fmt.Errorf("stored in %s (revision %d) and being applied, but not yet confirmed in force: %w", store, rc.Revision, err)
-	}
-	cur, _ := st.Snapshot.Server(a.Host)
-	if a.Op == api.OpPool && !cur.Enabled {
-		return api.Outcome{}, fmt.Errorf("stored in %s, but %s stays disabled by its source: %s: %w", store, a.Host, cur.Why, api.ErrConflict)
+		return api.Outcome{}, err
 	}
 	return api.Outcome{Old: old, New: cur}, nil
 }

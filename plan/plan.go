@@ -109,3 +109,62 @@ func Announcements(cfg *config.Config, states map[string]Service) []bgp.Announce
 	}
 	return bgp.Desired(cfg, pooled)
 }
+
+// Planner keeps the last plan per service, so a change to one service costs that
+// service's pool, not the whole table. Desired always equals Build(config, states).
+type Planner struct {
+	cfg    *config.Config
+	pools  map[string]ipvs.Pool
+	states map[string]Service
+}
+
+// NewPlanner returns a planner for cfg with no service states yet.
+func NewPlanner(cfg *config.Config) *Planner {
+	p := &Planner{pools: map[string]ipvs.Pool{}, states: map[string]Service{}}
+	p.SetConfig(cfg)
+	return p
+}
+
+// SetConfig replans every service for a new config (a reload).
+func (p *Planner) SetConfig(cfg *config.Config) {
+	p.cfg = cfg
+	next := make(map[string]ipvs.Pool, len(cfg.Services))
+	for _, svc := range cfg.Services {
+		next[svc.Name] = Pool(svc, p.states[svc.Name])
+	}
+	for name := range p.states {
+		if _, ok := next[name]; !ok {
+			delete(p.states, name)
+		}
+	}
+	p.pools = next
+}
+
+// Update replans one service. It reports whether the announcements may have changed
+// (the service's pooled count crossed zero, or it settled).
+func (p *Planner) Update(name string, st Service) (announce bool) {
+	svc, ok := p.cfg.Service(name)
+	if !ok {
+		return false
+	}
+	on, known := Pooled(st)
+	was, wasKnown := Pooled(p.states[name])
+	p.states[name] = st
+	p.pools[name] = Pool(svc, st)
+	return known != wasKnown || (on > 0) != (was > 0)
+}
+
+// Pool is the current plan of one service.
+func (p *Planner) Pool(name string) (ipvs.Pool, bool) {
+	pl, ok := p.pools[name]
+	return pl, ok
+}
+
+// Desired is the whole current plan.
+func (p *Planner) Desired() Desired {
+	d := Desired{VIPs: VIPs(p.cfg), Announcements: Announcements(p.cfg, p.states)}
+	for _, svc := range p.cfg.Services {
+		d.Pools = append(d.Pools, p.pools[svc.Name])
+	}
+	return d
+}
