@@ -12,6 +12,7 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 	drift    prometheus.Counter
 	draining prometheus.Gauge
+	failing  prometheus.Gauge
 
 	byKind, errByKind map[string]prometheus.Counter // resolved once: ops are hot
 }
@@ -41,6 +42,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		draining: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kubal_ipvs_draining_destinations",
 			Help: "Destinations at weight 0 waiting for their connections to end (depool-mode = drain).",
+		})),
+		failing: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubal_ipvs_failing_pools",
+			Help: "Pools (virtual services) whose last reconcile attempt failed, each retried with its own backoff.",
 		})),
 		byKind:    map[string]prometheus.Counter{},
 		errByKind: map[string]prometheus.Counter{},
