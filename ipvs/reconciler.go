@@ -109,6 +109,52 @@ type destKey struct {
 type kernelService struct {
 	svc   Service
 	dests map[destKey]Destination
+
+	// For the mh scheduler, whose lookup table depends on the order of the kernel's
+	// destination list and on each destination's last non-zero weight (see mh.go).
+	order     []destKey        // the kernel's list, head first; kept for mh services only
+	ordered   bool             // order is kept
+	stale     map[destKey]bool // weight 0, but the kernel may remember a non-zero last weight
+	canonical bool             // order and last weights found canonical since the last change
+}
+
+// addDest records a successful add: the kernel puts it at the head of the list, with
+// its weight as last weight.
+func (ks *kernelService) addDest(dk destKey, d Destination) {
+	ks.dests[dk] = d
+	delete(ks.stale, dk)
+	ks.canonical = false
+	if ks.ordered {
+		ks.order = slices.Insert(ks.order, 0, dk)
+	}
+}
+
+// setDest records a successful update: an update to weight 0 leaves the kernel's last
+// weight at the previous non-zero one.
+func (ks *kernelService) setDest(dk destKey, d Destination) {
+	was := ks.dests[dk]
+	ks.dests[dk] = d
+	switch {
+	case d.Weight != 0:
+		delete(ks.stale, dk)
+	case was.Weight != 0:
+		if ks.stale == nil {
+			ks.stale = map[destKey]bool{}
+		}
+		ks.stale[dk] = true
+		ks.canonical = false
+	}
+}
+
+// delDest records a successful delete.
+func (ks *kernelService) delDest(dk destKey) {
+	delete(ks.dests, dk)
+	delete(ks.stale, dk)
+	if ks.ordered {
+		if i := slices.Index(ks.order, dk); i >= 0 {
+			ks.order = slices.Delete(ks.order, i, i+1)
+		}
+	}
 }
 
 // NewReconciler returns a Reconciler for b. reg may be nil (no metrics).
@@ -495,7 +541,7 @@ func (r *Reconciler) lookup(ctx context.Context, keys []ServiceKey) (map[Service
 		if !want[k] {
 			continue
 		}
-		ks, err := r.readService(ctx, s)
+		ks, err := r.readService(ctx, s, nil)
 		if err != nil {
 			failed[k] = err
 			delete(want, k)
@@ -513,7 +559,7 @@ func (r *Reconciler) lookup(ctx context.Context, keys []ServiceKey) (map[Service
 	return failed, nil
 }
 
-func (r *Reconciler) readService(ctx context.Context, s Service) (*kernelService, error) {
+func (r *Reconciler) readService(ctx context.Context, s Service, prev *kernelService) (*kernelService, error) {
 	k := s.ServiceKey
 	ds, err := r.b.Destinations(ctx, k)
 	if err != nil {
@@ -521,11 +567,34 @@ func (r *Reconciler) readService(ctx context.Context, s Service) (*kernelService
 		return nil, fmt.Errorf("dump destinations of %s: %w", k, err)
 	}
 	ks := &kernelService{svc: normalizeService(s), dests: make(map[destKey]Destination, len(ds))}
+	ks.ordered = ks.svc.Scheduler == "mh"
 	for _, d := range ds {
 		d = normalizeDestKeepConns(k, d)
-		ks.dests[keyOf(k, d)] = d
+		dk := keyOf(k, d)
+		ks.dests[dk] = d
+		if ks.ordered {
+			ks.order = append(ks.order, dk)
+		}
+		// A weight-0 destination's last weight is not in the dump: known to be 0 only
+		// if it was 0 (and not stale) before.
+		if d.Weight == 0 {
+			if p, ok := prev.dest(dk); !ok || p.Weight != 0 || prev.stale[dk] {
+				if ks.stale == nil {
+					ks.stale = map[destKey]bool{}
+				}
+				ks.stale[dk] = true
+			}
+		}
 	}
 	return ks, nil
+}
+
+func (ks *kernelService) dest(dk destKey) (Destination, bool) {
+	if ks == nil {
+		return Destination{}, false
+	}
+	d, ok := ks.dests[dk]
+	return d, ok
 }
 
 // dump reads the services and, for the ones kubal cares about, their destinations. If
@@ -552,7 +621,7 @@ func (r *Reconciler) dump(ctx context.Context) (failed map[ServiceKey]error, err
 		if !covered[k] {
 			continue // not ours: never read, never touched
 		}
-		ks, err := r.readService(ctx, s)
+		ks, err := r.readService(ctx, s, r.known[k])
 		if err != nil {
 			failed[k] = err
 			delete(covered, k)
@@ -646,7 +715,7 @@ func (r *Reconciler) pollDraining(ctx context.Context, due func(*poolRun) bool) 
 		}
 		for dk := range r.draining[k] {
 			if !seen[dk] {
-				delete(ks.dests, dk) // gone already (by hand): nothing left to drain
+				ks.delDest(dk) // gone already (by hand): nothing left to drain
 				delete(r.draining[k], dk)
 			}
 		}
@@ -663,7 +732,7 @@ func (r *Reconciler) syncPool(ctx context.Context, k ServiceKey, e *poolRun) err
 		if err := r.apply(ctx, change{kind: OpAddService, k: k, svc: want}); err != nil {
 			return err
 		}
-		cur = &kernelService{svc: want, dests: map[destKey]Destination{}}
+		cur = &kernelService{svc: want, dests: map[destKey]Destination{}, ordered: want.Scheduler == "mh"}
 		r.known[k] = cur
 		r.covered[k] = true
 		e.based = false
@@ -672,6 +741,7 @@ func (r *Reconciler) syncPool(ctx context.Context, k ServiceKey, e *poolRun) err
 			return err
 		}
 		cur.svc = want
+		cur.canonical = false
 	}
 	r.owned[k] = true
 	handled, err := r.syncChanged(ctx, k, e, cur)
@@ -680,6 +750,9 @@ func (r *Reconciler) syncPool(ctx context.Context, k ServiceKey, e *poolRun) err
 		errs.add(err)
 		errs.add(r.syncAll(ctx, k, e, cur))
 		err = errs.err()
+	}
+	if err == nil && want.Scheduler == "mh" && !cur.canonical {
+		err = r.canonicalize(ctx, k, cur)
 	}
 	e.base, e.based = e.pool, err == nil
 	return err
@@ -711,10 +784,10 @@ func (r *Reconciler) syncChanged(ctx context.Context, k ServiceKey, e *poolRun, 
 		have, ok := cur.dests[dk]
 		switch {
 		case !ok:
-			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
+			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) }))
 		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
 			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
-			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
+			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.setDest(dk, d) }))
 		}
 	}
 	errs.add(r.flush(ctx))
@@ -726,6 +799,8 @@ func (r *Reconciler) syncAll(ctx context.Context, k ServiceKey, e *poolRun, cur 
 	p := e.pool
 	var errs errList
 	e.dup = false
+	mh := normalizeService(p.Service).Scheduler == "mh"
+	var adds []Destination
 	wantDests := make(map[destKey]bool, len(p.Destinations))
 	for _, d := range p.Destinations {
 		d = normalizeDest(k, d)
@@ -740,12 +815,21 @@ func (r *Reconciler) syncAll(ctx context.Context, k ServiceKey, e *poolRun, cur 
 		}
 		have, ok := cur.dests[dk]
 		switch {
+		case !ok && mh:
+			adds = append(adds, d) // added below, in canonical order
 		case !ok:
-			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
+			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) }))
 		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
 			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
-			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
+			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.setDest(dk, d) }))
 		}
+	}
+	// The kernel adds to the head of the list: adding in descending order leaves the
+	// list ascending (canonical) when the new destinations sort before the others.
+	slices.SortFunc(adds, func(a, b Destination) int { return compareDestKeys(keyOf(k, b), keyOf(k, a)) })
+	for _, d := range adds {
+		dk := keyOf(k, d)
+		errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) }))
 	}
 	for _, dk := range sortedDestKeys(cur.dests) {
 		if wantDests[dk] {
@@ -765,7 +849,7 @@ func (r *Reconciler) syncAll(ctx context.Context, k ServiceKey, e *poolRun, cur 
 			}
 		}
 		errs.add(r.enqueue(ctx, change{kind: OpDeleteDestination, k: k, d: have}, func() {
-			delete(cur.dests, dk)
+			cur.delDest(dk)
 			if dr := r.draining[k]; dr != nil {
 				delete(dr, dk)
 			}
@@ -796,7 +880,7 @@ func (r *Reconciler) drain(ctx context.Context, p Pool, cur *kernelService, dk d
 	if have.Weight != 0 {
 		zero := have
 		zero.Weight = 0
-		if err := r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: zero}, func() { cur.dests[dk] = zero }); err != nil {
+		if err := r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: zero}, func() { cur.setDest(dk, zero) }); err != nil {
 			return false, err
 		}
 		r.log.Info("ipvs: draining destination", "service", k.String(), "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
@@ -1038,6 +1122,10 @@ func sortedDestKeys(m map[destKey]Destination) []destKey {
 	for k := range m {
 		ks = append(ks, k)
 	}
-	slices.SortFunc(ks, func(a, b destKey) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
+	slices.SortFunc(ks, compareDestKeys)
 	return ks
+}
+
+func compareDestKeys(a, b destKey) int {
+	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 }
