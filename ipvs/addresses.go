@@ -11,6 +11,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // VIP is a service address the director must hold so that it accepts the VIP's
@@ -40,6 +42,7 @@ type Addresses struct {
 	MinInterval  time.Duration // default 100ms
 	ResyncPeriod time.Duration // default 5s
 	MaxBackoff   time.Duration // default 30s
+	Clock        clock.Clock   // timers and backoff (default the real clock)
 
 	b   AddrBackend
 	log *slog.Logger
@@ -47,6 +50,7 @@ type Addresses struct {
 	mu      sync.Mutex
 	desired []VIP
 	kick    chan struct{}
+	idle    func(due time.Time) // tests: see loop.idle
 
 	owned map[VIP]bool // Run goroutine only
 }
@@ -58,6 +62,7 @@ func NewAddressesWith(b AddrBackend, log *slog.Logger) *Addresses {
 		MinInterval:  100 * time.Millisecond,
 		ResyncPeriod: 5 * time.Second,
 		MaxBackoff:   30 * time.Second,
+		Clock:        clock.RealClock{},
 		b:            b,
 		log:          log,
 		kick:         make(chan struct{}, 1),
@@ -78,9 +83,11 @@ func (a *Addresses) Set(vips []VIP) {
 
 // Run converges until ctx is done; errors are logged and retried, never returned.
 func (a *Addresses) Run(ctx context.Context) error {
-	runLoop(ctx, a.log, "vip addresses: reconcile", a.kick, a.MinInterval, a.MaxBackoff, func(ctx context.Context) (time.Time, error) {
+	l := &loop{clock: a.Clock, log: a.log, what: "vip addresses: reconcile", kick: a.kick,
+		minInterval: a.MinInterval, maxBackoff: a.MaxBackoff, idle: a.idle}
+	l.run(ctx, func(ctx context.Context) (time.Time, error) {
 		err := a.pass(ctx)
-		return time.Now().Add(a.ResyncPeriod), err
+		return a.Clock.Now().Add(a.ResyncPeriod), err
 	})
 	return nil
 }

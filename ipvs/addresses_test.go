@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func TestAddresses(t *testing.T) {
@@ -65,4 +67,43 @@ func TestAddressesRunRetries(t *testing.T) {
 	waitFor(t, func() bool { return len(f.Get("lo")) == 1 })
 	cancel()
 	<-done
+}
+
+// Run on a fake clock: the first pass at once, drift repaired at the resync, errors
+// retried with backoff.
+func TestAddressesRun(t *testing.T) {
+	ctx := context.Background()
+	f := NewFakeAddrs()
+	a := NewAddressesWith(f, testLog(t))
+	clk := clocktesting.NewFakeClock(time.Unix(1000, 0))
+	a.Clock = clk
+	vip := netip.MustParsePrefix("10.0.0.1/32")
+	a.Set([]VIP{{Addr: vip.Addr()}})
+	h := startLoop(t, clk, a.kick, &a.idle, a.Run)
+	due := h.settle()
+	if !slices.Equal(f.Get("lo"), []netip.Prefix{vip}) {
+		t.Fatalf("lo: %v after the first pass", f.Get("lo"))
+	}
+	// The kick of Set is still pending (it came before the first pass): one more pass
+	// MinInterval later, then the resync.
+	if want := clk.Now().Add(a.MinInterval); !due.Equal(want) {
+		t.Errorf("next pass at %v, want %v", due, want)
+	}
+	at := h.advance(due)
+	if want := due.Add(a.ResyncPeriod); !at.Equal(want) {
+		t.Errorf("next pass at %v, want the resync at %v", at, want)
+	}
+	due = at
+	must(t, f.Delete(ctx, "lo", vip)) // by hand
+	f.SetFailure(errors.New("netlink: EBUSY"))
+	at = due
+	due = h.advance(due)
+	if due.Sub(at) != a.MinInterval {
+		t.Errorf("retry after %v, want %v", due.Sub(at), a.MinInterval)
+	}
+	f.SetFailure(nil)
+	h.advance(due)
+	if !slices.Equal(f.Get("lo"), []netip.Prefix{vip}) {
+		t.Errorf("lo: %v; drift not repaired after the backend recovered", f.Get("lo"))
+	}
 }

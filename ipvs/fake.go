@@ -43,7 +43,10 @@ type Fake struct {
 
 type fakeService struct {
 	svc   Service
-	dests []Destination
+	dests []Destination // newest first: the kernel adds to the head of the list
+	// lastWeight per destination, as the kernel keeps it: set by an add and by an
+	// update to a non-zero weight (the mh scheduler builds its table from it).
+	lastWeight map[destKey]int
 }
 
 // NewFake returns an empty in-memory backend.
@@ -91,6 +94,24 @@ func (f *Fake) SetConns(k ServiceKey, addr netip.Addr, port uint16, active, inac
 	}
 	s.dests[i].ActiveConns, s.dests[i].InactiveConns = active, inactive
 	return nil
+}
+
+// MHInput returns what the kernel's mh scheduler builds the lookup table of service k
+// from: its destinations in list order, each with its last non-zero weight (the weight
+// it was added with if never updated to non-zero). Two services with the same MHInput
+// have the same table.
+func (f *Fake) MHInput(k ServiceKey) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.svcs[k]
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(s.dests))
+	for _, d := range s.dests {
+		out = append(out, fmt.Sprintf("%s last_weight=%d", netip.AddrPortFrom(d.Addr, d.Port), s.lastWeight[keyOf(k, d)]))
+	}
+	return out
 }
 
 // Table returns a copy of the whole table: every service with its destinations.
@@ -222,7 +243,12 @@ func (f *Fake) AddDestination(ctx context.Context, k ServiceKey, d Destination) 
 	if s.find(k, d.Addr, d.Port) >= 0 {
 		return ErrDestExists
 	}
-	s.dests = append(s.dests, normalizeDest(k, d))
+	n := normalizeDest(k, d)
+	s.dests = slices.Insert(s.dests, 0, n)
+	if s.lastWeight == nil {
+		s.lastWeight = map[destKey]int{}
+	}
+	s.lastWeight[keyOf(k, n)] = n.Weight
 	return nil
 }
 
@@ -240,6 +266,9 @@ func (f *Fake) UpdateDestination(ctx context.Context, k ServiceKey, d Destinatio
 	n := normalizeDest(k, d)
 	n.ActiveConns, n.InactiveConns = s.dests[i].ActiveConns, s.dests[i].InactiveConns
 	s.dests[i] = n
+	if n.Weight != 0 {
+		s.lastWeight[keyOf(k, n)] = n.Weight
+	}
 	return nil
 }
 
@@ -251,6 +280,7 @@ func (f *Fake) DeleteDestination(ctx context.Context, k ServiceKey, d Destinatio
 	if err != nil {
 		return err
 	}
+	delete(s.lastWeight, keyOf(k, s.dests[i]))
 	s.dests = slices.Delete(s.dests, i, i+1)
 	return nil
 }

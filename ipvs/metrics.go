@@ -7,11 +7,13 @@ import (
 )
 
 type metrics struct {
-	duration prometheus.Histogram
-	ops      *prometheus.CounterVec
-	errors   *prometheus.CounterVec
-	drift    prometheus.Counter
-	draining prometheus.Gauge
+	duration   prometheus.Histogram
+	ops        *prometheus.CounterVec
+	errors     *prometheus.CounterVec
+	drift      prometheus.Counter
+	draining   prometheus.Gauge
+	failing    prometheus.Gauge
+	mhRebuilds prometheus.Counter
 
 	byKind, errByKind map[string]prometheus.Counter // resolved once: ops are hot
 }
@@ -41,6 +43,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		draining: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kubal_ipvs_draining_destinations",
 			Help: "Destinations at weight 0 waiting for their connections to end (depool-mode = drain).",
+		})),
+		failing: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubal_ipvs_failing_pools",
+			Help: "Pools (virtual services) whose last reconcile attempt failed, each retried with its own backoff.",
+		})),
+		mhRebuilds: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kubal_ipvs_mh_readded_destinations_total",
+			Help: "Destinations of mh services deleted and re-added to restore the canonical list order (identical Maglev tables on every director).",
 		})),
 		byKind:    map[string]prometheus.Counter{},
 		errByKind: map[string]prometheus.Counter{},

@@ -6,50 +6,99 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
 )
 
-// Reconciler converges a Backend to the desired pools. Set hands it the full desired
-// state (non-blocking, bursts coalesced); Run applies it: at most one pass per
-// MinInterval (the first one at once), a full dump of the backend every ResyncPeriod to
-// repair drift, exponential backoff after errors. Between full dumps it keeps the last
-// known kernel state and applies only the difference, so a single weight change costs a
-// single netlink operation.
+// Reconciler converges a Backend to the desired pools, one pool (virtual service) at
+// a time. The desired world comes in whole (Set) or one pool at a time (Update,
+// Remove); each change gets a version, and Status tells when that version is in the
+// backend or why not. Run applies the changes: at most one pass per MinInterval (the
+// first one at once), a full dump of the backend every ResyncPeriod to repair drift.
+// Between dumps it keeps the last known kernel state and touches only the pools that
+// changed, so one weight change costs one netlink operation and no work proportional
+// to the number of pools.
+//
+// Failures are per pool: a pool whose operation failed is retried with its own
+// exponential backoff (up to MaxBackoff) from a fresh read of its service, while the
+// other pools' changes go through at once. Only a failure of the backend as a whole
+// (the service dump) backs off every pool.
 //
 // Ownership: only services whose key is desired are touched. A service that leaves the
 // desired set is deleted only if this Reconciler created or adopted it. At start the
 // services of the config found in the kernel are adopted as they are (no flush).
 type Reconciler struct {
 	// Tunables; change them before Run.
-	MinInterval  time.Duration    // at most one pass per MinInterval (default 100ms)
-	ResyncPeriod time.Duration    // full dump and drift repair (default 5s)
-	DrainPoll    time.Duration    // how often draining destinations are polled (default 1s)
-	MaxBackoff   time.Duration    // cap of the retry delay after errors (default 30s)
-	Now          func() time.Time // clock of the drain timeouts (default time.Now)
+	MinInterval  time.Duration // at most one pass per MinInterval (default 100ms)
+	ResyncPeriod time.Duration // full dump and drift repair (default 5s)
+	DrainPoll    time.Duration // how often draining destinations are polled (default 1s)
+	MaxBackoff   time.Duration // cap of a pool's retry delay after errors (default 30s)
+	Clock        clock.Clock   // timers, backoff and drain timeouts (default the real clock)
 
 	b   Backend
 	log *slog.Logger
 	m   *metrics
 
-	mu       sync.Mutex
-	desired  []Pool
-	dirty    map[ServiceKey]bool // pools changed by Set since the last pass
-	allDirty bool                // the set of services changed: look at everything
-	kick     chan struct{}
+	mu      sync.Mutex
+	want    map[ServiceKey]wanted     // the desired pools
+	changed map[ServiceKey]struct{}   // keys changed since the last pass took them
+	gen     uint64                    // last version handed out
+	status  map[ServiceKey]PoolStatus // published for Status; desired or being deleted
+	kick    chan struct{}
+	idle    func(due time.Time) // tests: see loop.idle
 
 	// Owned by the Run goroutine.
+	pools    map[ServiceKey]*poolRun       // per pool: what to apply, what was, errors
+	failing  map[ServiceKey]bool           // pools whose last attempt failed
 	known    map[ServiceKey]*kernelService // last known backend state; nil = dump first
-	covered  map[ServiceKey]bool           // keys whose state the last dump looked at
+	covered  map[ServiceKey]bool           // keys whose state in known is trusted
 	owned    map[ServiceKey]bool           // created or adopted by this process
 	draining map[ServiceKey]map[destKey]time.Time
-	applied  map[ServiceKey]Pool // converged since the last dump: skipped while unchanged
-	index    map[ServiceKey]int  // position of each key in the pools of the last full look
-	queue    []queued            // destination changes waiting for a batching backend
+	queue    []queued // destination changes waiting for a batching backend
+}
+
+type wanted struct {
+	pool    Pool
+	version uint64
+}
+
+// poolRun is the Run goroutine's record of one pool.
+type poolRun struct {
+	pool     Pool
+	version  uint64 // version of pool
+	removed  bool   // no longer desired: delete the service if owned
+	applied  uint64 // last version wholly applied
+	base     Pool   // pool last applied against known, for the cheap diff
+	based    bool   // base is valid (false after a dump or an error: compare everything)
+	dup      bool   // base listed a destination twice (the cheap diff would be wrong)
+	failures int
+	err      error
+	retryAt  time.Time
+}
+
+// PoolStatus is the reconciliation state of one pool: "is my change in the kernel yet,
+// and if not, why?"
+type PoolStatus struct {
+	// Version is the pool's desired version: the value Set, Update or Remove returned
+	// when the pool last changed.
+	Version uint64
+	// Applied is the last version whose operations all succeeded (0: none yet). The
+	// pool is converged when Applied == Version. A draining destination (weight 0,
+	// waiting for its connections) counts as applied.
+	Applied uint64
+	// Err is the error of the last attempt (nil once an attempt succeeded); Failures
+	// counts the attempts that failed in a row, and RetryAt is the next one.
+	Err      error
+	Failures int
+	RetryAt  time.Time
+	// Removing: the pool left the desired set; its service is being deleted.
+	Removing bool
 }
 
 type destKey struct {
@@ -60,6 +109,52 @@ type destKey struct {
 type kernelService struct {
 	svc   Service
 	dests map[destKey]Destination
+
+	// For the mh scheduler, whose lookup table depends on the order of the kernel's
+	// destination list and on each destination's last non-zero weight (see mh.go).
+	order     []destKey        // the kernel's list, head first; kept for mh services only
+	ordered   bool             // order is kept
+	stale     map[destKey]bool // weight 0, but the kernel may remember a non-zero last weight
+	canonical bool             // order and last weights found canonical since the last change
+}
+
+// addDest records a successful add: the kernel puts it at the head of the list, with
+// its weight as last weight.
+func (ks *kernelService) addDest(dk destKey, d Destination) {
+	ks.dests[dk] = d
+	delete(ks.stale, dk)
+	ks.canonical = false
+	if ks.ordered {
+		ks.order = slices.Insert(ks.order, 0, dk)
+	}
+}
+
+// setDest records a successful update: an update to weight 0 leaves the kernel's last
+// weight at the previous non-zero one.
+func (ks *kernelService) setDest(dk destKey, d Destination) {
+	was := ks.dests[dk]
+	ks.dests[dk] = d
+	switch {
+	case d.Weight != 0:
+		delete(ks.stale, dk)
+	case was.Weight != 0:
+		if ks.stale == nil {
+			ks.stale = map[destKey]bool{}
+		}
+		ks.stale[dk] = true
+		ks.canonical = false
+	}
+}
+
+// delDest records a successful delete.
+func (ks *kernelService) delDest(dk destKey) {
+	delete(ks.dests, dk)
+	delete(ks.stale, dk)
+	if ks.ordered {
+		if i := slices.Index(ks.order, dk); i >= 0 {
+			ks.order = slices.Delete(ks.order, i, i+1)
+		}
+	}
 }
 
 // NewReconciler returns a Reconciler for b. reg may be nil (no metrics).
@@ -69,277 +164,483 @@ func NewReconciler(b Backend, log *slog.Logger, reg prometheus.Registerer) *Reco
 		ResyncPeriod: 5 * time.Second,
 		DrainPoll:    time.Second,
 		MaxBackoff:   30 * time.Second,
-		Now:          time.Now,
+		Clock:        clock.RealClock{},
 		b:            b,
 		log:          log,
 		m:            newMetrics(reg),
+		want:         map[ServiceKey]wanted{},
+		changed:      map[ServiceKey]struct{}{},
+		status:       map[ServiceKey]PoolStatus{},
 		kick:         make(chan struct{}, 1),
+		pools:        map[ServiceKey]*poolRun{},
+		failing:      map[ServiceKey]bool{},
 		owned:        map[ServiceKey]bool{},
 		draining:     map[ServiceKey]map[destKey]time.Time{},
-		applied:      map[ServiceKey]Pool{},
-		dirty:        map[ServiceKey]bool{},
-		allDirty:     true,
 	}
 }
 
-// Set replaces the desired state: every configured service with the destinations it
-// should have. It never blocks; Run picks up the latest state. The pools slice is
-// copied, but the Destinations and Flags slices are kept as they are: replace them for
-// the next Set, never modify them in place. (A pool whose slices are unchanged since
-// the last pass costs nothing: 1,000 services x 100 destinations are not re-diffed
-// for one weight change.)
-func (r *Reconciler) Set(pools []Pool) {
-	cp := slices.Clone(pools)
+// Set replaces the whole desired state: every configured service with the
+// destinations it should have; services not in pools are removed. It never blocks and
+// returns the version of this state (every pool Set changed has it; Status). A pool
+// whose Destinations slice is the one of the previous Set costs a pointer comparison:
+// replace the slices of pools that change, never modify them in place. A key listed
+// twice is logged and the last one wins.
+//
+// Set compares every pool; a caller that knows what changed calls Update and Remove,
+// whose cost does not depend on the number of pools.
+func (r *Reconciler) Set(pools []Pool) uint64 {
 	r.mu.Lock()
-	prev := r.desired
-	r.desired = cp
-	// Remember which pools changed (a pointer comparison for untouched ones), so
-	// that a pass for one weight change looks at one pool.
-	if !r.allDirty {
-		if len(prev) != len(cp) {
-			r.allDirty = true
-		} else {
-			for i := range cp {
-				if cp[i].Service.ServiceKey != prev[i].Service.ServiceKey {
-					r.allDirty = true
-					break
-				}
-				if !samePool(prev[i], cp[i]) {
-					r.dirty[cp[i].Service.ServiceKey] = true
-				}
-			}
+	r.gen++
+	v := r.gen
+	seen := make(map[ServiceKey]bool, len(pools))
+	for _, p := range pools {
+		k := p.Service.ServiceKey
+		if seen[k] {
+			r.log.Error("ipvs: service configured twice; using the last one", "service", k.String())
+		}
+		seen[k] = true
+		r.updateLocked(p, v, true)
+	}
+	for k := range r.want {
+		if !seen[k] {
+			r.removeLocked(k, v)
 		}
 	}
 	r.mu.Unlock()
+	r.poke()
+	return v
+}
+
+// Update sets the desired state of one pool (added if new) and returns its version: the
+// change is in the backend when Status(key).Applied >= that version. An unchanged pool
+// keeps its version. The Destinations slice is kept, not copied: never modify it after.
+func (r *Reconciler) Update(p Pool) uint64 {
+	r.mu.Lock()
+	r.gen++
+	r.updateLocked(p, r.gen, false)
+	v := r.want[p.Service.ServiceKey].version
+	r.mu.Unlock()
+	r.poke()
+	return v
+}
+
+// Remove takes one pool out of the desired state (its service is deleted if this
+// process created or adopted it) and returns the version of the removal.
+func (r *Reconciler) Remove(k ServiceKey) uint64 {
+	r.mu.Lock()
+	r.gen++
+	v := r.gen
+	if _, ok := r.want[k]; ok {
+		r.removeLocked(k, v)
+	}
+	r.mu.Unlock()
+	r.poke()
+	return v
+}
+
+// updateLocked records p as desired. deep compares the destinations of a new slice
+// (Set: callers rebuild the world); otherwise (Update: the caller says it changed) only
+// the same slice counts as unchanged, and the pass finds what differs.
+func (r *Reconciler) updateLocked(p Pool, v uint64, deep bool) {
+	k := p.Service.ServiceKey
+	if cur, ok := r.want[k]; ok && samePool(cur.pool, p, deep) {
+		return
+	}
+	r.want[k] = wanted{pool: p, version: v}
+	r.changed[k] = struct{}{}
+	st := r.status[k]
+	st.Version, st.Removing = v, false
+	r.status[k] = st
+}
+
+func (r *Reconciler) removeLocked(k ServiceKey, v uint64) {
+	delete(r.want, k)
+	r.changed[k] = struct{}{}
+	st := r.status[k]
+	st.Version, st.Removing = v, true
+	r.status[k] = st
+}
+
+func (r *Reconciler) poke() {
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
 }
 
+// Status returns the reconciliation state of the pool of k; false if k is neither
+// desired nor being removed.
+func (r *Reconciler) Status(k ServiceKey) (PoolStatus, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.status[k]
+	return st, ok
+}
+
+// Errors returns the pools whose last attempt failed, with the error (for /alerts).
+func (r *Reconciler) Errors() map[ServiceKey]error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[ServiceKey]error{}
+	for k, st := range r.status {
+		if st.Err != nil {
+			out[k] = st.Err
+		}
+	}
+	return out
+}
+
 // Run reconciles until ctx is done. Backend errors are logged, counted and retried
-// with backoff; they never end Run. A full dump happens at start and every
+// with backoff (per pool); they never end Run. A full dump happens at start and every
 // ResyncPeriod (drift repair); other passes apply only what changed.
 func (r *Reconciler) Run(ctx context.Context) error {
 	var nextResync time.Time
-	runLoop(ctx, r.log, "ipvs reconcile", r.kick, r.MinInterval, r.MaxBackoff, func(ctx context.Context) (time.Time, error) {
-		full := !time.Now().Before(nextResync)
-		err := r.pass(ctx, full)
-		done := time.Now()
+	l := &loop{clock: r.Clock, log: r.log, what: "ipvs reconcile", kick: r.kick,
+		minInterval: r.MinInterval, maxBackoff: r.MaxBackoff, idle: r.idle}
+	l.run(ctx, func(ctx context.Context) (time.Time, error) {
+		full := !r.Clock.Now().Before(nextResync)
+		want, err, _ := r.pass(ctx, full)
 		if err == nil && full {
-			nextResync = done.Add(r.ResyncPeriod)
+			nextResync = r.Clock.Now().Add(r.ResyncPeriod)
 		}
-		want := nextResync
-		if len(r.draining) > 0 {
-			if d := done.Add(r.DrainPoll); d.Before(want) {
-				want = d
-			}
+		if err != nil {
+			return time.Time{}, err // the loop backs off
 		}
-		return want, err
+		return earliest(want, nextResync), nil
 	})
 	return nil
 }
 
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
+// Reconcile runs one pass synchronously (full: dump the backend first) and returns
+// every error of it. Pools in backoff after an error are retried only once their
+// retry is due (Clock). For tests, benchmarks and tools; never call it while Run runs.
+func (r *Reconciler) Reconcile(ctx context.Context, full bool) error {
+	_, err, poolErrs := r.pass(ctx, full)
+	var all errList
+	all.add(err)
+	all.add(poolErrs)
+	return all.err()
 }
 
-// backoff is the delay before retry n (1-based): base, 2*base, 4*base ... capped.
-func backoff(n int, base, limit time.Duration) time.Duration {
-	base = max(base, 10*time.Millisecond)
-	d := base
-	for i := 1; i < n && d < limit; i++ {
-		d *= 2
-	}
-	return min(d, limit)
+type update struct {
+	k       ServiceKey
+	w       wanted
+	removed bool
 }
 
-// take returns the desired pools and what changed since the last take.
-func (r *Reconciler) take() (pools []Pool, dirty map[ServiceKey]bool, all bool) {
+// take returns the changes since the last take: O(changes), not O(pools).
+func (r *Reconciler) take() []update {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pools, dirty, all = r.desired, r.dirty, r.allDirty
-	r.dirty, r.allDirty = map[ServiceKey]bool{}, false
-	return pools, dirty, all
+	if len(r.changed) == 0 {
+		return nil
+	}
+	out := make([]update, 0, len(r.changed))
+	for k := range r.changed {
+		w, ok := r.want[k]
+		if !ok {
+			w.version = r.status[k].Version
+		}
+		out = append(out, update{k: k, w: w, removed: !ok})
+	}
+	// A new map, not clear(): clearing and iterating cost the capacity, which a
+	// whole-world Set grew to the number of pools.
+	r.changed = map[ServiceKey]struct{}{}
+	return out
 }
 
-// Reconcile runs one pass synchronously (full: dump the backend first). For tests,
-// benchmarks and tools; never call it while Run is running.
-func (r *Reconciler) Reconcile(ctx context.Context, full bool) error { return r.pass(ctx, full) }
-
 // pass runs one reconciliation. full forces a dump of the backend; without it the last
-// known state is used (and a dump happens only when that state is unknown or a desired
-// service was never looked at).
-func (r *Reconciler) pass(ctx context.Context, full bool) (err error) {
-	start := time.Now()
+// known state is used, and only the pools that changed, are due for a retry or drain,
+// or were never looked at are read and written. err is a failure of the whole pass
+// (the next pass dumps again); poolErrs are the failures of single pools, each
+// recorded with its own retry time. want is when the next pass is needed (zero: only
+// when something changes).
+func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, poolErrs error) {
+	start := r.Clock.Now()
 	defer func() {
-		r.m.duration.Observe(time.Since(start).Seconds())
+		r.m.duration.Observe(r.Clock.Since(start).Seconds())
 		if err != nil {
 			r.known = nil // converge from a fresh dump next time
 		}
 	}()
-	pools, dirty, all := r.take()
-	if !full && !all && r.known != nil && r.index != nil {
-		return r.passChanged(ctx, pools, dirty)
-	}
-	r.index = make(map[ServiceKey]int, len(pools))
-	for i, p := range pools {
-		r.index[p.Service.ServiceKey] = i
-	}
-	desired := make(map[ServiceKey]Pool, len(pools))
-	keys := make([]ServiceKey, 0, len(pools))
-	for _, p := range pools {
-		k := p.Service.ServiceKey
-		if _, dup := desired[k]; dup {
-			r.log.Error("ipvs: service configured twice; using the last one", "service", k.String())
-		} else {
-			keys = append(keys, k)
-		}
-		desired[k] = p
-	}
-	if !full && r.known != nil {
-		for _, k := range keys {
-			if !r.covered[k] {
-				full = true
-				break
-			}
-		}
-	}
-	if full || r.known == nil {
-		if err := r.dump(ctx, desired); err != nil {
-			return err
-		}
-	} else if err := r.pollDraining(ctx); err != nil {
-		return err
-	}
-
-	var errs errList
-	for _, k := range keys {
-		if ctx.Err() != nil {
-			return ctx.Err() // shutting down: the next process converges
-		}
-		p := desired[k]
-		if prev, ok := r.applied[k]; ok && len(r.draining[k]) == 0 && samePool(prev, p) {
-			continue
-		}
-		if err := r.syncPool(ctx, p); err != nil {
-			delete(r.applied, k)
-			errs.add(err)
-			continue
-		}
-		r.applied[k] = p
-	}
-	// Services kubal created or adopted that left the config.
-	gone := map[ServiceKey]bool{}
-	for k := range r.owned {
-		if _, ok := desired[k]; !ok {
-			gone[k] = true
-		}
-	}
-	for _, k := range sortedKeys(gone) {
-		if _, ok := r.known[k]; ok {
-			if err := r.apply(ctx, change{kind: OpDeleteService, k: k}); err != nil {
-				errs.add(err)
+	now := start
+	work := map[ServiceKey]bool{}
+	for _, u := range r.take() {
+		e := r.pools[u.k]
+		if e == nil {
+			if u.removed {
+				r.publish(u.k, nil) // never seen by a pass: nothing to delete
 				continue
 			}
-			r.log.Info("ipvs: removed service no longer configured", "service", k.String())
+			e = &poolRun{}
+			r.pools[u.k] = e
 		}
-		delete(r.owned, k)
-		delete(r.applied, k)
-		delete(r.known, k)
-		delete(r.covered, k)
-		delete(r.draining, k)
+		e.removed, e.version = u.removed, u.w.version
+		if !u.removed {
+			e.pool = u.w.pool
+		}
+		e.retryAt = time.Time{} // new intent: tried at once, even in backoff
+		work[u.k] = true
+	}
+	due := func(e *poolRun) bool { return e.err == nil || !e.retryAt.After(now) }
+	if full || r.known == nil {
+		failed, err := r.dump(ctx)
+		if err != nil {
+			return time.Time{}, err, nil
+		}
+		for k, e := range r.pools {
+			if due(e) || work[k] {
+				work[k] = true
+			}
+		}
+		for k, err := range failed {
+			if e := r.pools[k]; e != nil && work[k] {
+				r.fail(k, e, err, now)
+				delete(work, k)
+			}
+		}
+	} else {
+		for k := range r.failing {
+			if due(r.pools[k]) {
+				work[k] = true
+			}
+		}
+		for k, err := range r.pollDraining(ctx, due) {
+			r.fail(k, r.pools[k], err, now)
+			delete(work, k)
+		}
+		for k := range r.draining {
+			if due(r.pools[k]) {
+				work[k] = true
+			}
+		}
+	}
+	// Pools never looked at (new in the config, or after an error): read them first.
+	var look []ServiceKey
+	for k := range work {
+		if !r.covered[k] && (!r.pools[k].removed || r.owned[k]) {
+			look = append(look, k)
+		}
+	}
+	if len(look) > 0 {
+		failed, err := r.lookup(ctx, look)
+		if err != nil {
+			return time.Time{}, err, nil
+		}
+		for k, err := range failed {
+			r.fail(k, r.pools[k], err, now)
+			delete(work, k)
+		}
+	}
+
+	var errs errList
+	keys := slices.SortedFunc(maps.Keys(work), compareKeys)
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			return time.Time{}, ctx.Err(), nil // shutting down: the next process converges
+		}
+		e := r.pools[k]
+		if e.removed {
+			if err := r.removeService(ctx, k); err != nil {
+				errs.add(err)
+				r.fail(k, e, err, now)
+				continue
+			}
+			delete(r.pools, k)
+			delete(r.failing, k)
+			r.publish(k, nil)
+			continue
+		}
+		if err := r.syncPool(ctx, k, e); err != nil {
+			errs.add(err)
+			r.fail(k, e, err, now)
+			continue
+		}
+		e.applied, e.err, e.failures, e.retryAt = e.version, nil, 0, time.Time{}
+		delete(r.failing, k)
+		r.publish(k, e)
 	}
 	r.m.draining.Set(float64(r.drainingCount()))
-	return errs.err()
+	r.m.failing.Set(float64(len(r.failing)))
+	for k := range r.failing {
+		want = earliest(want, r.pools[k].retryAt)
+	}
+	if len(r.draining) > 0 {
+		want = earliest(want, r.Clock.Now().Add(r.DrainPoll))
+	}
+	return want, nil, errs.err()
 }
 
-// passChanged is the incremental pass: the set of services is the same as in the last
-// full look, so only the pools Set changed and the draining ones need work.
-func (r *Reconciler) passChanged(ctx context.Context, pools []Pool, dirty map[ServiceKey]bool) error {
-	if err := r.pollDraining(ctx); err != nil {
-		return err
-	}
-	for k := range r.draining {
-		dirty[k] = true
-	}
-	idx := make([]int, 0, len(dirty))
-	for k := range dirty {
-		if i, ok := r.index[k]; ok {
-			idx = append(idx, i)
+// fail records a failed attempt of pool k: its own backoff, and a fresh read of its
+// service before the retry (the failed operation may have half happened).
+func (r *Reconciler) fail(k ServiceKey, e *poolRun, err error, now time.Time) {
+	e.failures++
+	e.err = err
+	delay := backoff(e.failures, r.MinInterval, r.MaxBackoff)
+	e.retryAt = now.Add(delay)
+	e.based = false
+	r.failing[k] = true
+	delete(r.known, k)
+	delete(r.covered, k)
+	r.log.Warn("ipvs: pool failed; retrying", "service", k.String(), "retry_in", delay, "failures", e.failures, "error", err)
+	r.publish(k, e)
+}
+
+// publish copies the Run goroutine's view of pool k into the status (nil: forget it).
+func (r *Reconciler) publish(k ServiceKey, e *poolRun) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.status[k]
+	if e == nil {
+		// Forget it unless it was desired again in the meantime.
+		if ok && st.Removing {
+			delete(r.status, k)
 		}
+		return
 	}
-	slices.Sort(idx) // config order, as a full pass
-	var errs errList
-	for _, i := range idx {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	if !ok {
+		return
+	}
+	st.Applied, st.Err, st.Failures, st.RetryAt = e.applied, e.err, e.failures, e.retryAt
+	r.status[k] = st
+}
+
+// removeService deletes a service that left the desired set, if it is ours.
+func (r *Reconciler) removeService(ctx context.Context, k ServiceKey) error {
+	if _, ok := r.known[k]; ok && r.owned[k] {
+		if err := r.apply(ctx, change{kind: OpDeleteService, k: k}); err != nil {
+			return err
 		}
-		p := pools[i]
-		k := p.Service.ServiceKey
-		if prev, ok := r.applied[k]; ok && len(r.draining[k]) == 0 && samePool(prev, p) {
+		r.log.Info("ipvs: removed service no longer configured", "service", k.String())
+	}
+	delete(r.owned, k)
+	delete(r.known, k)
+	delete(r.covered, k)
+	delete(r.draining, k)
+	return nil
+}
+
+// lookup reads the state of services not looked at yet: one service dump, and the
+// destinations of those present. A failed destination dump fails that key only.
+func (r *Reconciler) lookup(ctx context.Context, keys []ServiceKey) (map[ServiceKey]error, error) {
+	svcs, err := r.b.Services(ctx)
+	if err != nil {
+		r.m.errors.WithLabelValues(OpDumpServices).Inc()
+		return nil, fmt.Errorf("dump services: %w", err)
+	}
+	if r.known == nil {
+		r.known, r.covered = map[ServiceKey]*kernelService{}, map[ServiceKey]bool{}
+	}
+	want := make(map[ServiceKey]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+	}
+	failed := map[ServiceKey]error{}
+	for _, s := range svcs {
+		k := s.ServiceKey
+		if !want[k] {
 			continue
 		}
-		if err := r.syncPool(ctx, p); err != nil {
-			delete(r.applied, k)
-			errs.add(err)
+		ks, err := r.readService(ctx, s, nil)
+		if err != nil {
+			failed[k] = err
+			delete(want, k)
 			continue
 		}
-		r.applied[k] = p
+		r.known[k] = ks
+		if !r.owned[k] {
+			r.owned[k] = true
+			r.log.Info("ipvs: adopted existing service", "service", k.String(), "destinations", len(ks.dests))
+		}
 	}
-	r.m.draining.Set(float64(r.drainingCount()))
-	return errs.err()
+	for k := range want {
+		r.covered[k] = true // present and read, or known absent
+	}
+	return failed, nil
+}
+
+func (r *Reconciler) readService(ctx context.Context, s Service, prev *kernelService) (*kernelService, error) {
+	k := s.ServiceKey
+	ds, err := r.b.Destinations(ctx, k)
+	if err != nil {
+		r.m.errors.WithLabelValues(OpDumpDestinations).Inc()
+		return nil, fmt.Errorf("dump destinations of %s: %w", k, err)
+	}
+	ks := &kernelService{svc: normalizeService(s), dests: make(map[destKey]Destination, len(ds))}
+	ks.ordered = ks.svc.Scheduler == "mh"
+	for _, d := range ds {
+		d = normalizeDestKeepConns(k, d)
+		dk := keyOf(k, d)
+		ks.dests[dk] = d
+		if ks.ordered {
+			ks.order = append(ks.order, dk)
+		}
+		// A weight-0 destination's last weight is not in the dump: known to be 0 only
+		// if it was 0 (and not stale) before.
+		if d.Weight == 0 {
+			if p, ok := prev.dest(dk); !ok || p.Weight != 0 || prev.stale[dk] {
+				if ks.stale == nil {
+					ks.stale = map[destKey]bool{}
+				}
+				ks.stale[dk] = true
+			}
+		}
+	}
+	return ks, nil
+}
+
+func (ks *kernelService) dest(dk destKey) (Destination, bool) {
+	if ks == nil {
+		return Destination{}, false
+	}
+	d, ok := ks.dests[dk]
+	return d, ok
 }
 
 // dump reads the services and, for the ones kubal cares about, their destinations. If
 // a previous state was known, every difference is drift (a change made outside kubal):
-// it is logged and counted, and the following sync repairs it.
-func (r *Reconciler) dump(ctx context.Context, desired map[ServiceKey]Pool) error {
+// it is logged and counted, and the following sync repairs it. A failed destination
+// dump fails that key only (returned in failed).
+func (r *Reconciler) dump(ctx context.Context) (failed map[ServiceKey]error, err error) {
 	svcs, err := r.b.Services(ctx)
 	if err != nil {
 		r.m.errors.WithLabelValues(OpDumpServices).Inc()
-		return fmt.Errorf("dump services: %w", err)
+		return nil, fmt.Errorf("dump services: %w", err)
 	}
 	kernel := make(map[ServiceKey]*kernelService)
-	covered := make(map[ServiceKey]bool)
-	for k := range desired {
+	covered := make(map[ServiceKey]bool, len(r.pools))
+	for k := range r.pools {
 		covered[k] = true
 	}
 	for k := range r.owned {
 		covered[k] = true
 	}
+	failed = map[ServiceKey]error{}
 	for _, s := range svcs {
 		k := s.ServiceKey
 		if !covered[k] {
 			continue // not ours: never read, never touched
 		}
-		ds, err := r.b.Destinations(ctx, k)
+		ks, err := r.readService(ctx, s, r.known[k])
 		if err != nil {
-			r.m.errors.WithLabelValues(OpDumpDestinations).Inc()
-			return fmt.Errorf("dump destinations of %s: %w", k, err)
-		}
-		ks := &kernelService{svc: normalizeService(s), dests: make(map[destKey]Destination, len(ds))}
-		for _, d := range ds {
-			d = normalizeDestKeepConns(k, d)
-			ks.dests[keyOf(k, d)] = d
+			failed[k] = err
+			delete(covered, k)
+			continue
 		}
 		kernel[k] = ks
 	}
 	if r.known != nil {
 		r.reportDrift(kernel, covered)
 	}
-	for k := range desired {
-		if _, ok := kernel[k]; ok && !r.owned[k] {
+	for k, e := range r.pools {
+		if _, ok := kernel[k]; ok && !e.removed && !r.owned[k] {
 			r.owned[k] = true
 			r.log.Info("ipvs: adopted existing service", "service", k.String(), "destinations", len(kernel[k].dests))
 		}
+		e.based = false // the dump may differ from what was applied: compare everything
 	}
 	r.known, r.covered = kernel, covered
-	clear(r.applied) // the dump may differ from what was applied: re-diff everything
-	return nil
+	return failed, nil
 }
 
 func (r *Reconciler) reportDrift(kernel map[ServiceKey]*kernelService, covered map[ServiceKey]bool) {
@@ -384,17 +685,23 @@ func (r *Reconciler) reportDrift(kernel map[ServiceKey]*kernelService, covered m
 	}
 }
 
-// pollDraining refreshes the connection counters of services with draining destinations.
-func (r *Reconciler) pollDraining(ctx context.Context) error {
+// pollDraining refreshes the connection counters of services with draining
+// destinations whose pool is due (not in backoff). A failed read fails that pool only.
+func (r *Reconciler) pollDraining(ctx context.Context, due func(*poolRun) bool) map[ServiceKey]error {
+	var failed map[ServiceKey]error
 	for _, k := range sortedKeys(r.draining) {
 		ks, ok := r.known[k]
-		if !ok {
+		if !ok || r.pools[k] == nil || !due(r.pools[k]) {
 			continue
 		}
 		ds, err := r.b.Destinations(ctx, k)
 		if err != nil {
 			r.m.errors.WithLabelValues(OpDumpDestinations).Inc()
-			return fmt.Errorf("poll draining destinations of %s: %w", k, err)
+			if failed == nil {
+				failed = map[ServiceKey]error{}
+			}
+			failed[k] = fmt.Errorf("poll draining destinations of %s: %w", k, err)
+			continue
 		}
 		seen := make(map[destKey]bool, len(ds))
 		for _, d := range ds {
@@ -408,40 +715,98 @@ func (r *Reconciler) pollDraining(ctx context.Context) error {
 		}
 		for dk := range r.draining[k] {
 			if !seen[dk] {
-				delete(ks.dests, dk) // gone already (by hand): nothing left to drain
+				ks.delDest(dk) // gone already (by hand): nothing left to drain
 				delete(r.draining[k], dk)
 			}
 		}
 	}
-	return nil
+	return failed
 }
 
 // syncPool converges one desired service against the known state.
-func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
+func (r *Reconciler) syncPool(ctx context.Context, k ServiceKey, e *poolRun) error {
+	p := e.pool
 	want := normalizeService(p.Service)
-	k := want.ServiceKey
 	cur, ok := r.known[k]
 	if !ok {
 		if err := r.apply(ctx, change{kind: OpAddService, k: k, svc: want}); err != nil {
 			return err
 		}
-		cur = &kernelService{svc: want, dests: map[destKey]Destination{}}
+		cur = &kernelService{svc: want, dests: map[destKey]Destination{}, ordered: want.Scheduler == "mh"}
 		r.known[k] = cur
 		r.covered[k] = true
+		e.based = false
 	} else if !sameService(cur.svc, want) {
 		if err := r.apply(ctx, change{kind: OpUpdateService, k: k, svc: want}); err != nil {
 			return err
 		}
 		cur.svc = want
+		cur.canonical = false
 	}
 	r.owned[k] = true
+	handled, err := r.syncChanged(ctx, k, e, cur)
+	if !handled {
+		var errs errList
+		errs.add(err)
+		errs.add(r.syncAll(ctx, k, e, cur))
+		err = errs.err()
+	}
+	if err == nil && want.Scheduler == "mh" && !cur.canonical {
+		err = r.canonicalize(ctx, k, cur)
+	}
+	e.base, e.based = e.pool, err == nil
+	return err
+}
 
+// syncChanged is the cheap diff: when the pool differs from the one last applied (and
+// nothing was read from the kernel since) only by destination settings at the same
+// positions, it updates those and reports true; no map, no sort, no allocation.
+// Otherwise it does nothing and reports false.
+func (r *Reconciler) syncChanged(ctx context.Context, k ServiceKey, e *poolRun, cur *kernelService) (bool, error) {
+	b := e.base
+	p := e.pool
+	if !e.based || e.dup || len(r.draining[k]) > 0 || b.KeepExtra != p.KeepExtra || b.Drain != p.Drain ||
+		len(b.Destinations) != len(p.Destinations) {
+		return false, nil
+	}
 	var errs errList
+	for i := range p.Destinations {
+		if b.Destinations[i] == p.Destinations[i] {
+			continue
+		}
+		if keyOf(k, b.Destinations[i]) != keyOf(k, p.Destinations[i]) {
+			// Not a settings change: compare everything (what was applied or queued
+			// so far is in cur already, or flushed with the rest).
+			return false, errs.err()
+		}
+		d := normalizeDest(k, p.Destinations[i])
+		dk := keyOf(k, d)
+		have, ok := cur.dests[dk]
+		switch {
+		case !ok:
+			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) }))
+		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
+			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
+			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.setDest(dk, d) }))
+		}
+	}
+	errs.add(r.flush(ctx))
+	return true, errs.err()
+}
+
+// syncAll compares every destination of the pool with the known state.
+func (r *Reconciler) syncAll(ctx context.Context, k ServiceKey, e *poolRun, cur *kernelService) error {
+	p := e.pool
+	var errs errList
+	e.dup = false
+	mh := normalizeService(p.Service).Scheduler == "mh"
+	var adds []Destination
 	wantDests := make(map[destKey]bool, len(p.Destinations))
 	for _, d := range p.Destinations {
 		d = normalizeDest(k, d)
 		dk := keyOf(k, d)
 		if wantDests[dk] {
+			e.dup = true
 			continue // listed twice: the first one wins
 		}
 		wantDests[dk] = true
@@ -450,12 +815,21 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 		}
 		have, ok := cur.dests[dk]
 		switch {
+		case !ok && mh:
+			adds = append(adds, d) // added below, in canonical order
 		case !ok:
-			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
+			errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) }))
 		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
 			d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
-			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.dests[dk] = d }))
+			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.setDest(dk, d) }))
 		}
+	}
+	// The kernel adds to the head of the list: adding in descending order leaves the
+	// list ascending (canonical) when the new destinations sort before the others.
+	slices.SortFunc(adds, func(a, b Destination) int { return compareDestKeys(keyOf(k, b), keyOf(k, a)) })
+	for _, d := range adds {
+		dk := keyOf(k, d)
+		errs.add(r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) }))
 	}
 	for _, dk := range sortedDestKeys(cur.dests) {
 		if wantDests[dk] {
@@ -463,7 +837,7 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 		}
 		have := cur.dests[dk]
 		if p.KeepExtra {
-			continue // hitless restart: keep until the monitors have spoken
+			continue // unsynced source: keep what the kernel has
 		}
 		if p.Drain && k.Protocol == TCP {
 			done, err := r.drain(ctx, p, cur, dk, have)
@@ -475,7 +849,7 @@ func (r *Reconciler) syncPool(ctx context.Context, p Pool) error {
 			}
 		}
 		errs.add(r.enqueue(ctx, change{kind: OpDeleteDestination, k: k, d: have}, func() {
-			delete(cur.dests, dk)
+			cur.delDest(dk)
 			if dr := r.draining[k]; dr != nil {
 				delete(dr, dk)
 			}
@@ -497,7 +871,7 @@ func (r *Reconciler) drain(ctx context.Context, p Pool, cur *kernelService, dk d
 		dr = map[destKey]time.Time{}
 		r.draining[k] = dr
 	}
-	now := r.Now()
+	now := r.Clock.Now()
 	since, ok := dr[dk]
 	if !ok {
 		since = now
@@ -506,7 +880,7 @@ func (r *Reconciler) drain(ctx context.Context, p Pool, cur *kernelService, dk d
 	if have.Weight != 0 {
 		zero := have
 		zero.Weight = 0
-		if err := r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: zero}, func() { cur.dests[dk] = zero }); err != nil {
+		if err := r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: zero}, func() { cur.setDest(dk, zero) }); err != nil {
 			return false, err
 		}
 		r.log.Info("ipvs: draining destination", "service", k.String(), "destination", netip.AddrPortFrom(dk.Addr, dk.Port).String(),
@@ -694,9 +1068,10 @@ func normalizeService(s Service) Service {
 	return s
 }
 
-// samePool reports whether p is the pool last applied: same settings and the same
-// destinations (the same slice, as the caller keeps unchanged pools, or equal ones).
-func samePool(a, b Pool) bool {
+// samePool reports whether two pools are the same: same settings and the same
+// destinations (the same slice, as the caller keeps unchanged pools, or, if deep,
+// equal ones).
+func samePool(a, b Pool, deep bool) bool {
 	if !sameService(a.Service, b.Service) || a.Drain != b.Drain || a.DrainTimeout != b.DrainTimeout || a.KeepExtra != b.KeepExtra {
 		return false
 	}
@@ -706,7 +1081,7 @@ func samePool(a, b Pool) bool {
 	if len(a.Destinations) == 0 || &a.Destinations[0] == &b.Destinations[0] {
 		return true
 	}
-	return slices.Equal(a.Destinations, b.Destinations)
+	return deep && slices.Equal(a.Destinations, b.Destinations)
 }
 
 func sameService(a, b Service) bool {
@@ -747,6 +1122,10 @@ func sortedDestKeys(m map[destKey]Destination) []destKey {
 	for k := range m {
 		ks = append(ks, k)
 	}
-	slices.SortFunc(ks, func(a, b destKey) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
+	slices.SortFunc(ks, compareDestKeys)
 	return ks
+}
+
+func compareDestKeys(a, b destKey) int {
+	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,27 +16,24 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func testLog(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), nil))
 }
 
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time { return c.t }
-
-func newTestReconciler(t *testing.T, b Backend) (*Reconciler, *prometheus.Registry, *clock) {
+func newTestReconciler(t *testing.T, b Backend) (*Reconciler, *prometheus.Registry, *clocktesting.FakeClock) {
 	reg := prometheus.NewRegistry()
 	r := NewReconciler(b, testLog(t), reg)
-	c := &clock{t: time.Unix(1000, 0)}
-	r.Now = c.now
+	c := clocktesting.NewFakeClock(time.Unix(1000, 0))
+	r.Clock = c
 	return r, reg, c
 }
 
 func mustPass(t *testing.T, r *Reconciler, full bool) {
 	t.Helper()
-	if err := r.pass(context.Background(), full); err != nil {
+	if err := r.Reconcile(context.Background(), full); err != nil {
 		t.Fatalf("pass: %v", err)
 	}
 }
@@ -50,6 +49,20 @@ func table(f *Fake) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// destOf returns the destination addr of service k in the fake (the list is newest
+// first, as the kernel's).
+func destOf(t *testing.T, f *Fake, k ServiceKey, addr string) Destination {
+	t.Helper()
+	a := netip.MustParseAddr(addr)
+	for _, d := range f.Table()[k].Destinations {
+		if d.Addr == a {
+			return d
+		}
+	}
+	t.Fatalf("no destination %s in %s", addr, k)
+	return Destination{}
 }
 
 func lines(s ...string) []string { slices.Sort(s); return s }
@@ -109,7 +122,7 @@ func TestIncrementalChangeNeedsNoDump(t *testing.T) {
 	if c := f.Calls(); c[OpDumpServices] != 0 || c[OpDumpDestinations] != 0 || c[OpUpdateDestination] != 1 || len(c) != 1 {
 		t.Errorf("a single weight change issued %v, want exactly one update_destination", c)
 	}
-	if got := f.Table()[web].Destinations[1].Weight; got != 5 {
+	if got := destOf(t, f, web, "10.0.1.2").Weight; got != 5 {
 		t.Errorf("weight = %d, want 5", got)
 	}
 }
@@ -229,7 +242,7 @@ func TestDrain(t *testing.T) {
 					t.Errorf("draining gauge = %v", n)
 				}
 			}
-			c.t = c.t.Add(tt.advance)
+			c.Step(tt.advance)
 			mustPass(t, r, false) // polls the counters of the draining service
 			d, ok = find()
 			if ok == tt.wantGone2 {
@@ -257,7 +270,7 @@ func TestDrainCancelledWhenRepooled(t *testing.T) {
 	p.Destinations = []Destination{a, b}
 	r.Set([]Pool{p})
 	mustPass(t, r, false)
-	if got := f.Table()[web].Destinations[1].Weight; got != 10 {
+	if got := destOf(t, f, web, "10.0.1.2").Weight; got != 10 {
 		t.Errorf("repooled weight %d, want 10", got)
 	}
 	if len(r.draining) != 0 {
@@ -304,7 +317,7 @@ func TestDriftRepair(t *testing.T) {
 
 func TestErrorsAreRetriedFromAFreshDump(t *testing.T) {
 	f := NewFake()
-	r, _, _ := newTestReconciler(t, f)
+	r, _, clk := newTestReconciler(t, f)
 	boom := errors.New("netlink: no buffer space")
 	f.SetFailure(func(op string, k ServiceKey, d Destination) error {
 		if op == OpAddDestination && d.Addr == dest("10.0.1.2", 0, 0).Addr {
@@ -313,7 +326,7 @@ func TestErrorsAreRetriedFromAFreshDump(t *testing.T) {
 		return nil
 	})
 	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10)}}})
-	if err := r.pass(context.Background(), false); !errors.Is(err, boom) || !strings.Contains(err.Error(), "-a -t 10.0.0.1:80 -r 10.0.1.2 -w 10") {
+	if err := r.Reconcile(context.Background(), false); !errors.Is(err, boom) || !strings.Contains(err.Error(), "-a -t 10.0.0.1:80 -r 10.0.1.2 -w 10") {
 		t.Fatalf("pass error = %v; want the failing op named", err)
 	}
 	if len(f.Table()[web].Destinations) != 1 {
@@ -321,6 +334,11 @@ func TestErrorsAreRetriedFromAFreshDump(t *testing.T) {
 	}
 	f.SetFailure(nil)
 	f.ResetCalls()
+	mustPass(t, r, false)
+	if c := f.Calls(); len(c) != 0 {
+		t.Errorf("retried before the pool's backoff: %v", c)
+	}
+	clk.Step(r.MinInterval)
 	mustPass(t, r, false)
 	if c := f.Calls(); c[OpDumpServices] != 1 || c[OpAddDestination] != 1 || c[OpAddService] != 0 {
 		t.Errorf("retry after an error: %v; want a fresh dump and only the missing add", c)
@@ -356,44 +374,210 @@ func (c *countingBackend) Services(ctx context.Context) ([]Service, error) {
 	return c.Fake.Services(ctx)
 }
 
+// runHarness runs a Reconciler's Run loop on a fake clock. The loop reports each time
+// it is about to wait (loop.idle), so a test knows when its action was processed and
+// when the next pass is due, without sleeping.
+type runHarness struct {
+	t      *testing.T
+	clk    *clocktesting.FakeClock
+	kick   chan struct{}
+	idle   chan time.Time
+	ack    chan struct{}
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startRun(t *testing.T, r *Reconciler, clk *clocktesting.FakeClock) *runHarness {
+	t.Helper()
+	return startLoop(t, clk, r.kick, &r.idle, r.Run)
+}
+
+// startLoop runs a loop (Reconciler.Run, Addresses.Run) whose kick channel and idle
+// hook are given.
+func startLoop(t *testing.T, clk *clocktesting.FakeClock, kick chan struct{}, idle *func(time.Time), run func(context.Context) error) *runHarness {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &runHarness{t: t, clk: clk, kick: kick, idle: make(chan time.Time), ack: make(chan struct{}), cancel: cancel, done: make(chan error, 1)}
+	// A handshake: the loop stays in idle until settle has looked at the kicks.
+	*idle = func(due time.Time) {
+		select {
+		case h.idle <- due:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-h.ack:
+		case <-ctx.Done():
+		}
+	}
+	go func() { h.done <- run(ctx) }()
+	t.Cleanup(h.stop)
+	return h
+}
+
+// settle waits until the loop has taken every kick and waits; it returns the time of
+// the next pass (zero: none scheduled).
+func (h *runHarness) settle() time.Time {
+	h.t.Helper()
+	for {
+		select {
+		case due := <-h.idle:
+			pending := len(h.kick) > 0 // the loop waits for the ack: no kick is taken meanwhile
+			h.ack <- struct{}{}
+			if !pending {
+				return due
+			}
+		case <-time.After(10 * time.Second): // a failsafe, not a wait for time to pass
+			h.t.Fatal("reconciler loop did not settle")
+		}
+	}
+}
+
+// advance moves the fake clock to the next pass and waits for it; it returns when
+// the pass after that is due.
+func (h *runHarness) advance(due time.Time) time.Time {
+	h.t.Helper()
+	if due.IsZero() {
+		h.t.Fatal("no pass scheduled")
+	}
+	h.clk.SetTime(later(due, h.clk.Now()))
+	return h.settle()
+}
+
+func (h *runHarness) stop() {
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("Run returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		h.t.Fatal("Run did not return after cancel")
+	}
+}
+
 func TestRunCoalescesAndSurvivesErrors(t *testing.T) {
 	f := NewFake()
 	cb := &countingBackend{Fake: f}
-	r, _, _ := newTestReconciler(t, cb)
-	r.MinInterval = 50 * time.Millisecond
+	r, _, clk := newTestReconciler(t, cb)
 	r.ResyncPeriod = 0 // every pass is a full dump: passes == dumps
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	// A burst of 200 changes within ~20ms.
-	start := time.Now()
+	h := startRun(t, r, clk)
+	h.settle() // the first pass, at once
+	// A burst of 200 changes at one instant: one pass, MinInterval after the last.
+	start := clk.Now()
 	for w := 1; w <= 200; w++ {
 		r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, w)}}})
 	}
-	waitFor(t, func() bool {
-		p, ok := f.Table()[web]
-		return ok && len(p.Destinations) == 1 && p.Destinations[0].Weight == 200
-	})
+	due := h.settle()
+	if want := start.Add(r.MinInterval); !due.Equal(want) {
+		t.Errorf("next pass at %v, want %v (MinInterval after the last)", due.Sub(start), r.MinInterval)
+	}
+	cb.mu.Lock()
+	cb.passes = 0
+	cb.mu.Unlock()
+	h.advance(due)
 	cb.mu.Lock()
 	passes := cb.passes
 	cb.mu.Unlock()
-	if maxPasses := int(time.Since(start)/r.MinInterval) + 2; passes > maxPasses {
-		t.Errorf("%d passes for a burst of 200 in %v; want at most %d", passes, time.Since(start), maxPasses)
+	if p, ok := f.Table()[web]; passes != 1 || !ok || len(p.Destinations) != 1 || p.Destinations[0].Weight != 200 {
+		t.Fatalf("%d passes for a burst of 200, table %v; want 1 pass and weight 200", passes, table(f))
 	}
 	// Backend failing: Run keeps going and converges once it recovers.
 	f.SetFailure(func(string, ServiceKey, Destination) error { return errors.New("EBUSY") })
 	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 3)}}})
-	time.Sleep(150 * time.Millisecond)
+	due = h.advance(h.settle())
+	if f.Table()[web].Destinations[0].Weight == 3 {
+		t.Fatal("the test expects the failing backend to refuse the change")
+	}
 	f.SetFailure(nil)
-	waitFor(t, func() bool { return f.Table()[web].Destinations[0].Weight == 3 })
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run returned %v", err)
+	h.advance(due)
+	if w := f.Table()[web].Destinations[0].Weight; w != 3 {
+		t.Errorf("weight %d after the backend recovered, want 3", w)
+	}
+}
+
+// Issue 12: a destination the backend refuses in pool A must not delay pool B's
+// change. (Before, one global backoff held every pool: 29.5 s once A had failed a
+// few times.)
+func TestOnePoolsErrorNeverDelaysAnother(t *testing.T) {
+	f := NewFake()
+	r, _, clk := newTestReconciler(t, f)
+	r.ResyncPeriod = time.Hour
+	bad := dest("10.0.9.9", 0, 1)
+	refused := errors.New("invalid argument")
+	f.SetFailure(func(op string, k ServiceKey, d Destination) error {
+		if op == OpAddDestination && d.Addr == bad.Addr {
+			return refused
 		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Run did not return after cancel")
+		return nil
+	})
+	a := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1), bad}}
+	b := Pool{Service: Service{ServiceKey: dns, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.2.1", 0, 1)}}
+	r.Set([]Pool{a, b})
+	h := startRun(t, r, clk)
+	due := h.settle()
+	// Let A fail until its backoff is long.
+	for range 6 {
+		due = h.advance(due)
+	}
+	stA, _ := r.Status(web)
+	if stA.Failures < 6 || !errors.Is(stA.Err, refused) || stA.RetryAt.Sub(clk.Now()) < 3*time.Second {
+		t.Fatalf("pool A status %+v; want >= 6 failures, the refusal, a retry >= 3s away", stA)
+	}
+	// B changes: it reaches the backend MinInterval later, not at A's retry.
+	changedAt := clk.Now()
+	b.Destinations = []Destination{dest("10.0.2.1", 0, 7)}
+	v := r.Update(b)
+	due = h.settle()
+	if due.Sub(changedAt) > r.MinInterval {
+		t.Fatalf("B's change scheduled %v after it was made; want within MinInterval (%v)", due.Sub(changedAt), r.MinInterval)
+	}
+	h.advance(due)
+	if w := f.Table()[dns].Destinations[0].Weight; w != 7 {
+		t.Fatalf("B's weight %d at +%v, want 7", w, clk.Now().Sub(changedAt))
+	}
+	stB, ok := r.Status(dns)
+	if !ok || stB.Applied < v || stB.Err != nil {
+		t.Errorf("pool B status %+v (ok %v); want applied >= %d, no error", stB, ok, v)
+	}
+	if errs := r.Errors(); len(errs) != 1 || !errors.Is(errs[web], refused) {
+		t.Errorf("Errors() = %v; want only pool A's refusal", errs)
+	}
+	// A's good destination is programmed; its retry keeps its own schedule.
+	if got := len(f.Table()[web].Destinations); got != 1 {
+		t.Errorf("pool A has %d destinations in the backend, want the good one", got)
+	}
+	if st, _ := r.Status(web); st.Failures != stA.Failures {
+		t.Errorf("A was retried early by B's pass: failures %d -> %d", stA.Failures, st.Failures)
+	}
+}
+
+// A failure of the backend as a whole (the service dump) backs off every pool.
+func TestWholeBackendFailureBacksOff(t *testing.T) {
+	f := NewFake()
+	r, _, clk := newTestReconciler(t, f)
+	f.SetFailure(func(op string, _ ServiceKey, _ Destination) error {
+		if op == OpDumpServices {
+			return errors.New("netlink: connection refused")
+		}
+		return nil
+	})
+	r.Set([]Pool{{Service: Service{ServiceKey: web, Scheduler: "wrr"}}})
+	h := startRun(t, r, clk)
+	due := h.settle()
+	var gaps []time.Duration
+	for range 4 {
+		at := due
+		due = h.advance(due)
+		gaps = append(gaps, due.Sub(at))
+	}
+	if !slices.Equal(gaps, []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond}) {
+		t.Errorf("retry gaps %v; want exponential", gaps)
+	}
+	f.SetFailure(nil)
+	h.advance(due)
+	if _, ok := f.Table()[web]; !ok {
+		t.Error("not converged after the backend recovered")
 	}
 }
 
@@ -460,7 +644,7 @@ func TestManyErrorsStayReadable(t *testing.T) {
 		return nil
 	})
 	r.Set(benchTable(3, 100))
-	err := r.pass(context.Background(), false)
+	err := r.Reconcile(context.Background(), false)
 	if !errors.Is(err, gone) {
 		t.Fatalf("err = %v", err)
 	}
@@ -529,14 +713,15 @@ func TestBatchingBackend(t *testing.T) {
 	a, b, x := dest("10.0.1.1", 0, 10), dest("10.0.1.2", 0, 10), dest("10.0.1.3", 0, 10)
 	p := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{a, b, x}, Drain: true, DrainTimeout: time.Second}
 	r.Set([]Pool{p})
-	if err := r.pass(context.Background(), false); !errors.Is(err, boom) {
+	if err := r.Reconcile(context.Background(), false); !errors.Is(err, boom) {
 		t.Fatalf("pass: %v", err)
 	}
 	if !slices.Equal(bf.batches, []int{3}) {
 		t.Errorf("batches %v, want one of 3 destinations", bf.batches)
 	}
 	f.SetFailure(nil)
-	mustPass(t, r, false) // fresh dump, adds the missing one
+	c.Step(r.MinInterval) // the pool's backoff
+	mustPass(t, r, false) // fresh read, adds the missing one
 	if len(f.Table()[web].Destinations) != 3 {
 		t.Fatalf("table %v", table(f))
 	}
@@ -545,12 +730,150 @@ func TestBatchingBackend(t *testing.T) {
 	p.Destinations = []Destination{a, x}
 	r.Set([]Pool{p})
 	mustPass(t, r, false)
-	if d := f.Table()[web].Destinations[1]; d.Addr != b.Addr || d.Weight != 0 {
+	if d := destOf(t, f, web, "10.0.1.2"); d.Weight != 0 {
 		t.Fatalf("draining destination %+v", d)
 	}
-	c.t = c.t.Add(2 * time.Second)
+	c.Step(2 * time.Second)
 	mustPass(t, r, false)
 	if len(f.Table()[web].Destinations) != 2 || len(r.draining) != 0 {
 		t.Errorf("after drain timeout: %v, draining %v", table(f), r.draining)
+	}
+}
+
+// Update and Remove change one pool; Status says which version is in the backend.
+func TestUpdateRemoveStatus(t *testing.T) {
+	f := NewFake()
+	r, _, clk := newTestReconciler(t, f)
+	a := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1), dest("10.0.1.2", 0, 1)}}
+	b := Pool{Service: Service{ServiceKey: dns, Scheduler: "rr"}, Destinations: []Destination{dest("10.0.2.1", 0, 1)}}
+	va := r.Update(a)
+	vb := r.Update(b)
+	if st, ok := r.Status(web); !ok || st.Version != va || st.Applied != 0 {
+		t.Fatalf("before a pass: %+v %v; want version %d, nothing applied", st, ok, va)
+	}
+	mustPass(t, r, false)
+	for k, v := range map[ServiceKey]uint64{web: va, dns: vb} {
+		if st, _ := r.Status(k); st.Applied != v || st.Version != v || st.Err != nil {
+			t.Errorf("%s: %+v, want version %d applied", k, st, v)
+		}
+	}
+	if v := r.Update(a); v != va {
+		t.Errorf("an unchanged pool got version %d, want %d", v, va)
+	}
+	a.Destinations = []Destination{dest("10.0.1.1", 0, 1), dest("10.0.1.2", 0, 5)}
+	v2 := r.Update(a)
+	if st, _ := r.Status(web); v2 <= va || st.Version != v2 || st.Applied != va {
+		t.Fatalf("after Update: %+v, want version %d > applied %d", st, v2, va)
+	}
+	f.ResetCalls()
+	mustPass(t, r, false)
+	if c := f.Calls(); len(c) != 1 || c[OpUpdateDestination] != 1 {
+		t.Errorf("one weight change through Update: %v", c)
+	}
+	if st, _ := r.Status(web); st.Applied != v2 {
+		t.Errorf("applied %d, want %d", st.Applied, v2)
+	}
+	// Removing a pool whose deletion fails: an error of that pool, retried.
+	f.SetFailure(func(op string, _ ServiceKey, _ Destination) error {
+		if op == OpDeleteService {
+			return errors.New("EBUSY")
+		}
+		return nil
+	})
+	vr := r.Remove(web)
+	if err := r.Reconcile(context.Background(), false); err == nil {
+		t.Fatal("the test expects the deletion to fail")
+	}
+	if st, ok := r.Status(web); !ok || !st.Removing || st.Version != vr || st.Err == nil || st.Failures != 1 {
+		t.Errorf("failed removal: %+v %v", st, ok)
+	}
+	f.SetFailure(nil)
+	clk.Step(r.MinInterval)
+	mustPass(t, r, false)
+	if _, ok := f.Table()[web]; ok {
+		t.Error("removed pool still in the backend")
+	}
+	if st, ok := r.Status(web); ok {
+		t.Errorf("status of a removed pool: %+v", st)
+	}
+	if _, ok := f.Table()[dns]; !ok {
+		t.Error("the other pool was touched")
+	}
+	// Removing a key never desired is a no-op.
+	r.Remove(othr)
+	if _, ok := r.Status(othr); ok {
+		t.Error("status for a key never desired")
+	}
+}
+
+// A random walk of single-pool changes (weights, additions, removals, reordering,
+// duplicates, KeepExtra) through Update with incremental passes, and an occasional
+// full resync: the backend always equals the desired pools, and a full resync after
+// an incremental pass finds nothing to repair (the cheap diff and the full one agree).
+func TestRandomUpdatesConverge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	f := NewFake()
+	r, _, _ := newTestReconciler(t, f)
+	keys := []ServiceKey{web, dns, othr}
+	pools := map[ServiceKey]Pool{}
+	for _, k := range keys {
+		pools[k] = Pool{Service: Service{ServiceKey: k, Scheduler: "wrr"}}
+	}
+	addrs := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 3, byte(i + 1)}) }
+	for step := range 2000 {
+		k := keys[rng.IntN(len(keys))]
+		p := pools[k]
+		ds := slices.Clone(p.Destinations)
+		switch op := rng.IntN(10); {
+		case op < 5 && len(ds) > 0: // weight
+			ds[rng.IntN(len(ds))].Weight = rng.IntN(4)
+		case op < 7 && len(ds) < 10: // add
+			a := addrs(rng.IntN(12))
+			if !slices.ContainsFunc(ds, func(d Destination) bool { return d.Addr == a }) {
+				ds = append(ds, Destination{Addr: a, Weight: rng.IntN(4)})
+			}
+		case op < 8 && len(ds) > 0: // remove
+			i := rng.IntN(len(ds))
+			ds = slices.Delete(ds, i, i+1)
+		case op < 9: // reorder
+			rng.Shuffle(len(ds), func(i, j int) { ds[i], ds[j] = ds[j], ds[i] })
+		case rng.IntN(3) == 0 && len(ds) > 0: // listed twice, another weight: the first wins
+			d := ds[rng.IntN(len(ds))]
+			d.Weight = 9
+			ds = append(ds, d)
+		default:
+			p.KeepExtra = !p.KeepExtra
+		}
+		p.Destinations = ds
+		pools[k] = p
+		r.Update(p)
+		mustPass(t, r, step%17 == 0)
+		for _, k := range keys {
+			got := map[netip.Addr]int{}
+			for _, d := range f.Table()[k].Destinations {
+				got[d.Addr] = d.Weight
+			}
+			want := map[netip.Addr]int{}
+			for _, d := range pools[k].Destinations {
+				if _, dup := want[d.Addr]; !dup {
+					want[d.Addr] = d.Weight
+				}
+			}
+			if pools[k].KeepExtra {
+				for a := range got {
+					if _, ok := want[a]; !ok {
+						want[a] = got[a]
+					}
+				}
+			}
+			if !maps.Equal(got, want) {
+				t.Fatalf("step %d, %s: backend %v, want %v", step, k, got, want)
+			}
+		}
+	}
+	f.ResetCalls()
+	mustPass(t, r, true)
+	if c := f.Calls(); c[OpAddDestination]+c[OpUpdateDestination]+c[OpDeleteDestination] != 0 {
+		t.Errorf("a full resync after incremental passes repaired %v", c)
 	}
 }
