@@ -25,9 +25,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/utils/clock"
 
+	"github.com/kubal/kubal/admin"
+	"github.com/kubal/kubal/adminstate"
 	"github.com/kubal/kubal/api"
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/conftool"
 	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/plan"
@@ -64,7 +67,8 @@ type Daemon struct {
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *daemonMetrics
-	ext     *external
+	etcd    *conftool.Clients
+	state   *admin.StateFile // the admin store of services without conftool
 
 	cfg      atomic.Pointer[config.Config]
 	startCfg *config.Config // restart-only settings come from it
@@ -85,9 +89,8 @@ type Daemon struct {
 	speaker  *bgp.Speaker
 	ctx      context.Context
 
-	// Owned by the main loop: the last plan per service, for incremental convergence.
-	pools   map[string]ipvs.Pool
-	pooled  map[string]plan.Service
+	// Owned by the main loop.
+	planner *plan.Planner
 	ready   bool
 	started time.Time
 
@@ -140,11 +143,10 @@ func New(opts Options) (*Daemon, error) {
 		dirty:    map[string]bool{},
 		changed:  make(chan struct{}, 1),
 		reloadCh: make(chan chan error),
-		pools:    map[string]ipvs.Pool{},
-		pooled:   map[string]plan.Service{},
+		planner:  plan.NewPlanner(cfg),
 	}
 	d.cfg.Store(cfg)
-	d.ext = newExternal(d.log, d.reg)
+	d.etcd = conftool.NewClients(d.log, d.reg)
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.metrics = newDaemonMetrics(d.reg)
 	d.reg.MustRegister(api.NewServiceCollector(d))
@@ -189,19 +191,19 @@ func (d *Daemon) Alive() bool {
 func (d *Daemon) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer d.ext.close()
+	defer d.etcd.Close()
 	d.ctx = runCtx
 	d.started = d.opts.Clock.Now()
 	cfg := d.Config()
 
-	backend, err := d.ipvsBackend(cfg)
+	backend, addrs, err := ipvs.Open(d.dryRun(cfg), d.opts.Debug, d.opts.DryRunOutput, d.log)
+	if d.opts.IPVS != nil { // tests
+		backend, addrs, err = d.opts.IPVS, ipvs.NewAddressesWith(d.opts.Addrs, d.log), nil
+	}
 	if err != nil {
 		return err
 	}
-	d.ipvs = ipvs.NewReconciler(backend, d.log.With("system", "ipvs"), d.reg)
-	if d.addrs, err = d.addressBackend(cfg); err != nil {
-		return err
-	}
+	d.ipvs, d.addrs = ipvs.NewReconciler(backend, d.log.With("system", "ipvs"), d.reg), addrs
 	d.monitors = monitor.NewManager(d.reg, d.log.With("system", "monitor"))
 	defer d.monitors.Close()
 
@@ -214,9 +216,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Go(func() { d.logStop("VIP address reconciler", d.addrs.Run(runCtx), runCtx) })
 
 	// Admin overrides apply from the first pool state: a depool survives restarts.
-	if err := d.ext.openState(cfg.Global); err != nil {
-		return err
+	f, err := adminstate.Open(cfg.Global.StateFile, d.log.With("system", "adminstate"))
+	if err != nil {
+		return fmt.Errorf("state-file: %w", err)
 	}
+	d.state = admin.NewStateFile(f)
 	speakerCtx, stopSpeaker := context.WithCancel(context.Background())
 	defer stopSpeaker()
 	if cfg.Global.BGP && (!d.dryRun(cfg) || d.opts.DryRunBGP) {
@@ -269,15 +273,8 @@ func (d *Daemon) dryRun(cfg *config.Config) bool { return d.opts.DryRun || cfg.G
 func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
 	if d.speaker != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		var err error
-		if d.detach.Load() && d.Config().Global.BGPGracefulRestart {
-			d.log.Info("planned restart: closing BGP sessions gracefully (routes kept by the routers), leaving IPVS in place")
-			err = d.speaker.Detach(ctx)
-		} else {
-			d.log.Info("shutting down: withdrawing BGP routes, leaving IPVS in place")
-			err = d.speaker.Shutdown(ctx)
-		}
-		if err != nil {
+		graceful := d.detach.Load() && d.Config().Global.BGPGracefulRestart
+		if err := d.speaker.Stop(ctx, graceful, d.log); err != nil {
 			d.log.Error("BGP shutdown", "system", "bgp", "err", err)
 		}
 		cancel()
@@ -295,38 +292,6 @@ func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
 	for _, r := range all {
 		<-r.done
 	}
-}
-
-func (d *Daemon) ipvsBackend(cfg *config.Config) (ipvs.Backend, error) {
-	if d.opts.IPVS != nil {
-		return d.opts.IPVS, nil
-	}
-	if d.dryRun(cfg) {
-		return ipvs.NewDryRun(d.opts.DryRunOutput), nil
-	}
-	nl, err := ipvs.NewNetlink("")
-	if err != nil {
-		return nil, fmt.Errorf("IPVS: %w (use -n/--dryrun on a host without IPVS)", err)
-	}
-	if d.opts.Debug {
-		return ipvs.Debug(nl, d.log.With("system", "ipvs")), nil
-	}
-	return nl, nil
-}
-
-func (d *Daemon) addressBackend(cfg *config.Config) (*ipvs.Addresses, error) {
-	log := d.log.With("system", "vip")
-	switch {
-	case d.opts.Addrs != nil:
-		return ipvs.NewAddressesWith(d.opts.Addrs, log), nil
-	case d.dryRun(cfg):
-		return ipvs.NewAddressesWith(ipvs.NewDryRunAddrs(d.opts.DryRunOutput), log), nil
-	}
-	a, err := ipvs.NewAddresses("", log)
-	if err != nil {
-		return nil, fmt.Errorf("VIP addresses: %w", err)
-	}
-	return a, nil
 }
 
 // markDirty records that a service published a new State; the main loop converges it.
@@ -386,7 +351,7 @@ func (d *Daemon) applyServices(cfg *config.Config) {
 }
 
 func (d *Daemon) startService(cfg *config.Config, svc *config.Service) error {
-	src, store, err := d.ext.build(cfg.Global, svc)
+	src, store, err := d.build(cfg.Global, svc)
 	if err != nil {
 		return err
 	}
@@ -413,52 +378,39 @@ func (d *Daemon) startService(cfg *config.Config, svc *config.Service) error {
 	return nil
 }
 
-// converge hands the changed services' plans to the reconcilers. The cost is that of
-// the changed pools: unchanged services keep their last plan.
+// converge hands the changed services' plans to the reconcilers; all (start, reload)
+// replans everything. The cost of one change is that of its pool.
 func (d *Daemon) converge(all bool) {
 	cfg := d.Config()
 	d.dirtyMu.Lock()
 	dirty := d.dirty
 	d.dirty = map[string]bool{}
 	d.dirtyMu.Unlock()
-
-	d.mu.RLock()
-	bgpChanged := all
-	for _, svc := range cfg.Services {
-		if !all && !dirty[svc.Name] {
+	if all {
+		d.planner.SetConfig(cfg)
+	}
+	announce := all
+	for name := range dirty {
+		s := d.service(name)
+		if s == nil {
 			continue
 		}
-		var ps plan.Service
-		if r, ok := d.services[svc.Name]; ok {
-			st := r.svc.State()
-			ps = plan.Service{Snapshot: st.Snapshot, Settled: st.Settled}
-			d.metrics.sourceHealthy.WithLabelValues(svc.Name).Set(boolGauge(st.SourceErr == nil && st.Intent.Err == nil))
+		st := s.State()
+		d.metrics.sourceHealthy.WithLabelValues(name).Set(boolGauge(st.SourceErr == nil && st.Intent.Err == nil))
+		if d.planner.Update(name, plan.Service{Snapshot: st.Snapshot, Settled: st.Settled}) {
+			announce = true
 		}
-		d.pools[svc.Name] = plan.Pool(svc, ps)
-		on, known := plan.Pooled(ps)
-		was, wasKnown := plan.Pooled(d.pooled[svc.Name])
-		if known != wasKnown || (on > 0) != (was > 0) {
-			bgpChanged = true
+		if p, ok := d.planner.Pool(name); ok && !all {
+			d.ipvs.Update(p)
 		}
-		d.pooled[svc.Name] = ps
 	}
-	d.mu.RUnlock()
 	if all {
-		for name := range d.pools {
-			if _, ok := cfg.Service(name); !ok {
-				delete(d.pools, name)
-				delete(d.pooled, name)
-			}
-		}
-		d.addrs.Set(plan.VIPs(cfg))
+		want := d.planner.Desired()
+		d.ipvs.Set(want.Pools)
+		d.addrs.Set(want.VIPs)
 	}
-	pools := make([]ipvs.Pool, 0, len(cfg.Services))
-	for _, svc := range cfg.Services {
-		pools = append(pools, d.pools[svc.Name])
-	}
-	d.ipvs.Set(pools)
-	if d.speaker != nil && bgpChanged {
-		d.speaker.Set(plan.Announcements(cfg, d.pooled))
+	if d.speaker != nil && announce {
+		d.speaker.Set(d.planner.Desired().Announcements)
 	}
 	d.checkReady()
 }
@@ -511,7 +463,7 @@ func (d *Daemon) reload() error {
 	for _, w := range cfg.Warnings {
 		d.log.Warn(w.String())
 	}
-	keys := restartNeeded(d.startCfg, cfg)
+	keys := config.RestartNeeded(d.startCfg, cfg)
 	if len(keys) > 0 {
 		d.log.Warn("config reloaded, but these [global] settings only take effect after a restart", "keys", keys)
 	}

@@ -1,0 +1,29 @@
+package ipvs
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+)
+
+// Open returns the kernel's IPVS and VIP-address backends, or with dryRun printers
+// writing ipvsadm and ip lines to out. debug logs every IPVS change as PyBal's -d did.
+func Open(dryRun, debug bool, out io.Writer, log *slog.Logger) (Backend, *Addresses, error) {
+	vipLog := log.With("system", "vip")
+	if dryRun {
+		return NewDryRun(out), NewAddressesWith(NewDryRunAddrs(out), vipLog), nil
+	}
+	nl, err := NewNetlink("")
+	if err != nil {
+		return nil, nil, fmt.Errorf("IPVS: %w (use -n/--dryrun on a host without IPVS)", err)
+	}
+	a, err := NewAddresses("", vipLog)
+	if err != nil {
+		return nil, nil, fmt.Errorf("VIP addresses: %w", err)
+	}
+	var b Backend = nl
+	if debug {
+		b = Debug(nl, log.With("system", "ipvs"))
+	}
+	return b, a, nil
+}
