@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -50,7 +51,8 @@ func TestParseListFixtures(t *testing.T) {
 		badRows []int
 	}{
 		{"servers-legacy.txt", false, nil, nil}, // want filled from .expected.json
-		{"servers-legacy-invalid.txt", false, Set{}, []int{1}},
+		// Every line rejected: a failed read (ErrNoServers), not an empty pool.
+		{"servers-legacy-invalid.txt", false, nil, []int{1}},
 		{"servers.json", true, nil, nil},
 		{"servers-docstring-example.json", true, Set{
 			"pybal-test2002.codfw.wmnet": {Host: "pybal-test2002.codfw.wmnet", Enabled: false, Weight: 10},
@@ -69,11 +71,14 @@ func TestParseListFixtures(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
 			want := tc.want
-			if want == nil {
+			if want == nil && tc.badRows == nil {
 				want = expected(t, "servers-legacy.expected.json")
 			}
 			got, bad, err := ParseList(mustRead(t, tc.file), tc.json)
-			if err != nil {
+			switch {
+			case want == nil && !errors.Is(err, ErrNoServers):
+				t.Fatalf("err = %v, want ErrNoServers", err)
+			case want != nil && err != nil:
 				t.Fatal(err)
 			}
 			if !equalSets(got, want) {
@@ -130,8 +135,8 @@ func TestParseLegacyRejects(t *testing.T) {
 		`['host', 'a']`,
 		`{'host': '', 'weight': 1, 'enabled': True}`,
 	} {
-		got, bad, err := ParseList([]byte(line+"\n"), false)
-		if err != nil || len(got) != 0 || len(bad) != 1 || bad[0].Line != 1 {
+		got, bad, err := ParseList([]byte(line+"\n"+`{'host': 'ok', 'weight': 1, 'enabled': True}`), false)
+		if _, ok := got["ok"]; err != nil || len(got) != 1 || !ok || len(bad) != 1 || bad[0].Line != 1 {
 			t.Errorf("%s: got %v bad %v err %v", line, got, bad, err)
 		}
 	}
