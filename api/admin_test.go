@@ -510,7 +510,7 @@ func TestNewHTTPServerTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewHTTPServer(h, cfg, discard())
+	srv := NewHTTPServer(h, cfg, discard(), DefaultHTTPLimits())
 	go srv.ServeTLS(l, "", "")
 	defer srv.Close()
 	roots := x509.NewCertPool()
