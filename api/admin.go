@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubal/kubal/source"
 )
 
 // Admin request limits.
@@ -76,6 +79,10 @@ func WithMetrics(m *AdminMetrics) AdminOption { return func(a *admin) { a.metric
 //	POST /pools/<pool>/<host>/depool   body (optional) {"reason": "...", "force": true}
 //	POST /pools/<pool>/<host>/pool     body (optional) {"reason": "..."}
 //	PUT  /pools/<pool>/<host>/weight   body {"weight": N, "reason": "..."}
+//
+// Every admin request must say Content-Type: application/json, even without a body
+// (415 otherwise), so that no cross-site form or no-cors fetch can act with a
+// browser's client certificate.
 //
 // plus every read-only endpoint of NewInstrumentation except /metrics (GET, no
 // authentication: the same data is public on the instrumentation listener). Admin
@@ -169,8 +176,20 @@ func (a *admin) action(w http.ResponseWriter, r *http.Request, op Op, poolName, 
 		a.fail(w, r, op, "unauthorized", http.StatusUnauthorized, ErrorResponse{Error: err.Error(), Field: "Authorization"}, "")
 		return
 	}
-	if !validName(poolName) || !validName(host) {
-		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: "no such pool or host"}, actor)
+	if !validName(poolName) {
+		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: "no such pool", Field: "pool"}, actor)
+		return
+	}
+	if err := source.CheckHost(host); err != nil {
+		// The same rule as every server list: no server can have this name.
+		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: "no such host: " + err.Error(), Field: "host"}, actor)
+		return
+	}
+	if !isJSONContent(r) {
+		// A browser cannot send this type cross-site without a CORS preflight, which
+		// kubal never answers: a form post riding on a client certificate is refused.
+		a.fail(w, r, op, "bad_request", http.StatusUnsupportedMediaType,
+			ErrorResponse{Error: "admin requests need Content-Type: application/json (with or without a body)", Field: "Content-Type"}, actor)
 		return
 	}
 	body, eresp, code := readBody(w, r, op)
@@ -313,6 +332,13 @@ func jsonErrorField(err error) string {
 		return strings.Trim(f, `"`)
 	}
 	return "body"
+}
+
+// isJSONContent reports whether r declares a JSON body (parameters such as charset
+// are allowed).
+func isJSONContent(r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "application/json"
 }
 
 // validName rejects names no pool or host can have, before any lookup.
