@@ -35,9 +35,11 @@ const (
 	LevelCritical = "critical"
 )
 
-// Alert is one of kubal's own alerts. Level is LevelWarning or LevelCritical.
+// Alert is one problem. Level is LevelWarning or LevelCritical; Pool names the pool
+// it is about, when there is one.
 type Alert struct {
 	Level string
+	Pool  string
 	Msg   string
 }
 
