@@ -76,3 +76,24 @@ func TestV1AlertsListsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+// A server without an address (and so, as in PyBal, without monitor instances) reads
+// "partially up" in the text status, in /pools and in pool.ServerState.TextStatus alike.
+func TestTextStatusWithoutAddress(t *testing.T) {
+	st := newFakeState(pool.Snapshot{Name: "p", Servers: []pool.ServerState{
+		{Host: "a", Weight: 10, Enabled: true},
+		{Host: "b", Weight: 10},
+		srv("c", "Edp", 10),
+	}})
+	h := NewInstrumentation(st, nil, discard())
+	want := "a:\tenabled/partially up/not pooled\nb:\tdisabled/partially up/not pooled\nc:\tenabled/down/not pooled\n"
+	if got := body(t, get(t, h, "/pools/p")); got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	snap, _ := st.Snapshot("p")
+	for i := range snap.Servers {
+		if got, want := string(appendTextStatus(nil, &snap.Servers[i])), snap.Servers[i].TextStatus(); got != want {
+			t.Errorf("%s: api %q, pool %q", snap.Servers[i].Host, got, want)
+		}
+	}
+}
