@@ -8,6 +8,8 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kubal/kubal/source"
 )
@@ -157,11 +159,16 @@ func FuzzDecodeEntry(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if e.weight != nil && *e.weight < 0 {
-			t.Fatalf("negative weight from %q", raw)
+		if e.weight != nil && source.CheckWeight(int64(*e.weight)) != nil {
+			t.Fatalf("weight %d out of range from %q", *e.weight, raw)
 		}
-		if srv, keep := merge(source.Server{}, false, "h", e); keep && srv.Host != "h" {
+		srv, keep := merge(source.Server{}, false, "h", e)
+		if keep && srv.Host != "h" {
 			t.Fatalf("merge lost the host: %+v", srv)
+		}
+		// The reason reaches /pools, /v1 and the logs: one printable line.
+		if !utf8.ValidString(srv.Reason) || strings.IndexFunc(srv.Reason, unicode.IsControl) >= 0 {
+			t.Fatalf("reason %q from %q", srv.Reason, raw)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,10 +11,13 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -279,19 +283,46 @@ func TestNewRejectsUnknownSchemes(t *testing.T) {
 	}
 }
 
+// FuzzParseList: any bytes give either a failed read or a set whose every server
+// passes the edge rules (a valid host name, a weight 0..65535) and can be used where
+// the daemon uses it: as a Prometheus label value (the invalid-UTF-8 zone crash of
+// issue 13 was there) and on one line of /pools.
 func FuzzParseList(f *testing.F) {
 	for _, n := range []string{"servers-legacy.txt", "servers.json", "text-servers.debian-sample"} {
 		b, _ := os.ReadFile(filepath.Join("testdata", n))
 		f.Add(b, n == "servers.json")
 	}
+	f.Add([]byte("{'host': '::ffff:127.0.0.1%\xff', 'weight': 1, 'enabled': True}\n"), false)
+	f.Add([]byte(`{"a\nb": {"weight": -7}, "a": {"weight": 70000}, "a": {}}`), true)
+	labels := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fuzz_server"}, []string{"service", "host"})
 	f.Fuzz(func(t *testing.T, data []byte, isJSON bool) {
 		set, bad, err := ParseList(data, isJSON)
 		if err != nil && set != nil {
 			t.Fatal("error with a set")
 		}
+		lines := bytes.Count(data, []byte{'\n'}) + 1
 		for _, b := range bad {
-			if b.Line < 1 {
-				t.Fatalf("bad line number %d", b.Line)
+			if b.Line < 1 || b.Line > lines {
+				t.Fatalf("bad line number %d of %d", b.Line, lines)
+			}
+			if b.Host != "" && CheckHost(b.Host) != nil {
+				t.Fatalf("rejected line names an invalid host %q", b.Host)
+			}
+		}
+		for h, s := range set {
+			if h != s.Host {
+				t.Fatalf("key %q, host %q", h, s.Host)
+			}
+			if err := CheckHost(h); err != nil {
+				t.Fatal(err)
+			}
+			if err := CheckWeight(int64(s.Weight)); err != nil {
+				t.Fatal(err)
+			}
+			labels.WithLabelValues("p", h).Set(float64(s.Weight)) // panics on invalid UTF-8
+			labels.DeleteLabelValues("p", h)
+			if strings.ContainsAny(h, "\n\r\t/ ") {
+				t.Fatalf("host %q would break a /pools line or an API path", h)
 			}
 		}
 	})
