@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -608,5 +609,54 @@ func TestAdminMetricsTwice(t *testing.T) {
 	b.inc(OpPool, "ok")
 	if v := counterValue(t, a, "pool", "ok"); v != 2 {
 		t.Fatalf("shared counter = %v, want 2", v)
+	}
+}
+
+// confirmAdmin is a fakeAdmin that can confirm held removals.
+type confirmAdmin struct {
+	*fakeAdmin
+	held      map[string]bool
+	confirmed []string
+}
+
+func (c *confirmAdmin) ConfirmRemoval(_ context.Context, pool, actor string) (bool, error) {
+	if !c.held[pool] {
+		return false, nil
+	}
+	c.held[pool] = false
+	c.confirmed = append(c.confirmed, pool+" by "+actor)
+	return true, nil
+}
+
+func TestConfirmRemoval(t *testing.T) {
+	st, adm, _, _, _ := adminFixture(t)
+	ca := &confirmAdmin{fakeAdmin: adm, held: map[string]bool{"text_80": true}}
+	h := NewAdmin(st, ca, testAuth(t), discard())
+	tok := "Bearer " + aliceToken
+	for _, tc := range []struct {
+		name, method, path, token, body string
+		code                            int
+	}{
+		{"no token", "POST", "/pools/text_80/confirm-removal", "", "", 401},
+		{"unknown pool", "POST", "/pools/nope/confirm-removal", tok, "", 404},
+		{"force is not for this", "POST", "/pools/text_80/confirm-removal", tok, `{"force": true}`, 400},
+		{"confirm", "POST", "/pools/text_80/confirm-removal", tok, `{"reason": "decommissioned rack"}`, 200},
+		{"nothing held any more", "POST", "/pools/text_80/confirm-removal", tok, "", 409},
+		{"PUT", "PUT", "/pools/text_80/confirm-removal", tok, "", 405},
+		{"GET reads a host of that name", "GET", "/pools/text_80/confirm-removal", "", "", 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := do(h, tc.method, tc.path, tc.token, tc.body)
+			if rec.Code != tc.code {
+				t.Fatalf("got %d %s, want %d", rec.Code, rec.Body, tc.code)
+			}
+		})
+	}
+	if len(ca.confirmed) != 1 || ca.confirmed[0] != "text_80 by alice" {
+		t.Fatalf("confirmed %v", ca.confirmed)
+	}
+	// An Admin without the capability says so.
+	if rec := do(NewAdmin(st, adm, testAuth(t), discard()), "POST", "/pools/text_80/confirm-removal", tok, ""); rec.Code != 501 {
+		t.Fatalf("plain Admin: %d %s", rec.Code, rec.Body)
 	}
 }
