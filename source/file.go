@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -249,8 +250,9 @@ type HTTP struct {
 // a runaway file cannot exhaust memory or CPU.
 const maxListBytes = 32 << 20
 
-// Run implements Source. The ETag of a list that did not parse is kept with its error,
-// so an unchanged invalid list answered with 304 is not parsed again.
+// Run implements Source. A body identical to the last one parsed (same ETag answered
+// with 304, or the same bytes) is not parsed again: an unchanged invalid list costs a
+// GET and a hash per poll, not a parse.
 func (h *HTTP) Run(ctx context.Context, ev Events) error {
 	client := h.Client
 	if client == nil {
@@ -258,31 +260,46 @@ func (h *HTTP) Run(ctx context.Context, ev Events) error {
 	}
 	var (
 		etag    string
-		lastErr error // the parse error of the list etag names
+		parsed  bool     // lastSum and lastErr describe a parsed body
+		lastSum [32]byte // of the last body parsed
+		lastErr error    // its parse error
 	)
 	p := &poller{what: h.URL, log: h.Log, interval: h.Interval,
 		read: func(ctx context.Context) readResult {
-			res, newTag, notModified, parseErr := h.fetch(ctx, client, etag)
+			data, newTag, notModified, err := h.fetch(ctx, client, etag)
 			switch {
-			case notModified:
-				res.unchanged, res.err = true, lastErr
-			case parseErr:
-				etag, lastErr = newTag, res.err
-			case res.err != nil:
-				etag, lastErr = "", nil
-			default:
-				etag, lastErr = newTag, nil
+			case err != nil:
+				etag = ""
+				return readResult{err: err}
+			case notModified && parsed:
+				return readResult{unchanged: true, err: lastErr}
+			case notModified: // a 304 to a request without If-None-Match: a broken server
+				etag = ""
+				return readResult{err: fmt.Errorf("GET %s: 304 Not Modified to an unconditional request", h.URL)}
 			}
-			return res
+			etag = newTag
+			sum := sha256.Sum256(data)
+			if parsed && sum == lastSum {
+				return readResult{unchanged: true, err: lastErr}
+			}
+			if h.onParse != nil {
+				h.onParse()
+			}
+			set, bad, err := ParseList(data, isJSONURL(h.URL))
+			if err != nil {
+				err = fmt.Errorf("GET %s: %w", h.URL, err)
+			}
+			parsed, lastSum, lastErr = true, sum, err
+			return readResult{set: set, bad: bad, err: err}
 		}}
 	return p.run(ctx, ev)
 }
 
-// fetch GETs the list. parseErr is true when the body arrived but did not parse.
-func (h *HTTP) fetch(ctx context.Context, c *http.Client, etag string) (res readResult, newTag string, notModified, parseErr bool) {
+// fetch GETs the list body (at most maxListBytes).
+func (h *HTTP) fetch(ctx context.Context, c *http.Client, etag string) (data []byte, newTag string, notModified bool, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
 	if err != nil {
-		return readResult{err: err}, "", false, false
+		return nil, "", false, err
 	}
 	req.Header.Set("User-Agent", "kubal")
 	if etag != "" {
@@ -290,31 +307,25 @@ func (h *HTTP) fetch(ctx context.Context, c *http.Client, etag string) (res read
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return readResult{err: err}, "", false, false
+		return nil, "", false, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotModified {
-		return readResult{}, etag, true, false
+		return nil, etag, true, nil
 	}
 	if resp.StatusCode != http.StatusOK {
-		return readResult{err: fmt.Errorf("GET %s: %s", h.URL, resp.Status)}, "", false, false
+		return nil, "", false, fmt.Errorf("GET %s: %s", h.URL, resp.Status)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxListBytes+1))
+	data, err = io.ReadAll(io.LimitReader(resp.Body, maxListBytes+1))
 	if err != nil {
-		return readResult{err: fmt.Errorf("GET %s: %w", h.URL, err)}, "", false, false
+		return nil, "", false, fmt.Errorf("GET %s: %w", h.URL, err)
 	}
 	if len(data) > maxListBytes {
-		return readResult{err: fmt.Errorf("GET %s: server list larger than %d MiB", h.URL, maxListBytes>>20)}, "", false, false
+		return nil, "", false, fmt.Errorf("GET %s: server list larger than %d MiB", h.URL, maxListBytes>>20)
 	}
-	if h.onParse != nil {
-		h.onParse()
-	}
-	set, bad, err := ParseList(data, isJSONURL(h.URL))
-	if err != nil {
-		return readResult{err: fmt.Errorf("GET %s: %w", h.URL, err)}, resp.Header.Get("ETag"), false, true
-	}
-	return readResult{set: set, bad: bad}, resp.Header.Get("ETag"), false, false
+	return data, resp.Header.Get("ETag"), false, nil
 }
+
 func equalSets(a, b Set) bool {
 	if len(a) != len(b) {
 		return false
