@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kubal/kubal/source"
 )
 
 // AuditLimit is how many audit entries the file keeps (oldest dropped first).
@@ -141,8 +143,10 @@ func decode(path string, data []byte, c *content) error {
 			if h == "" {
 				return fmt.Errorf("state-file %s: pool %q: empty host name", path, p)
 			}
-			if o.Weight != nil && *o.Weight < 0 {
-				return fmt.Errorf("state-file %s: pool %q host %q: negative weight %d", path, p, h, *o.Weight)
+			if o.Weight != nil {
+				if err := source.CheckWeight(int64(*o.Weight)); err != nil {
+					return fmt.Errorf("state-file %s: pool %q host %q: field \"weight\": %w", path, p, h, err)
+				}
 			}
 		}
 	}
@@ -216,8 +220,13 @@ func (f *File) Set(pool, host string, o Override, audit Audit) (old Override, er
 	if pool == "" || host == "" {
 		return Override{}, fmt.Errorf("state-file: empty pool or host name")
 	}
-	if o.Weight != nil && *o.Weight < 0 {
-		return Override{}, fmt.Errorf("state-file: pool %q host %q: negative weight %d", pool, host, *o.Weight)
+	if err := source.CheckHost(host); err != nil {
+		return Override{}, fmt.Errorf("state-file: pool %q: %w", pool, err)
+	}
+	if o.Weight != nil {
+		if err := source.CheckWeight(int64(*o.Weight)); err != nil {
+			return Override{}, fmt.Errorf("state-file: pool %q host %q: %w", pool, host, err)
+		}
 	}
 	if audit.Time.IsZero() {
 		audit.Time = f.now().UTC()

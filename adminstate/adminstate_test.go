@@ -154,7 +154,10 @@ func TestCorruptFile(t *testing.T) {
 		{"trailing", `{"version": 1, "pools": {}} {}`, "offset 29 (line 1, column 30): invalid character '{' after top-level value"},
 		{"version", `{"version": 2, "pools": {}}`, "version 2"},
 		{"no version", `{"pools": {}}`, "version 0"},
-		{"negative weight", `{"version": 1, "pools": {"p": {"h": {"weight": -1}}}}`, `pool "p" host "h": negative weight -1`},
+		{"negative weight", `{"version": 1, "pools": {"p": {"h": {"weight": -1}}}}`, `pool "p" host "h": field "weight": weight -1 is out of range 0..65535`},
+		{"weight above 65535", `{"version": 1, "pools": {"p": {"h": {"weight": 65536}}}}`, `pool "p" host "h": field "weight": weight 65536 is out of range`},
+		{"weight 1e13", `{"version": 1, "pools": {"p": {"h": {"weight": 10000000000000}}}}`, `pool "p" host "h": field "weight": weight 10000000000000 is out of range`},
+		{"weight 1e13 as a float", `{"version": 1, "pools": {"p": {"h": {"weight": 1e13}}}}`, `cannot unmarshal number 1e13`},
 		{"empty host", `{"version": 1, "pools": {"p": {"": {}}}}`, "empty host name"},
 		{"empty", ``, "offset 0"},
 	} {
@@ -189,8 +192,15 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	if o := f.Overrides("p")["h"]; *o.Enabled || len(f.AuditTrail()) != 1 {
 		t.Fatalf("memory changed after a failed write: %+v", o)
 	}
-	if _, err := f.Set("p", "h", Override{Weight: ptr(-1)}, Audit{}); err == nil {
-		t.Fatal("negative weight accepted")
+	for _, w := range []int{-1, 65536, 1e13} {
+		if _, err := f.Set("p", "h", Override{Weight: ptr(w)}, Audit{}); err == nil || !strings.Contains(err.Error(), "out of range 0..65535") {
+			t.Fatalf("weight %d: %v", w, err)
+		}
+	}
+	for _, h := range []string{"a\nb", "::ffff:127.0.0.1%\xff", strings.Repeat("a.", 127)} {
+		if _, err := f.Set("p", h, Override{Weight: ptr(1)}, Audit{}); err == nil {
+			t.Fatalf("host %q accepted", h)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubal/kubal/source"
 )
 
 // Admin request limits.
@@ -40,7 +43,7 @@ func NewAdminMetrics(reg prometheus.Registerer) *AdminMetrics {
 		Name: "kubal_admin_actions_total",
 		Help: "Admin API requests by operation and result (ok, refused, not_found, bad_request, unauthorized, forbidden, error).",
 	}, []string{"op", "result"})}
-	for _, op := range []Op{OpPool, OpDepool, OpWeight} {
+	for _, op := range []Op{OpPool, OpDepool, OpWeight, OpConfirmRemoval} {
 		for _, res := range adminResults {
 			m.actions.WithLabelValues(string(op), res)
 		}
@@ -76,6 +79,13 @@ func WithMetrics(m *AdminMetrics) AdminOption { return func(a *admin) { a.metric
 //	POST /pools/<pool>/<host>/depool   body (optional) {"reason": "...", "force": true}
 //	POST /pools/<pool>/<host>/pool     body (optional) {"reason": "..."}
 //	PUT  /pools/<pool>/<host>/weight   body {"weight": N, "reason": "..."}
+//	POST /pools/<pool>/confirm-removal body (optional) {"reason": "..."}: apply the
+//	     server-list update held for removing too many servers at once (needs an
+//	     Admin that is a RemovalConfirmer; 409 when nothing is held)
+//
+// Every admin request must say Content-Type: application/json, even without a body
+// (415 otherwise), so that no cross-site form or no-cors fetch can act with a
+// browser's client certificate.
 //
 // plus every read-only endpoint of NewInstrumentation except /metrics (GET, no
 // authentication: the same data is public on the instrumentation listener). Admin
@@ -128,6 +138,10 @@ type actionBody struct {
 
 func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	segs, ok := segments(r)
+	if ok && len(segs) == 3 && segs[0] == "pools" && segs[2] == string(OpConfirmRemoval) && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		a.confirmRemoval(w, r, segs[1])
+		return
+	}
 	if ok && len(segs) == 4 && segs[0] == "pools" {
 		switch op := Op(segs[3]); op {
 		case OpPool, OpDepool, OpWeight:
@@ -159,18 +173,20 @@ func (a *admin) action(w http.ResponseWriter, r *http.Request, op Op, poolName, 
 		a.fail(w, r, op, "bad_request", http.StatusMethodNotAllowed, ErrorResponse{Error: fmt.Sprintf("%s needs %s, not %s", op, method, r.Method)}, "")
 		return
 	}
-	actor, err := a.auth.identify(r)
-	if err != nil {
-		if errors.Is(err, errBadToken) {
-			a.fail(w, r, op, "forbidden", http.StatusForbidden, ErrorResponse{Error: err.Error(), Field: "Authorization"}, "")
-			return
-		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="kubal"`)
-		a.fail(w, r, op, "unauthorized", http.StatusUnauthorized, ErrorResponse{Error: err.Error(), Field: "Authorization"}, "")
+	actor, ok := a.authorize(w, r, op)
+	if !ok {
 		return
 	}
-	if !validName(poolName) || !validName(host) {
-		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: "no such pool or host"}, actor)
+	if !validName(poolName) {
+		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: "no such pool", Field: "pool"}, actor)
+		return
+	}
+	if err := source.CheckHost(host); err != nil {
+		// The same rule as every server list: no server can have this name.
+		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: "no such host: " + err.Error(), Field: "host"}, actor)
+		return
+	}
+	if !a.jsonContent(w, r, op, actor) {
 		return
 	}
 	body, eresp, code := readBody(w, r, op)
@@ -238,6 +254,85 @@ func (a *admin) action(w http.ResponseWriter, r *http.Request, op Op, poolName, 
 		res.Weight = &act.Weight
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// authorize identifies the client; on failure it has answered 401 or 403.
+func (a *admin) authorize(w http.ResponseWriter, r *http.Request, op Op) (string, bool) {
+	actor, err := a.auth.identify(r)
+	if err == nil {
+		return actor, true
+	}
+	if errors.Is(err, errBadToken) {
+		a.fail(w, r, op, "forbidden", http.StatusForbidden, ErrorResponse{Error: err.Error(), Field: "Authorization"}, "")
+		return "", false
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="kubal"`)
+	a.fail(w, r, op, "unauthorized", http.StatusUnauthorized, ErrorResponse{Error: err.Error(), Field: "Authorization"}, "")
+	return "", false
+}
+
+// jsonContent refuses (415) a request that does not declare a JSON body. A browser
+// cannot send this type cross-site without a CORS preflight, which kubal never
+// answers: a form post riding on a client certificate is refused.
+func (a *admin) jsonContent(w http.ResponseWriter, r *http.Request, op Op, actor string) bool {
+	if isJSONContent(r) {
+		return true
+	}
+	a.fail(w, r, op, "bad_request", http.StatusUnsupportedMediaType,
+		ErrorResponse{Error: "admin requests need Content-Type: application/json (with or without a body)", Field: "Content-Type"}, actor)
+	return false
+}
+
+// ConfirmResult is the body of a successful confirm-removal request.
+type ConfirmResult struct {
+	Pool   string `json:"pool"`
+	Op     Op     `json:"op"`
+	Reason string `json:"reason,omitempty"`
+	Actor  string `json:"actor"`
+}
+
+// confirmRemoval serves POST /pools/<pool>/confirm-removal: apply the server-list
+// update held for removing too many servers at once, now.
+func (a *admin) confirmRemoval(w http.ResponseWriter, r *http.Request, poolName string) {
+	const op = OpConfirmRemoval
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		a.fail(w, r, op, "bad_request", http.StatusMethodNotAllowed, ErrorResponse{Error: fmt.Sprintf("%s needs POST, not %s", op, r.Method)}, "")
+		return
+	}
+	actor, ok := a.authorize(w, r, op)
+	if !ok || !a.jsonContent(w, r, op, actor) {
+		return
+	}
+	if _, known := a.read.st.Snapshot(poolName); !known || !validName(poolName) {
+		a.fail(w, r, op, "not_found", http.StatusNotFound, ErrorResponse{Error: fmt.Sprintf("no pool %q", poolName), Field: "pool"}, actor)
+		return
+	}
+	body, eresp, code := readBody(w, r, op)
+	if eresp != nil {
+		a.fail(w, r, op, "bad_request", code, *eresp, actor)
+		return
+	}
+	rc, ok := a.adm.(RemovalConfirmer)
+	if !ok {
+		a.fail(w, r, op, "error", http.StatusNotImplemented, ErrorResponse{Error: "this kubal cannot confirm held removals"}, actor)
+		return
+	}
+	held, err := rc.ConfirmRemoval(r.Context(), poolName, actor)
+	log := a.log.With("actor", actor, "op", string(op), "pool", poolName, "reason", body.Reason, "remote", r.RemoteAddr)
+	switch {
+	case err != nil:
+		log.Warn("admin action failed", "result", "error", "error", err.Error())
+		a.metrics.inc(op, "error")
+		writeJSON(w, http.StatusInternalServerError, ErrorResponse{Error: err.Error()})
+		return
+	case !held:
+		a.fail(w, r, op, "refused", http.StatusConflict, ErrorResponse{Error: fmt.Sprintf("pool %q has no held server-list update", poolName)}, actor)
+		return
+	}
+	log.Info("admin action", "result", "ok")
+	a.metrics.inc(op, "ok")
+	writeJSON(w, http.StatusOK, ConfirmResult{Pool: poolName, Op: op, Reason: body.Reason, Actor: actor})
 }
 
 // fail answers an admin request that was refused before Apply, and audits it.
@@ -313,6 +408,13 @@ func jsonErrorField(err error) string {
 		return strings.Trim(f, `"`)
 	}
 	return "body"
+}
+
+// isJSONContent reports whether r declares a JSON body (parameters such as charset
+// are allowed).
+func isJSONContent(r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "application/json"
 }
 
 // validName rejects names no pool or host can have, before any lookup.

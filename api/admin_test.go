@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -71,6 +72,9 @@ func do(h http.Handler, method, path, token, body string) *httptest.ResponseReco
 		rd = strings.NewReader(body)
 	}
 	req := httptest.NewRequest(method, path, rd)
+	if method == http.MethodPost || method == http.MethodPut {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", token)
 	}
@@ -247,8 +251,11 @@ func TestMTLS(t *testing.T) {
 	client := func(certs ...tls.Certificate) *http.Client {
 		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs}}}
 	}
-	post := func(c *http.Client, host, auth string) (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/pools/text_80/"+host+"/depool", strings.NewReader(`{"reason":"mtls"}`))
+	postAs := func(c *http.Client, host, auth, ctype, body string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/pools/text_80/"+host+"/depool", strings.NewReader(body))
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
 		}
@@ -259,6 +266,16 @@ func TestMTLS(t *testing.T) {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
+	}
+	post := func(c *http.Client, host, auth string) (int, string) {
+		return postAs(c, host, auth, "application/json", `{"reason":"mtls"}`)
+	}
+	// What a browser holding the client certificate can send cross-site without a
+	// preflight: a form post, a text/plain post, a no-cors fetch without a type.
+	for _, ct := range []string{"application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", ""} {
+		if code, b := postAs(client(pki.client), "cp1001", "", ct, ""); code != 415 {
+			t.Fatalf("cross-site %q post with a client certificate: %d %s", ct, code, b)
+		}
 	}
 	if code, b := post(client(), "cp1001", ""); code != 401 {
 		t.Fatalf("TLS without cert or token: %d %s", code, b)
@@ -442,10 +459,14 @@ func FuzzAdmin(f *testing.F) {
 	f.Add("GET", "/pools/text_80%2Fcp1001/x", ``, false)
 	f.Add("POST", "/pools/../pools/text_80/cp1001/depool", `null`, true)
 	f.Fuzz(func(t *testing.T, method, path, reqBody string, withToken bool) {
+		ctype := "application/json"
+		if len(reqBody) > 0 && reqBody[0] == '!' { // some inputs go without the type
+			ctype = ""
+		}
 		st := newFakeState(pool.Snapshot{Name: "text_80", Servers: []pool.ServerState{srv("cp1001", "EUP", 10), srv("cp1002", "EUP", 10)}})
 		adm := &fakeAdmin{st: st}
 		auth, _ := LoadAuth("")
-		auth.tokens = append(auth.tokens, testAuthToken())
+		auth.tokens.Store(&[]token{testAuthToken()})
 		h := NewAdmin(st, adm, auth, discard())
 		req, err := http.NewRequest(method, "http://kubal"+path, strings.NewReader(reqBody))
 		if err != nil {
@@ -454,6 +475,9 @@ func FuzzAdmin(f *testing.F) {
 		if withToken {
 			req.Header.Set("Authorization", "Bearer "+aliceToken)
 		}
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if adm.callCount() == 0 {
@@ -461,7 +485,7 @@ func FuzzAdmin(f *testing.F) {
 		}
 		// Apply was called: the request must have been a valid one.
 		a := adm.calls[0]
-		valid := withToken && a.Pool == "text_80" && (a.Host == "cp1001" || a.Host == "cp1002")
+		valid := withToken && ctype != "" && a.Pool == "text_80" && (a.Host == "cp1001" || a.Host == "cp1002")
 		switch a.Op {
 		case OpPool, OpDepool:
 			valid = valid && method == http.MethodPost && a.Weight == 0
@@ -479,9 +503,60 @@ func FuzzAdmin(f *testing.F) {
 	})
 }
 
+// Admin requests need Content-Type: application/json, with or without a body; host
+// names in the path follow the server-list rules.
+func TestAdminContentTypeAndHostNames(t *testing.T) {
+	tok := "Bearer " + aliceToken
+	for _, tc := range []struct {
+		name, path, ctype, body string
+		code                    int
+		field                   string
+	}{
+		{"json", "/pools/text_80/cp1001/depool", "application/json", "", 200, ""},
+		{"json with charset", "/pools/text_80/cp1001/depool", "application/json; charset=utf-8", `{}`, 200, ""},
+		{"no type, empty body", "/pools/text_80/cp1001/depool", "", "", 415, "Content-Type"},
+		{"no type, json body", "/pools/text_80/cp1001/depool", "", `{"reason":"x"}`, 415, "Content-Type"},
+		{"form", "/pools/text_80/cp1001/depool", "application/x-www-form-urlencoded", "reason=x", 415, "Content-Type"},
+		{"text", "/pools/text_80/cp1001/depool", "text/plain", `{"reason":"x"}`, 415, "Content-Type"},
+		{"look-alike type", "/pools/text_80/cp1001/depool", "application/jsonp", `{}`, 415, "Content-Type"},
+		{"newline in host", "/pools/text_80/cp1001%0Aforged/depool", "application/json", "", 404, "host"},
+		{"escape in host", "/pools/text_80/cp%1B1001/depool", "application/json", "", 404, "host"},
+		{"invalid utf-8 zone", "/pools/text_80/::ffff:127.0.0.1%25%FF/depool", "application/json", "", 404, "host"},
+		{"host too long", "/pools/text_80/" + strings.Repeat("a.", 127) + "/depool", "application/json", "", 404, "host"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, adm, _, h, _ := adminFixture(t)
+			var rd io.Reader
+			if tc.body != "" {
+				rd = strings.NewReader(tc.body)
+			}
+			req := httptest.NewRequest(http.MethodPost, tc.path, rd)
+			req.Header.Set("Authorization", tok)
+			if tc.ctype != "" {
+				req.Header.Set("Content-Type", tc.ctype)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.code {
+				t.Fatalf("got %d %s, want %d", rec.Code, rec.Body, tc.code)
+			}
+			if applied := adm.callCount() > 0; applied != (tc.code == 200) {
+				t.Fatalf("applied = %v", applied)
+			}
+			if tc.code != 200 {
+				var e ErrorResponse
+				if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Field != tc.field {
+					t.Fatalf("error %s, want field %q", rec.Body, tc.field)
+				}
+				if strings.ContainsAny(e.Error, "\n\x1b") {
+					t.Fatalf("raw control character echoed: %q", e.Error)
+				}
+			}
+		})
+	}
+}
+
 func testAuthToken() token {
-	a := &Auth{}
-	a.tokens = nil
 	sum := sha256Sum(aliceToken)
 	return token{name: "alice", sum: sum}
 }
@@ -510,7 +585,7 @@ func TestNewHTTPServerTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewHTTPServer(h, cfg, discard())
+	srv := NewHTTPServer(h, cfg, discard(), DefaultHTTPLimits())
 	go srv.ServeTLS(l, "", "")
 	defer srv.Close()
 	roots := x509.NewCertPool()
@@ -534,5 +609,54 @@ func TestAdminMetricsTwice(t *testing.T) {
 	b.inc(OpPool, "ok")
 	if v := counterValue(t, a, "pool", "ok"); v != 2 {
 		t.Fatalf("shared counter = %v, want 2", v)
+	}
+}
+
+// confirmAdmin is a fakeAdmin that can confirm held removals.
+type confirmAdmin struct {
+	*fakeAdmin
+	held      map[string]bool
+	confirmed []string
+}
+
+func (c *confirmAdmin) ConfirmRemoval(_ context.Context, pool, actor string) (bool, error) {
+	if !c.held[pool] {
+		return false, nil
+	}
+	c.held[pool] = false
+	c.confirmed = append(c.confirmed, pool+" by "+actor)
+	return true, nil
+}
+
+func TestConfirmRemoval(t *testing.T) {
+	st, adm, _, _, _ := adminFixture(t)
+	ca := &confirmAdmin{fakeAdmin: adm, held: map[string]bool{"text_80": true}}
+	h := NewAdmin(st, ca, testAuth(t), discard())
+	tok := "Bearer " + aliceToken
+	for _, tc := range []struct {
+		name, method, path, token, body string
+		code                            int
+	}{
+		{"no token", "POST", "/pools/text_80/confirm-removal", "", "", 401},
+		{"unknown pool", "POST", "/pools/nope/confirm-removal", tok, "", 404},
+		{"force is not for this", "POST", "/pools/text_80/confirm-removal", tok, `{"force": true}`, 400},
+		{"confirm", "POST", "/pools/text_80/confirm-removal", tok, `{"reason": "decommissioned rack"}`, 200},
+		{"nothing held any more", "POST", "/pools/text_80/confirm-removal", tok, "", 409},
+		{"PUT", "PUT", "/pools/text_80/confirm-removal", tok, "", 405},
+		{"GET reads a host of that name", "GET", "/pools/text_80/confirm-removal", "", "", 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := do(h, tc.method, tc.path, tc.token, tc.body)
+			if rec.Code != tc.code {
+				t.Fatalf("got %d %s, want %d", rec.Code, rec.Body, tc.code)
+			}
+		})
+	}
+	if len(ca.confirmed) != 1 || ca.confirmed[0] != "text_80 by alice" {
+		t.Fatalf("confirmed %v", ca.confirmed)
+	}
+	// An Admin without the capability says so.
+	if rec := do(NewAdmin(st, adm, testAuth(t), discard()), "POST", "/pools/text_80/confirm-removal", tok, ""); rec.Code != 501 {
+		t.Fatalf("plain Admin: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -35,9 +35,11 @@ const (
 	LevelCritical = "critical"
 )
 
-// Alert is one of kubal's own alerts. Level is LevelWarning or LevelCritical.
+// Alert is one problem. Level is LevelWarning or LevelCritical; Pool names the pool
+// it is about, when there is one.
 type Alert struct {
 	Level string
+	Pool  string
 	Msg   string
 }
 
@@ -49,6 +51,8 @@ const (
 	OpPool   Op = "pool"
 	OpDepool Op = "depool"
 	OpWeight Op = "weight"
+	// OpConfirmRemoval applies a held server-list update (see RemovalConfirmer).
+	OpConfirmRemoval Op = "confirm-removal"
 )
 
 // Action is one validated admin request. Weight is set only for OpWeight. Actor is the
@@ -80,4 +84,11 @@ var (
 // nothing may have changed.
 type Admin interface {
 	Apply(ctx context.Context, a Action) (Outcome, error)
+}
+
+// RemovalConfirmer is implemented by an Admin that can apply, on an admin's word, a
+// server-list update held back for removing too many servers at once
+// (source.Guard.Confirm). held is false when the pool has no held update.
+type RemovalConfirmer interface {
+	ConfirmRemoval(ctx context.Context, pool, actor string) (held bool, err error)
 }

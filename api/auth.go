@@ -12,13 +12,20 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Auth identifies admin clients by bearer token or by a verified mTLS client
 // certificate. The zero Auth (LoadAuth("")) knows no tokens and accepts only
-// certificates.
+// certificates. Its tokens can be re-read (Reload, on SIGHUP) while requests are
+// being served.
 type Auth struct {
-	tokens []token
+	path   string
+	tokens atomic.Pointer[[]token] // replaced whole by Reload; never modified
+
+	mu  sync.Mutex // serialises Reload
+	err atomic.Pointer[error]
 }
 
 type token struct {
@@ -31,14 +38,67 @@ type token struct {
 // gives an Auth that accepts only mTLS client certificates. Errors name file:line and
 // never contain a token.
 func LoadAuth(tokenFile string) (*Auth, error) {
+	a := &Auth{path: tokenFile}
 	if tokenFile == "" {
-		return &Auth{}, nil
+		return a, nil
 	}
+	toks, err := readTokens(tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	a.tokens.Store(&toks)
+	return a, nil
+}
+
+// Reload re-reads the token file: tokens removed from it stop working, new ones work,
+// from the next request on. On error (a missing or malformed file) the tokens in
+// force stay, and the error is returned and kept for Err until a reload succeeds.
+// Safe for concurrent use with requests. An Auth without a token file has nothing
+// to reload.
+func (a *Auth) Reload() error {
+	if a == nil || a.path == "" {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	toks, err := readTokens(a.path)
+	if err != nil {
+		a.err.Store(&err)
+		return err
+	}
+	a.tokens.Store(&toks)
+	a.err.Store(nil)
+	return nil
+}
+
+// Err is the error of the last Reload (nil when it succeeded): the daemon shows it in
+// /alerts, since the tokens in force are then older than the file.
+func (a *Auth) Err() error {
+	if a == nil {
+		return nil
+	}
+	if e := a.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func (a *Auth) list() []token {
+	if a == nil {
+		return nil
+	}
+	if p := a.tokens.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func readTokens(tokenFile string) ([]token, error) {
 	data, err := os.ReadFile(tokenFile)
 	if err != nil {
 		return nil, fmt.Errorf("admin-token-file: %w", err)
 	}
-	a := &Auth{}
+	var toks []token
 	names := map[string]int{}
 	sums := map[[sha256.Size]byte]int{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -67,21 +127,16 @@ func LoadAuth(tokenFile string) (*Auth, error) {
 			return nil, fmt.Errorf("%s:%d: token of %q repeats the token on line %d", tokenFile, n, name, prev)
 		}
 		names[name], sums[sum] = n, n
-		a.tokens = append(a.tokens, token{name: name, sum: sum})
+		toks = append(toks, token{name: name, sum: sum})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("admin-token-file %s: %w", tokenFile, err)
 	}
-	return a, nil
+	return toks, nil
 }
 
 // Tokens returns how many tokens are configured.
-func (a *Auth) Tokens() int {
-	if a == nil {
-		return 0
-	}
-	return len(a.tokens)
-}
+func (a *Auth) Tokens() int { return len(a.list()) }
 
 var (
 	errNoCredentials = errors.New("missing credentials: send Authorization: Bearer <token> or a client certificate")
@@ -97,20 +152,18 @@ func (a *Auth) identify(r *http.Request) (string, error) {
 		if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 			return "", errNoCredentials
 		}
-		if a == nil {
-			return "", errBadToken
-		}
+		toks := a.list() // one consistent set for this request, even during a Reload
 		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 		found := -1
-		for i := range a.tokens { // no early exit: the time does not depend on the match
-			if subtle.ConstantTimeCompare(sum[:], a.tokens[i].sum[:]) == 1 {
+		for i := range toks { // no early exit: the time does not depend on the match
+			if subtle.ConstantTimeCompare(sum[:], toks[i].sum[:]) == 1 {
 				found = i
 			}
 		}
 		if found < 0 {
 			return "", errBadToken
 		}
-		return a.tokens[found].name, nil
+		return toks[found].name, nil
 	}
 	// VerifiedChains is only set when the listener verified the client against
 	// admin-client-ca (TLSConfig), so its presence is the proof.

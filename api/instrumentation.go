@@ -308,13 +308,14 @@ func findServer(snap *pool.Snapshot, host string) (pool.ServerState, bool) {
 	return snap.Server(host)
 }
 
-// alertStatus computes PyBal's /alerts (instrumentation.py Alerts.render_GET) over the
-// pools in config order, then merges kubal's own alerts in the same style: a critical
-// alert is one more "; "-joined entry and replaces every warning (as in PyBal); a
-// warning is appended like PyBal's "Pool X is too small to allow depooling. ".
-func alertStatus(st State) (status, msg string) {
-	var crit []string
-	var warn strings.Builder
+// Problems lists every current problem, pools in config order first, then kubal's own
+// alerts (State.Alerts) as given. A pool has at most one problem, in PyBal's order of
+// precedence: servers marked down but pooled (critical, PyBal's), no server pooled
+// although the pool has servers (critical, kubal's: every host unresolvable, of the
+// wrong family, disabled or down - PyBal said OK), too small to allow depooling
+// (warning, PyBal's). A pool without servers is not a problem (as in PyBal).
+func Problems(st State) []Alert {
+	var out []Alert
 	for _, name := range st.Pools() {
 		snap, ok := st.Snapshot(name)
 		if !ok {
@@ -323,12 +324,65 @@ func alertStatus(st State) (status, msg string) {
 		total := float64(len(snap.Servers))
 		switch {
 		case len(snap.PooledDown) > 0:
-			crit = append(crit, name+": Servers "+strings.Join(snap.PooledDown, ", ")+" are marked down but pooled")
+			out = append(out, Alert{Level: LevelCritical, Pool: name,
+				Msg: name + ": Servers " + strings.Join(snap.PooledDown, ", ") + " are marked down but pooled"})
+		case len(snap.Servers) > 0 && pooledCount(&snap) == 0:
+			out = append(out, Alert{Level: LevelCritical, Pool: name, Msg: name + ": no server is pooled (" + whyNonePooled(&snap) + ")"})
 		case total > 1 && total < total*snap.Threshold+1:
-			warn.WriteString("Pool " + name + " is too small to allow depooling. ")
+			out = append(out, Alert{Level: LevelWarning, Pool: name, Msg: "Pool " + name + " is too small to allow depooling."})
 		}
 	}
-	for _, a := range st.Alerts() {
+	return append(out, st.Alerts()...)
+}
+
+func pooledCount(s *pool.Snapshot) int {
+	n := 0
+	for i := range s.Servers {
+		if s.Servers[i].Pooled {
+			n++
+		}
+	}
+	return n
+}
+
+// whyNonePooled summarises a pool without pooled servers: "3 servers: 2 without an
+// address, 1 disabled".
+func whyNonePooled(s *pool.Snapshot) string {
+	var noAddr, disabled, down int
+	for i := range s.Servers {
+		sv := &s.Servers[i]
+		switch {
+		case !sv.Enabled:
+			disabled++
+		case !sv.Ready:
+			noAddr++
+		default:
+			down++
+		}
+	}
+	parts := []string{}
+	for _, p := range []struct {
+		n    int
+		what string
+	}{{noAddr, "without an address (not resolved, or not of the VIP's family)"}, {disabled, "disabled"}, {down, "down"}} {
+		if p.n > 0 {
+			parts = append(parts, strconv.Itoa(p.n)+" "+p.what)
+		}
+	}
+	noun := "servers"
+	if len(s.Servers) == 1 {
+		noun = "server"
+	}
+	return fmt.Sprintf("%d %s: %s", len(s.Servers), noun, strings.Join(parts, ", "))
+}
+
+// alertStatus computes PyBal's /alerts (instrumentation.py Alerts.render_GET) from
+// Problems: the critical ones are "; "-joined and replace every warning (as in PyBal);
+// warnings are concatenated like PyBal's "Pool X is too small to allow depooling. ".
+func alertStatus(problems []Alert) (status, msg string) {
+	var crit []string
+	var warn strings.Builder
+	for _, a := range problems {
 		if a.Level == LevelWarning {
 			warn.WriteString(a.Msg)
 			if !strings.HasSuffix(a.Msg, ".") {
@@ -349,7 +403,7 @@ func alertStatus(st State) (status, msg string) {
 }
 
 func (rd reader) alerts(w http.ResponseWriter, r *http.Request) {
-	status, msg := alertStatus(rd.st)
+	status, msg := alertStatus(Problems(rd.st))
 	if wantJSON(r) {
 		b := append([]byte(`{"status": `), appendPyString(nil, status)...)
 		b = append(b, `, "msg": `...)
@@ -400,7 +454,8 @@ type PoolsStatus struct {
 	Pools []PoolStatus `json:"pools"`
 }
 
-// AlertsStatus is /v1/alerts: PyBal's summary plus each of kubal's own alerts.
+// AlertsStatus is /v1/alerts: PyBal's one-line summary (what /alerts says) plus every
+// current problem (Problems), none hidden by a more severe one.
 type AlertsStatus struct {
 	Status string  `json:"status"`
 	Msg    string  `json:"msg"`
@@ -441,8 +496,8 @@ func NewPoolStatus(s pool.Snapshot) PoolStatus {
 func (rd reader) v1(w http.ResponseWriter, r *http.Request, segs []string) bool {
 	switch {
 	case segs[0] == "alerts" && len(segs) == 1:
-		status, msg := alertStatus(rd.st)
-		alerts := rd.st.Alerts()
+		alerts := Problems(rd.st)
+		status, msg := alertStatus(alerts)
 		if alerts == nil {
 			alerts = []Alert{}
 		}
@@ -486,24 +541,25 @@ func (rd reader) v1(w http.ResponseWriter, r *http.Request, segs []string) bool 
 	return true
 }
 
-// MarshalJSON writes an Alert as {"level": ..., "msg": ...}.
+// alertJSON is an Alert on the wire.
+type alertJSON struct {
+	Level string `json:"level"`
+	Pool  string `json:"pool,omitempty"`
+	Msg   string `json:"msg"`
+}
+
+// MarshalJSON writes an Alert as {"level": ..., "pool": ..., "msg": ...}.
 func (a Alert) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		Level string `json:"level"`
-		Msg   string `json:"msg"`
-	}{a.Level, a.Msg})
+	return json.Marshal(alertJSON(a))
 }
 
 // UnmarshalJSON reads what MarshalJSON writes.
 func (a *Alert) UnmarshalJSON(b []byte) error {
-	var v struct {
-		Level string `json:"level"`
-		Msg   string `json:"msg"`
-	}
+	var v alertJSON
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
-	a.Level, a.Msg = v.Level, v.Msg
+	*a = Alert(v)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -379,4 +380,38 @@ func TestFindServer(t *testing.T) {
 			t.Errorf("%s: %v %v", tc.host, s.Weight, ok)
 		}
 	}
+}
+
+// FuzzReadPaths: any request path on either listener's read side answers 200, 404 or
+// 405 without panicking, and a text answer carries no control character but newline
+// and tab (a path must not forge lines in a body, nor reach a handler twice decoded).
+func FuzzReadPaths(f *testing.F) {
+	for _, p := range []string{"/pools", "/pools/test_pool0/mw1001", "/pools/test_pool0%2Fmw1001", "/v1/pools/test_pool0/mw1001/",
+		"/alerts", "/v1/alerts", "/pools/%0d%1b", "/pools/test_pool0/%FF", "//pools", "/pools/../alerts", "/metrics", "/readyz"} {
+		f.Add(p, false)
+		f.Add(p, true)
+	}
+	st := newFakeState(examplePool())
+	handlers := []http.Handler{NewInstrumentation(st, nil, discard()), NewAdmin(st, &fakeAdmin{st: st}, &Auth{}, discard())}
+	f.Fuzz(func(t *testing.T, path string, asJSON bool) {
+		req, err := http.NewRequest(http.MethodGet, "http://kubal"+path, nil)
+		if err != nil || req.URL.Path == "" {
+			return
+		}
+		if asJSON {
+			req.Header.Set("Accept", "application/json")
+		}
+		for _, h := range handlers {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			switch rec.Code {
+			case 200, 404, 405, 503:
+			default:
+				t.Fatalf("%q: status %d", path, rec.Code)
+			}
+			if strings.IndexFunc(rec.Body.String(), func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) >= 0 {
+				t.Fatalf("%q: control character in the body %q", path, rec.Body)
+			}
+		}
+	})
 }

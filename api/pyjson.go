@@ -116,7 +116,11 @@ func appendTextStatus(b []byte, s *pool.ServerState) []byte {
 	return append(b, "not pooled"...)
 }
 
+// partiallyUp matches pool.ServerState.TextStatus: a monitor up, or no address yet.
 func partiallyUp(s *pool.ServerState) bool {
+	if !s.Ready {
+		return true
+	}
 	for _, m := range s.Monitors {
 		if m.Up {
 			return true

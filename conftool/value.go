@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kubal/kubal/source"
 )
@@ -66,8 +69,8 @@ func entryOf(fields map[string]json.RawMessage) (entry, error) {
 	}
 	if w, ok := fields["weight"]; ok {
 		var n int64
-		if err := json.Unmarshal(w, &n); err != nil || n < 0 || n > math.MaxInt32 {
-			return entry{}, fmt.Errorf(`"weight" must be an integer 0..%d, got %s`, math.MaxInt32, w)
+		if err := json.Unmarshal(w, &n); err != nil || source.CheckWeight(n) != nil {
+			return entry{}, fmt.Errorf(`"weight" must be an integer 0..%d, got %s`, source.MaxWeight, w)
 		}
 		i := int(n)
 		e.weight = &i
@@ -101,11 +104,20 @@ func merge(prev source.Server, known bool, host string, e entry) (srv source.Ser
 		case PooledYes:
 			prev.Enabled, prev.Reason = true, ""
 		default:
-			prev.Enabled, prev.Reason = false, "conftool: pooled="+p
+			prev.Enabled, prev.Reason = false, "conftool: pooled="+printable(p)
 		}
 	}
 	if e.weight != nil {
 		prev.Weight = *e.weight
 	}
 	return prev, true
+}
+
+// printable returns s, quoted when it holds control characters or invalid UTF-8, so
+// that a value from etcd cannot forge lines in /pools or the logs.
+func printable(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, unicode.IsControl) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
 }

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kubal/kubal/source"
 )
@@ -37,6 +39,12 @@ func TestDecodeAndMerge(t *testing.T) {
 		{name: "string weight", raw: `{"weight": "10"}`, err: `"weight" must be an integer`},
 		{name: "float weight", raw: `{"weight": 10.5}`, err: `"weight" must be an integer`},
 		{name: "huge weight", raw: `{"weight": 99999999999}`, err: `"weight" must be an integer`},
+		{name: "weight 65535", raw: `{"weight": 65535}`, want: source.Server{Host: "h", Weight: 65535, Enabled: true}},
+		{name: "weight 65536", raw: `{"weight": 65536}`, err: `"weight" must be an integer 0..65535, got 65536`},
+		{name: "weight 1e13", raw: `{"weight": 10000000000000}`, err: `"weight" must be an integer 0..65535`},
+		{name: "negative weight", raw: `{"weight": -7}`, err: `"weight" must be an integer 0..65535, got -7`},
+		{name: "control characters in pooled are quoted", raw: `{"pooled": "no\nmw2:\tenabled/up/pooled"}`,
+			want: source.Server{Host: "h", Weight: 10, Reason: `conftool: pooled="no\nmw2:\tenabled/up/pooled"`}},
 		{name: "bool pooled", raw: `{"pooled": false}`, err: `"pooled" must be a string`},
 		{name: "array", raw: `[]`, err: "not a JSON object"},
 		{name: "null", raw: `null`, err: "not a JSON object"},
@@ -151,11 +159,16 @@ func FuzzDecodeEntry(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if e.weight != nil && *e.weight < 0 {
-			t.Fatalf("negative weight from %q", raw)
+		if e.weight != nil && source.CheckWeight(int64(*e.weight)) != nil {
+			t.Fatalf("weight %d out of range from %q", *e.weight, raw)
 		}
-		if srv, keep := merge(source.Server{}, false, "h", e); keep && srv.Host != "h" {
+		srv, keep := merge(source.Server{}, false, "h", e)
+		if keep && srv.Host != "h" {
 			t.Fatalf("merge lost the host: %+v", srv)
+		}
+		// The reason reaches /pools, /v1 and the logs: one printable line.
+		if !utf8.ValidString(srv.Reason) || strings.IndexFunc(srv.Reason, unicode.IsControl) >= 0 {
+			t.Fatalf("reason %q from %q", srv.Reason, raw)
 		}
 	})
 }

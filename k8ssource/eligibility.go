@@ -26,7 +26,7 @@ const (
 	CordonDepool = "depool"
 	CordonKeep   = "keep"
 
-	maxWeight = 65535 // IPVS weights are 16-bit in practice (ipvsadm refuses more)
+	maxWeight = source.MaxWeight // IPVS weights are 16-bit in practice (ipvsadm refuses more)
 )
 
 // Policy is the per-service part of node eligibility.

@@ -578,7 +578,7 @@ func (c *Coordinator) allReported(s *server) bool {
 }
 
 func (c *Coordinator) textStatus(s *server) string {
-	return ServerState{Enabled: s.enabled, Up: s.up, Pooled: s.pooled, Monitors: s.results}.TextStatus()
+	return ServerState{Enabled: s.enabled, Ready: s.ready, Up: s.up, Pooled: s.pooled, Monitors: s.results}.TextStatus()
 }
 
 // Reconfigure applies a reloaded config's threshold and monitor list. Results of

@@ -37,7 +37,9 @@ func TestNewServersOptimistic(t *testing.T) {
 	h.update(sc("a"), disabled(sc("b"), ""), unresolved(sc("c")))
 	h.wantStatus("a", "enabled/up/pooled")
 	h.wantStatus("b", "disabled/up/not pooled")
-	h.wantStatus("c", "enabled/down/not pooled")
+	// PyBal: no monitor instances before resolution, and calcPartialStatus of no
+	// monitors is True (server.py), so an unresolved server reads "partially up".
+	h.wantStatus("c", "enabled/partially up/not pooled")
 	if s := h.state("c"); s.Ready || s.Why != "resolving" {
 		t.Errorf("c: ready %v why %q, want not ready, resolving", s.Ready, s.Why)
 	}
@@ -455,7 +457,10 @@ func TestEnsureWaitsForResolution(t *testing.T) {
 func TestUpdateAddressMakesReady(t *testing.T) {
 	h := newHarness(t, 0.5, pf)
 	h.update(unresolved(sc("a")))
-	h.wantStatus("a", "enabled/down/not pooled")
+	h.wantStatus("a", "enabled/partially up/not pooled") // PyBal, see TestNewServersOptimistic
+	h.update(unresolved(disabled(sc("a"), "")))
+	h.wantStatus("a", "disabled/partially up/not pooled")
+	h.update(unresolved(sc("a")))
 	h.update(sc("a"))
 	h.wantStatus("a", "enabled/up/pooled")
 	other := netip.MustParseAddr("10.9.9.9")

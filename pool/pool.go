@@ -38,16 +38,24 @@ type MonitorResult struct {
 	Reason string
 }
 
-// TextStatus is PyBal's "<enabled|disabled>/<up|partially up|down>/<pooled|not pooled>".
+// TextStatus is PyBal's "<enabled|disabled>/<up|partially up|down>/<pooled|not pooled>":
+// "partially up" when not up but a monitor is up, or when there is no address yet
+// (no monitor instances then, as in PyBal).
 func (s ServerState) TextStatus() string {
 	en := "disabled"
 	if s.Enabled {
 		en = "enabled"
 	}
 	up := "down"
-	if s.Up {
+	switch {
+	case s.Up:
 		up = "up"
-	} else {
+	case !s.Ready:
+		// PyBal creates a server's monitors only once it is resolved, and with no
+		// monitor calcPartialStatus is True (server.py): a server without an address
+		// reads "partially up".
+		up = "partially up"
+	default:
 		for _, m := range s.Monitors {
 			if m.Up {
 				up = "partially up"

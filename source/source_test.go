@@ -1,18 +1,23 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -50,7 +55,8 @@ func TestParseListFixtures(t *testing.T) {
 		badRows []int
 	}{
 		{"servers-legacy.txt", false, nil, nil}, // want filled from .expected.json
-		{"servers-legacy-invalid.txt", false, Set{}, []int{1}},
+		// Every line rejected: a failed read (ErrNoServers), not an empty pool.
+		{"servers-legacy-invalid.txt", false, nil, []int{1}},
 		{"servers.json", true, nil, nil},
 		{"servers-docstring-example.json", true, Set{
 			"pybal-test2002.codfw.wmnet": {Host: "pybal-test2002.codfw.wmnet", Enabled: false, Weight: 10},
@@ -69,11 +75,14 @@ func TestParseListFixtures(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
 			want := tc.want
-			if want == nil {
+			if want == nil && tc.badRows == nil {
 				want = expected(t, "servers-legacy.expected.json")
 			}
 			got, bad, err := ParseList(mustRead(t, tc.file), tc.json)
-			if err != nil {
+			switch {
+			case want == nil && !errors.Is(err, ErrNoServers):
+				t.Fatalf("err = %v, want ErrNoServers", err)
+			case want != nil && err != nil:
 				t.Fatal(err)
 			}
 			if !equalSets(got, want) {
@@ -130,8 +139,8 @@ func TestParseLegacyRejects(t *testing.T) {
 		`['host', 'a']`,
 		`{'host': '', 'weight': 1, 'enabled': True}`,
 	} {
-		got, bad, err := ParseList([]byte(line+"\n"), false)
-		if err != nil || len(got) != 0 || len(bad) != 1 || bad[0].Line != 1 {
+		got, bad, err := ParseList([]byte(line+"\n"+`{'host': 'ok', 'weight': 1, 'enabled': True}`), false)
+		if _, ok := got["ok"]; err != nil || len(got) != 1 || !ok || len(bad) != 1 || bad[0].Line != 1 {
 			t.Errorf("%s: got %v bad %v err %v", line, got, bad, err)
 		}
 	}
@@ -274,19 +283,46 @@ func TestNewRejectsUnknownSchemes(t *testing.T) {
 	}
 }
 
+// FuzzParseList: any bytes give either a failed read or a set whose every server
+// passes the edge rules (a valid host name, a weight 0..65535) and can be used where
+// the daemon uses it: as a Prometheus label value (the invalid-UTF-8 zone crash of
+// issue 13 was there) and on one line of /pools.
 func FuzzParseList(f *testing.F) {
 	for _, n := range []string{"servers-legacy.txt", "servers.json", "text-servers.debian-sample"} {
 		b, _ := os.ReadFile(filepath.Join("testdata", n))
 		f.Add(b, n == "servers.json")
 	}
+	f.Add([]byte("{'host': '::ffff:127.0.0.1%\xff', 'weight': 1, 'enabled': True}\n"), false)
+	f.Add([]byte(`{"a\nb": {"weight": -7}, "a": {"weight": 70000}, "a": {}}`), true)
+	labels := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "fuzz_server"}, []string{"service", "host"})
 	f.Fuzz(func(t *testing.T, data []byte, isJSON bool) {
 		set, bad, err := ParseList(data, isJSON)
 		if err != nil && set != nil {
 			t.Fatal("error with a set")
 		}
+		lines := bytes.Count(data, []byte{'\n'}) + 1
 		for _, b := range bad {
-			if b.Line < 1 {
-				t.Fatalf("bad line number %d", b.Line)
+			if b.Line < 1 || b.Line > lines {
+				t.Fatalf("bad line number %d of %d", b.Line, lines)
+			}
+			if b.Host != "" && CheckHost(b.Host) != nil {
+				t.Fatalf("rejected line names an invalid host %q", b.Host)
+			}
+		}
+		for h, s := range set {
+			if h != s.Host {
+				t.Fatalf("key %q, host %q", h, s.Host)
+			}
+			if err := CheckHost(h); err != nil {
+				t.Fatal(err)
+			}
+			if err := CheckWeight(int64(s.Weight)); err != nil {
+				t.Fatal(err)
+			}
+			labels.WithLabelValues("p", h).Set(float64(s.Weight)) // panics on invalid UTF-8
+			labels.DeleteLabelValues("p", h)
+			if strings.ContainsAny(h, "\n\r\t/ ") {
+				t.Fatalf("host %q would break a /pools line or an API path", h)
 			}
 		}
 	})
