@@ -11,8 +11,8 @@ import (
 	"syscall"
 )
 
-// ListenAll serves h on port at every address, through NewHTTPServer (TLS when
-// tlsConfig is set). An address the host does not have (e.g. ::1 of the default list
+// ListenAll serves h on port at every address, through NewHTTPServer with the
+// DefaultHTTPLimits (TLS when tlsConfig is set). An address the host does not have (e.g. ::1 of the default list
 // on a host without IPv6) is skipped with a warning; any other error, or no listener
 // at all, fails, closing the listeners already started.
 func ListenAll(ips []string, port int, h http.Handler, tlsConfig *tls.Config, log *slog.Logger) (out []*http.Server, err error) {
@@ -46,13 +46,15 @@ func listen(addr string, h http.Handler, tlsConfig *tls.Config, log *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	srv := NewHTTPServer(h, tlsConfig, log)
+	lim := DefaultHTTPLimits()
+	srv := NewHTTPServer(h, tlsConfig, log, lim)
+	ll := LimitListener(ln, lim.MaxConns)
 	go func() {
 		var err error
 		if tlsConfig != nil {
-			err = srv.ServeTLS(ln, "", "")
+			err = srv.ServeTLS(ll, "", "")
 		} else {
-			err = srv.Serve(ln)
+			err = srv.Serve(ll)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP listener stopped", "addr", addr, "err", err)

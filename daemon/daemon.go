@@ -35,6 +35,7 @@ import (
 	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/plan"
 	"github.com/kubal/kubal/service"
+	"github.com/kubal/kubal/source"
 )
 
 // Options configure a Daemon. Zero values mean production defaults.
@@ -69,6 +70,7 @@ type Daemon struct {
 	metrics *daemonMetrics
 	etcd    *conftool.Clients
 	state   *admin.StateFile // the admin store of services without conftool
+	auth    *api.Auth        // the admin tokens, re-read on reload
 
 	cfg      atomic.Pointer[config.Config]
 	startCfg *config.Config // restart-only settings come from it
@@ -101,6 +103,7 @@ type Daemon struct {
 // running is a started service actor.
 type running struct {
 	svc    *service.Service
+	guard  *source.Guard
 	key    ipvs.ServiceKey
 	source string // the source and admin store it was built for
 	cancel context.CancelFunc
@@ -366,7 +369,7 @@ func (d *Daemon) startService(cfg *config.Config, svc *config.Service) error {
 		Changed:  func() { d.markDirty(svc.Name) },
 	})
 	ctx, cancel := context.WithCancel(d.ctx)
-	r := &running{svc: s, key: plan.Key(svc), source: sourceKey(svc, cfg.Global), cancel: cancel, done: make(chan struct{})}
+	r := &running{svc: s, guard: src, key: plan.Key(svc), source: sourceKey(svc, cfg.Global), cancel: cancel, done: make(chan struct{})}
 	d.mu.Lock()
 	d.services[svc.Name] = r
 	d.mu.Unlock()
@@ -470,6 +473,9 @@ func (d *Daemon) reload() error {
 	d.mu.Lock()
 	d.reloadErr, d.restartKeys = nil, keys
 	d.mu.Unlock()
+	if err := d.auth.Reload(); err != nil {
+		d.log.Error("admin-token-file: cannot re-read it; the tokens read before stay in force", "err", err)
+	}
 	d.cfg.Store(cfg)
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)

@@ -26,10 +26,10 @@ func sourceKey(svc *config.Service, g config.Global) string {
 	return svc.ConfigURL + "|" + svc.Conftool + "|" + g.ConftoolPrefix + "|" + strings.Join(g.EtcdEndpoints, ",")
 }
 
-// build returns a service's source and its admin store, chosen once: conftool keys
-// when the servers come from etcd or the service names `conftool =`, else the state
-// file.
-func (d *Daemon) build(g config.Global, svc *config.Service) (source.Source, admin.Store, error) {
+// build returns a service's source, behind a guard that holds an update removing most
+// of the pool at once, and its admin store, chosen once: conftool keys when the
+// servers come from etcd or the service names `conftool =`, else the state file.
+func (d *Daemon) build(g config.Global, svc *config.Service) (*source.Guard, admin.Store, error) {
 	log := d.log.With("system", "config-"+scheme(svc.ConfigURL), "pool", svc.Name)
 	var src source.Source
 	var cli *clientv3.Client
@@ -56,12 +56,13 @@ func (d *Daemon) build(g config.Global, svc *config.Service) (source.Source, adm
 			cli, err = d.etcd.Client(g, nil)
 		}
 	}
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, nil, err
-	case cli == nil:
-		return src, d.state.Pool(svc.Name), nil
+	}
+	guard := source.NewGuard(src, source.GuardOptions{Clock: d.opts.Clock, Log: log})
+	if cli == nil {
+		return guard, d.state.Pool(svc.Name), nil
 	}
 	keys := conftool.NewKeys(cli, prefix, d.log.With("system", "conftool", "pool", svc.Name), d.etcd.Metrics())
-	return src, admin.NewConftool(keys, d.etcd.Writer(cli), prefix), nil
+	return guard, admin.NewConftool(keys, d.etcd.Writer(cli), prefix), nil
 }

@@ -31,6 +31,7 @@ func (d *Daemon) adminHandler(g config.Global) (http.Handler, *tls.Config, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin-token-file: %w", err)
 	}
+	d.auth = auth // re-read on reload
 	return api.NewAdmin(d, d, auth, d.log.With("system", "admin"), api.WithMetrics(api.NewAdminMetrics(d.reg))), tlsOn, nil
 }
 

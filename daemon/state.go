@@ -71,6 +71,9 @@ func (d *Daemon) Alerts() []api.Alert {
 	if reloadErr != nil {
 		warn("config reload failed, running the previous config: %s", firstLine(reloadErr.Error()))
 	}
+	if err := d.auth.Err(); err != nil {
+		warn("admin-token-file cannot be read, the tokens read before stay in force: %s", firstLine(err.Error()))
+	}
 	if len(keys) > 0 {
 		warn("restart kubal to apply changed [global] settings: %s", strings.Join(keys, ", "))
 	}
@@ -114,4 +117,18 @@ func (d *Daemon) Apply(ctx context.Context, a api.Action) (api.Outcome, error) {
 		return api.Outcome{}, err
 	}
 	return api.Outcome{Old: old, New: cur}, nil
+}
+
+// ConfirmRemoval implements api.RemovalConfirmer: apply a pool's held server-list
+// update now.
+func (d *Daemon) ConfirmRemoval(_ context.Context, pool, actor string) (bool, error) {
+	d.mu.RLock()
+	r, ok := d.services[pool]
+	d.mu.RUnlock()
+	if !ok {
+		return false, fmt.Errorf("pool %q: %w", pool, api.ErrNotFound)
+	}
+	held := r.guard.Confirm()
+	d.log.Info("admin: held server-list update confirmed", "system", pool, "actor", actor, "held", held)
+	return held, nil
 }
