@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
@@ -59,6 +60,11 @@ type Speaker struct {
 	advertised map[netip.Prefix]Announcement // owned under applyMu
 	resync     bool                          // re-add everything on the next pass
 
+	// bgpStopped is set once a graceful Detach has stopped BGP itself: GoBGP's Stop
+	// then tries to stop it again and logs an ERROR ("not running") for a planned
+	// restart, which minLevel drops.
+	bgpStopped atomic.Bool
+
 	shutdownOnce sync.Once
 	shutdownDone chan struct{}
 	shutdownErr  error
@@ -92,6 +98,13 @@ func New(g config.Global, log *slog.Logger, reg prometheus.Registerer) (*Speaker
 		return nil, fmt.Errorf("bgp metrics: %w", err)
 	}
 	s.m = m
+	// The collectors outlive a Speaker (reused after a reload): drop the BFD series of
+	// a previous configuration.
+	s.m.bfdUp.Reset()
+	s.m.bfdOn.Set(0)
+	if g.BGP && g.BGPBFD {
+		s.m.bfdOn.Set(1)
+	}
 	if g.BGP {
 		s.m.enabled.Set(1)
 		for _, p := range s.peers {
@@ -353,7 +366,7 @@ func (s *Speaker) startOnce(ctx context.Context) (*server.BgpServer, error) {
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		lvl = slog.LevelDebug
 	}
-	glog := slog.New(minLevel{s.log.Handler(), lvl}).With("component", "gobgp")
+	glog := slog.New(minLevel{h: s.log.Handler(), min: lvl, stopped: &s.bgpStopped}).With("component", "gobgp")
 	srv := server.NewBgpServer(server.LoggerOption(glog, nil))
 	go srv.Serve()
 	port := int32(s.g.BGPLocalPort)
@@ -641,6 +654,8 @@ func (s *Speaker) stop(srv *server.BgpServer, graceful bool) error {
 		// (its second StopBgp fails harmlessly).
 		if err := srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
 			errs = append(errs, fmt.Errorf("stop GoBGP: %w", err))
+		} else {
+			s.bgpStopped.Store(true)
 		}
 	}
 	srv.Stop() // sessions (Cease, peer de-configured), listeners, BFD
@@ -648,23 +663,37 @@ func (s *Speaker) stop(srv *server.BgpServer, graceful bool) error {
 	s.m.announced.Set(0)
 	for _, p := range s.peers {
 		s.m.setSession(p, func(si *sessionInfo) { si.state = bgp.BGP_FSM_IDLE })
-		s.m.bfdUp.WithLabelValues(p.String()).Set(0)
+		if s.g.BGPBFD {
+			s.m.bfdUp.WithLabelValues(p.String()).Set(0)
+		}
 	}
 	s.log.Info("bgp: speaker stopped", "withdrawn", !graceful)
 	return errors.Join(errs...)
 }
 
-// minLevel drops records below min before they reach the daemon's handler.
+// minLevel drops records below min before they reach the daemon's handler, and
+// GoBGP's "failed to stop BGP server" once kubal has stopped BGP itself (Detach).
 type minLevel struct {
-	h   slog.Handler
-	min slog.Level
+	h       slog.Handler
+	min     slog.Level
+	stopped *atomic.Bool
 }
+
+// gobgpStopFailed is GoBGP's message when Stop finds BGP already stopped.
+const gobgpStopFailed = "failed to stop BGP server"
 
 func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= m.min && m.h.Enabled(ctx, l)
 }
-func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
-func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
-	return minLevel{m.h.WithAttrs(as), m.min}
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
+	if m.stopped != nil && m.stopped.Load() && r.Message == gobgpStopFailed {
+		return nil
+	}
+	return m.h.Handle(ctx, r)
 }
-func (m minLevel) WithGroup(name string) slog.Handler { return minLevel{m.h.WithGroup(name), m.min} }
+func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{m.h.WithAttrs(as), m.min, m.stopped}
+}
+func (m minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{m.h.WithGroup(name), m.min, m.stopped}
+}
