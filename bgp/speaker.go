@@ -8,8 +8,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,9 +132,8 @@ func (s *Speaker) validate() error {
 			return s.keyErr("bgp-as-path", "AS 0 is not a valid AS number")
 		}
 	}
-	if len(g.BGPPeerAddresses) == 0 {
-		return s.keyErr("bgp-peer-address", "at least one peer is required when bgp = yes")
-	}
+	// No peer is allowed, as in config (a warning there): the speaker then announces
+	// to nobody.
 	seen := map[netip.Addr]bool{}
 	for _, p := range g.BGPPeerAddresses {
 		if !p.IsValid() || p.IsUnspecified() {
@@ -190,46 +187,17 @@ func (s *Speaker) validate() error {
 			return s.keyErr("bgp-bfd-multiplier", "%d is out of range (1..255)", g.BGPBFDMultiplier)
 		}
 	}
-	// GoBGP needs an IPv4 router ID (PyBal: the session's local IPv4 address).
-	for _, ip := range g.BGPLocalIPs {
-		if a, err := netip.ParseAddr(ip); err == nil && a.Unmap().Is4() && !a.IsUnspecified() {
-			s.routerID = a.Unmap()
-			break
-		}
-	}
-	if !s.routerID.IsValid() && g.BGPNextHopIPv4.IsValid() {
-		s.routerID = g.BGPNextHopIPv4.Unmap()
-	}
+	// GoBGP needs an IPv4 router ID; config.Load rejects a config without one, with
+	// the same rule (Global.RouterID).
+	s.routerID = g.RouterID()
 	if !s.routerID.IsValid() {
 		return s.keyErr("bgp-nexthop-ipv4", "needed as the BGP router ID (or an IPv4 address in bgp-local-ips)")
 	}
 	return nil
 }
 
-// ParseCommunity parses a standard community "asn:value" (each 0..65535) or one of
-// the well-known names no-export, no-advertise, no-export-subconfed, blackhole.
-func ParseCommunity(c string) (uint32, error) {
-	switch strings.ToLower(strings.TrimSpace(c)) {
-	case "no-export":
-		return uint32(bgp.COMMUNITY_NO_EXPORT), nil
-	case "no-advertise":
-		return uint32(bgp.COMMUNITY_NO_ADVERTISE), nil
-	case "no-export-subconfed":
-		return uint32(bgp.COMMUNITY_NO_EXPORT_SUBCONFED), nil
-	case "blackhole":
-		return uint32(bgp.COMMUNITY_BLACKHOLE), nil
-	}
-	hi, lo, ok := strings.Cut(strings.TrimSpace(c), ":")
-	if !ok {
-		return 0, fmt.Errorf("community %q: want asn:value", c)
-	}
-	a, err1 := strconv.ParseUint(hi, 10, 16)
-	v, err2 := strconv.ParseUint(lo, 10, 16)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("community %q: asn and value must be 0..65535", c)
-	}
-	return uint32(a)<<16 | uint32(v), nil
-}
+// ParseCommunity is config.ParseCommunity: one parser for validation and the wire.
+func ParseCommunity(c string) (uint32, error) { return config.ParseCommunity(c) }
 
 // Set replaces the desired announcement set. It never blocks: the speaker diffs it
 // against what it advertises and converges in the background (retrying GoBGP errors).

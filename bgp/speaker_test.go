@@ -39,7 +39,10 @@ func TestNewValidation(t *testing.T) {
 		{"bgp off needs nothing", func(g *config.Global) { *g = config.Global{} }, ""},
 		{"4-byte ASN", func(g *config.Global) { g.BGPLocalASN = 4200000000 }, ""},
 		{"no ASN", func(g *config.Global) { g.BGPLocalASN = 0 }, "bgp-local-asn"},
-		{"no peer", func(g *config.Global) { g.BGPPeerAddresses = nil }, "bgp-peer-address"},
+		// As in config (a warning there): bgp = yes with no peer announces to nobody.
+		{"no peer is allowed", func(g *config.Global) { g.BGPPeerAddresses = nil }, ""},
+		{"IPv6-only without a router ID", func(g *config.Global) { g.BGPNextHopIPv4 = netip.Addr{} }, "bgp-nexthop-ipv4"},
+		{"router ID from bgp-local-ips", func(g *config.Global) { g.BGPNextHopIPv4, g.BGPLocalIPs = netip.Addr{}, []string{"::1", "192.0.2.7"} }, ""},
 		{"duplicate peer", func(g *config.Global) {
 			g.BGPPeerAddresses = append(g.BGPPeerAddresses, g.BGPPeerAddresses[0])
 		}, "bgp-peer-address"},
