@@ -436,6 +436,7 @@ func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[strin
 	g.BGPBFDMinTx = time.Duration(p.integer(o, "bgp-bfd-min-tx", 300, 1, 60000)) * time.Millisecond
 	g.BGPBFDMultiplier = int(p.integer(o, "bgp-bfd-multiplier", 3, 1, 255))
 	g.BGPGracefulRestart = p.bool(o, "bgp-graceful-restart", false)
+	g.VIPAddresses = p.bool(o, "vip-addresses", false)
 }
 
 func (p *parser) nextHop(o Options, key string, v6 bool) netip.Addr {
@@ -986,6 +987,13 @@ func (p *parser) noEffect(cfg *Config, hasGlobal bool) {
 				warnf(s.Options, key, "has no effect: bgp is off in [global]")
 			case !s.BGP:
 				warnf(s.Options, key, "has no effect: bgp = no for [%s]", s.Name)
+			}
+		}
+	}
+	if !(hasGlobal && g.VIPAddresses) {
+		for _, s := range cfg.Services {
+			if p.explicit[s]["vip-interface"] {
+				warnf(s.Options, "vip-interface", "has no effect: kubal manages VIP addresses only with vip-addresses = yes in [global]")
 			}
 		}
 	}

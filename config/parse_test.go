@@ -163,6 +163,9 @@ func TestValidation(t *testing.T) {
 			section("svc2", "port = 81", "bgp-withdraw-when-empty = yes"),
 			warns: []finding{{"bgp-communities", "bgp-communities", "has no effect: bgp = no for [svc]"},
 				{"bgp-withdraw-when-empty", "bgp-withdraw-when-empty", "has no effect: bgp = no for [svc]"}}},
+		{name: "vip-interface without vip-addresses", text: conf(nil, "vip-interface = dummy0"),
+			warns: []finding{{"vip-interface", "vip-interface", "only with vip-addresses = yes"}}},
+		{name: "vip-interface with vip-addresses", global: []string{"vip-addresses = yes"}, text: conf([]string{"vip-addresses = yes"}, "vip-interface = dummy0")},
 		{name: "bfd timers without bfd", global: append(bgpOn[:4:4], "bgp-bfd-min-rx = 100"), text: conf(append(bgpOn[:4:4], "bgp-bfd-min-rx = 100")),
 			warns: []finding{{"bgp-bfd-min-rx", "bgp-bfd-min-rx", "unless bgp-bfd = yes"}}},
 		// PyBal stops with CRITICAL when monitors is not a list (SPEC §1.3).
@@ -269,7 +272,7 @@ func TestValidation(t *testing.T) {
 			"[b]\nprotocol = tcp\nip = 10.0.0.2\nscheduler = rr\nconfig = file:///b\n",
 			errs:  []finding{{"port", "port", "not an integer"}},
 			warns: []finding{{"[a]", "monitors", "never"}, {"[b]", "monitors", "never"}}},
-		{name: "helper variables used in %(name)s are not unknown", text: "[DEFAULT]\nsite = eqiad\n" + conf(nil, "config = file:///p/%(site)s/svc", "pool = text", "vip-interface = %(pool)s0")},
+		{name: "helper variables used in %(name)s are not unknown", text: "[DEFAULT]\nsite = eqiad\n" + conf([]string{"vip-addresses = yes"}, "config = file:///p/%(site)s/svc", "pool = text", "vip-interface = %(pool)s0")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -376,6 +379,7 @@ func TestAllKeys(t *testing.T) {
 		StateFile: "/srv/kubal/state.json", BGPHoldTime: 90 * time.Second, BGPCommunities: []string{"64496:100", "64496:200"},
 		BGPBFD: true, BGPBFDMinRx: 150 * time.Millisecond, BGPBFDMinTx: 200 * time.Millisecond, BGPBFDMultiplier: 5,
 		BGPGracefulRestart: true,
+		VIPAddresses:       true,
 		Options:            g.Options,
 	}
 	if !reflect.DeepEqual(g, wantG) {
