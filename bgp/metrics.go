@@ -23,7 +23,8 @@ type metrics struct {
 	established *prometheus.GaugeVec // local_asn, peer
 	stateCount  *prometheus.GaugeVec // local_asn, state, local_ip, remote_ip, side
 	announced   prometheus.Gauge
-	bfdUp       *prometheus.GaugeVec // peer
+	bfdUp       *prometheus.GaugeVec // peer; only exported when bgp-bfd = yes
+	bfdOn       prometheus.Gauge
 
 	mu       sync.Mutex
 	sessions map[netip.Addr]sessionInfo
@@ -67,8 +68,12 @@ func newMetrics(reg prometheus.Registerer, asn uint32) (*metrics, error) {
 		return nil, err
 	}
 	if m.bfdUp, err = register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "kubal_bgp_bfd_up", Help: "BFD session with the peer is up (1) or not (0)"},
+		Name: "kubal_bgp_bfd_up", Help: "BFD session with the peer is up (1) or not (0); absent when bgp-bfd is off"},
 		[]string{"peer"})); err != nil {
+		return nil, err
+	}
+	if m.bfdOn, err = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kubal_bgp_bfd_configured", Help: "BFD is configured (bgp = yes and bgp-bfd = yes)"})); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -200,10 +205,14 @@ func (s *Speaker) poll(ctx context.Context, srv *server.BgpServer) {
 				si.local = r.local
 			}
 		})
-		v := 0.0
-		if r.bfdUp && s.g.BGPBFD {
-			v = 1
+		// Without BFD there is no BFD session to be down: export nothing, or an alert
+		// on kubal_bgp_bfd_up == 0 fires on every host that never enabled it.
+		if s.g.BGPBFD {
+			v := 0.0
+			if r.bfdUp {
+				v = 1
+			}
+			s.m.bfdUp.WithLabelValues(r.peer.String()).Set(v)
 		}
-		s.m.bfdUp.WithLabelValues(r.peer.String()).Set(v)
 	}
 }

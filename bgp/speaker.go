@@ -8,9 +8,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
@@ -59,6 +58,11 @@ type Speaker struct {
 	advertised map[netip.Prefix]Announcement // owned under applyMu
 	resync     bool                          // re-add everything on the next pass
 
+	// bgpStopped is set once a graceful Detach has stopped BGP itself: GoBGP's Stop
+	// then tries to stop it again and logs an ERROR ("not running") for a planned
+	// restart, which minLevel drops.
+	bgpStopped atomic.Bool
+
 	shutdownOnce sync.Once
 	shutdownDone chan struct{}
 	shutdownErr  error
@@ -92,6 +96,13 @@ func New(g config.Global, log *slog.Logger, reg prometheus.Registerer) (*Speaker
 		return nil, fmt.Errorf("bgp metrics: %w", err)
 	}
 	s.m = m
+	// The collectors outlive a Speaker (reused after a reload): drop the BFD series of
+	// a previous configuration.
+	s.m.bfdUp.Reset()
+	s.m.bfdOn.Set(0)
+	if g.BGP && g.BGPBFD {
+		s.m.bfdOn.Set(1)
+	}
 	if g.BGP {
 		s.m.enabled.Set(1)
 		for _, p := range s.peers {
@@ -121,9 +132,8 @@ func (s *Speaker) validate() error {
 			return s.keyErr("bgp-as-path", "AS 0 is not a valid AS number")
 		}
 	}
-	if len(g.BGPPeerAddresses) == 0 {
-		return s.keyErr("bgp-peer-address", "at least one peer is required when bgp = yes")
-	}
+	// No peer is allowed, as in config (a warning there): the speaker then announces
+	// to nobody.
 	seen := map[netip.Addr]bool{}
 	for _, p := range g.BGPPeerAddresses {
 		if !p.IsValid() || p.IsUnspecified() {
@@ -177,46 +187,17 @@ func (s *Speaker) validate() error {
 			return s.keyErr("bgp-bfd-multiplier", "%d is out of range (1..255)", g.BGPBFDMultiplier)
 		}
 	}
-	// GoBGP needs an IPv4 router ID (PyBal: the session's local IPv4 address).
-	for _, ip := range g.BGPLocalIPs {
-		if a, err := netip.ParseAddr(ip); err == nil && a.Unmap().Is4() && !a.IsUnspecified() {
-			s.routerID = a.Unmap()
-			break
-		}
-	}
-	if !s.routerID.IsValid() && g.BGPNextHopIPv4.IsValid() {
-		s.routerID = g.BGPNextHopIPv4.Unmap()
-	}
+	// GoBGP needs an IPv4 router ID; config.Load rejects a config without one, with
+	// the same rule (Global.RouterID).
+	s.routerID = g.RouterID()
 	if !s.routerID.IsValid() {
 		return s.keyErr("bgp-nexthop-ipv4", "needed as the BGP router ID (or an IPv4 address in bgp-local-ips)")
 	}
 	return nil
 }
 
-// ParseCommunity parses a standard community "asn:value" (each 0..65535) or one of
-// the well-known names no-export, no-advertise, no-export-subconfed, blackhole.
-func ParseCommunity(c string) (uint32, error) {
-	switch strings.ToLower(strings.TrimSpace(c)) {
-	case "no-export":
-		return uint32(bgp.COMMUNITY_NO_EXPORT), nil
-	case "no-advertise":
-		return uint32(bgp.COMMUNITY_NO_ADVERTISE), nil
-	case "no-export-subconfed":
-		return uint32(bgp.COMMUNITY_NO_EXPORT_SUBCONFED), nil
-	case "blackhole":
-		return uint32(bgp.COMMUNITY_BLACKHOLE), nil
-	}
-	hi, lo, ok := strings.Cut(strings.TrimSpace(c), ":")
-	if !ok {
-		return 0, fmt.Errorf("community %q: want asn:value", c)
-	}
-	a, err1 := strconv.ParseUint(hi, 10, 16)
-	v, err2 := strconv.ParseUint(lo, 10, 16)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("community %q: asn and value must be 0..65535", c)
-	}
-	return uint32(a)<<16 | uint32(v), nil
-}
+// ParseCommunity is config.ParseCommunity: one parser for validation and the wire.
+func ParseCommunity(c string) (uint32, error) { return config.ParseCommunity(c) }
 
 // Set replaces the desired announcement set. It never blocks: the speaker diffs it
 // against what it advertises and converges in the background (retrying GoBGP errors).
@@ -353,7 +334,7 @@ func (s *Speaker) startOnce(ctx context.Context) (*server.BgpServer, error) {
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		lvl = slog.LevelDebug
 	}
-	glog := slog.New(minLevel{s.log.Handler(), lvl}).With("component", "gobgp")
+	glog := slog.New(minLevel{h: s.log.Handler(), min: lvl, stopped: &s.bgpStopped}).With("component", "gobgp")
 	srv := server.NewBgpServer(server.LoggerOption(glog, nil))
 	go srv.Serve()
 	port := int32(s.g.BGPLocalPort)
@@ -641,6 +622,8 @@ func (s *Speaker) stop(srv *server.BgpServer, graceful bool) error {
 		// (its second StopBgp fails harmlessly).
 		if err := srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
 			errs = append(errs, fmt.Errorf("stop GoBGP: %w", err))
+		} else {
+			s.bgpStopped.Store(true)
 		}
 	}
 	srv.Stop() // sessions (Cease, peer de-configured), listeners, BFD
@@ -648,23 +631,37 @@ func (s *Speaker) stop(srv *server.BgpServer, graceful bool) error {
 	s.m.announced.Set(0)
 	for _, p := range s.peers {
 		s.m.setSession(p, func(si *sessionInfo) { si.state = bgp.BGP_FSM_IDLE })
-		s.m.bfdUp.WithLabelValues(p.String()).Set(0)
+		if s.g.BGPBFD {
+			s.m.bfdUp.WithLabelValues(p.String()).Set(0)
+		}
 	}
 	s.log.Info("bgp: speaker stopped", "withdrawn", !graceful)
 	return errors.Join(errs...)
 }
 
-// minLevel drops records below min before they reach the daemon's handler.
+// minLevel drops records below min before they reach the daemon's handler, and
+// GoBGP's "failed to stop BGP server" once kubal has stopped BGP itself (Detach).
 type minLevel struct {
-	h   slog.Handler
-	min slog.Level
+	h       slog.Handler
+	min     slog.Level
+	stopped *atomic.Bool
 }
+
+// gobgpStopFailed is GoBGP's message when Stop finds BGP already stopped.
+const gobgpStopFailed = "failed to stop BGP server"
 
 func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= m.min && m.h.Enabled(ctx, l)
 }
-func (m minLevel) Handle(ctx context.Context, r slog.Record) error { return m.h.Handle(ctx, r) }
-func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
-	return minLevel{m.h.WithAttrs(as), m.min}
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
+	if m.stopped != nil && m.stopped.Load() && r.Message == gobgpStopFailed {
+		return nil
+	}
+	return m.h.Handle(ctx, r)
 }
-func (m minLevel) WithGroup(name string) slog.Handler { return minLevel{m.h.WithGroup(name), m.min} }
+func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{m.h.WithAttrs(as), m.min, m.stopped}
+}
+func (m minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{m.h.WithGroup(name), m.min, m.stopped}
+}

@@ -3,11 +3,13 @@ package bgp
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,7 +39,10 @@ func TestNewValidation(t *testing.T) {
 		{"bgp off needs nothing", func(g *config.Global) { *g = config.Global{} }, ""},
 		{"4-byte ASN", func(g *config.Global) { g.BGPLocalASN = 4200000000 }, ""},
 		{"no ASN", func(g *config.Global) { g.BGPLocalASN = 0 }, "bgp-local-asn"},
-		{"no peer", func(g *config.Global) { g.BGPPeerAddresses = nil }, "bgp-peer-address"},
+		// As in config (a warning there): bgp = yes with no peer announces to nobody.
+		{"no peer is allowed", func(g *config.Global) { g.BGPPeerAddresses = nil }, ""},
+		{"IPv6-only without a router ID", func(g *config.Global) { g.BGPNextHopIPv4 = netip.Addr{} }, "bgp-nexthop-ipv4"},
+		{"router ID from bgp-local-ips", func(g *config.Global) { g.BGPNextHopIPv4, g.BGPLocalIPs = netip.Addr{}, []string{"::1", "192.0.2.7"} }, ""},
 		{"duplicate peer", func(g *config.Global) {
 			g.BGPPeerAddresses = append(g.BGPPeerAddresses, g.BGPPeerAddresses[0])
 		}, "bgp-peer-address"},
@@ -421,5 +426,117 @@ func TestRunRetriesWhenPortBusy(t *testing.T) {
 	}
 	if len(s.Advertised()) != 0 {
 		t.Fatal("Run's implicit Shutdown left routes advertised")
+	}
+}
+
+// recorder keeps every log record (tests only).
+type recorder struct {
+	mu   *sync.Mutex
+	recs *[]slog.Record
+}
+
+func newRecorder() recorder { return recorder{mu: &sync.Mutex{}, recs: &[]slog.Record{}} }
+
+func (r recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r recorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	*r.recs = append(*r.recs, rec.Clone())
+	return nil
+}
+func (r recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r recorder) WithGroup(string) slog.Handler      { return r }
+func (r recorder) errors() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, rec := range *r.recs {
+		if rec.Level >= slog.LevelError {
+			out = append(out, rec.Message)
+		}
+	}
+	return out
+}
+
+// families returns the metric family names gathered from reg.
+func families(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// A planned restart (Detach with graceful restart) logs no ERROR, and without BFD
+// no kubal_bgp_bfd_up series exists (an alert on it would fire on every host
+// without BFD, PyBal's default); kubal_bgp_bfd_configured says 0.
+func TestDetachQuietAndNoBFDSeriesWithoutBFD(t *testing.T) {
+	for _, bfd := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bfd=%v", bfd), func(t *testing.T) {
+			g := validGlobal()
+			g.BGPLocalIPs = []string{"127.0.0.1"}
+			g.BGPLocalPort = freePort(t)
+			g.BGPPeerAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.2")}
+			g.BGPGracefulRestart = true
+			g.BGPBFD = bfd
+			g.BGPBFDMinRx, g.BGPBFDMinTx, g.BGPBFDMultiplier = 300*time.Millisecond, 300*time.Millisecond, 3
+			rec := newRecorder()
+			reg := prometheus.NewRegistry()
+			s, err := New(g, slog.New(rec), reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx) }()
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				s.mu.Lock()
+				srv := s.srv
+				s.mu.Unlock()
+				if srv != nil {
+					s.poll(ctx, srv)
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("GoBGP never started")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			check := func(when string) {
+				mfs := families(t, reg)
+				_, hasUp := mfs["kubal_bgp_bfd_up"]
+				if hasUp != bfd {
+					t.Errorf("%s: kubal_bgp_bfd_up exported = %v, want %v", when, hasUp, bfd)
+				}
+				want := 0.0
+				if bfd {
+					want = 1
+				}
+				if ms := mfs["kubal_bgp_bfd_configured"].GetMetric(); len(ms) != 1 {
+					t.Errorf("%s: kubal_bgp_bfd_configured not exported", when)
+				} else if got := ms[0].GetGauge().GetValue(); got != want {
+					t.Errorf("%s: kubal_bgp_bfd_configured = %v, want %v", when, got, want)
+				}
+			}
+			check("running")
+			sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer scancel()
+			if err := s.Detach(sctx); err != nil {
+				t.Fatalf("Detach: %v", err)
+			}
+			cancel()
+			<-done
+			check("after Detach")
+			if errs := rec.errors(); len(errs) > 0 {
+				t.Errorf("a planned restart logged errors: %q", errs)
+			}
+		})
 	}
 }

@@ -67,6 +67,10 @@ type Global struct {
 	BGPBFDMinTx        time.Duration // default 300ms
 	BGPBFDMultiplier   int           // default 3
 	BGPGracefulRestart bool
+	// VIPAddresses: kubal adds each service IP to its vip-interface (default lo) and
+	// removes it when the service goes. Off by default: PyBal never touched addresses
+	// (Puppet puts the VIPs on lo), and a PyBal config must behave as under PyBal.
+	VIPAddresses bool
 
 	Options Options // every key of the section, raw, with its position
 }

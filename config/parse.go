@@ -11,17 +11,42 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Load reads and parses the file at path. Unlike PyBal, which silently runs with no
 // services when the file is missing, a missing or unreadable file is an error naming
-// the path. See Parse for the results.
-func Load(path string) (*Config, error) {
+// the path. See Parse for the results and opts.
+func Load(path string, opts ...Option) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, Diagnostics{{Pos: Pos{File: path}, Msg: fmt.Sprintf("cannot read config: %v", err)}}
 	}
-	return Parse(path, data)
+	return Parse(path, data, opts...)
+}
+
+// Option adds checks that live outside this package (which cannot import the
+// packages that know them, e.g. monitor) to the one validation pass of Load/Parse.
+type Option func(*options)
+
+type options struct {
+	serviceChecks []func(*Service) Diagnostics
+	configChecks  []func(*Config) Diagnostics
+}
+
+// WithServiceCheck runs check on every service (after the section is read, also when
+// it has errors) and merges its findings with the parser's, in line order, so that
+// one run reports every error at once. Findings whose Pos.File is empty are reported
+// against the section header. Example: config.Load(path, config.WithServiceCheck(monitor.Validate)).
+func WithServiceCheck(check func(*Service) Diagnostics) Option {
+	return func(o *options) { o.serviceChecks = append(o.serviceChecks, check) }
+}
+
+// WithConfigCheck runs check once on the whole parsed config (e.g. reading the admin
+// token file) and merges its findings like WithServiceCheck's.
+func WithConfigCheck(check func(*Config) Diagnostics) Option {
+	return func(o *options) { o.configChecks = append(o.configChecks, check) }
 }
 
 // Parse parses and validates pybal.conf text; file is the name used in diagnostics.
@@ -30,7 +55,11 @@ func Load(path string) (*Config, error) {
 // error found, in line order, each with file:line and key; the returned Config is then
 // only partly filled and must not be run, but its Warnings are complete (unknown keys
 // often explain errors, e.g. a misspelled required key), so callers should print them.
-func Parse(file string, data []byte) (*Config, error) {
+func Parse(file string, data []byte, with ...Option) (*Config, error) {
+	var checks options
+	for _, opt := range with {
+		opt(&checks)
+	}
 	p := &parser{}
 	ini := readINI(file, data, &p.errs, &p.warns)
 	cfg := &Config{Path: file, Global: defaultGlobal()}
@@ -64,6 +93,14 @@ func Parse(file string, data []byte) (*Config, error) {
 		cfg.Services = append(cfg.Services, p.service(s, opts[i], inherited[i]))
 	}
 	p.crossCheck(cfg, globalPos, hasGlobal)
+	for _, svc := range cfg.Services {
+		for _, check := range checks.serviceChecks {
+			p.external(svc.Pos, check(svc))
+		}
+	}
+	for _, check := range checks.configChecks {
+		p.external(Pos{File: file}, check(cfg))
+	}
 
 	cfg.Warnings = finish(p.warns)
 	if errs := finish(p.errs); len(errs) > 0 {
@@ -116,6 +153,11 @@ func finish(ds Diagnostics) Diagnostics {
 type parser struct {
 	errs, warns Diagnostics
 	referenced  map[string]bool // keys used as %(name)s
+	// explicit holds, per service, the keys set in its own section (not inherited
+	// from [DEFAULT]), for no-effect warnings that need the [global] settings.
+	explicit map[*Service]map[string]bool
+	// globalExplicit: the same for [global].
+	globalExplicit map[string]bool
 }
 
 func (p *parser) errorf(pos Pos, key, format string, args ...any) {
@@ -124,6 +166,17 @@ func (p *parser) errorf(pos Pos, key, format string, args ...any) {
 
 func (p *parser) warnf(pos Pos, key, format string, args ...any) {
 	p.warns = append(p.warns, Diagnostic{Pos: pos, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// external records the errors of a check passed in as an Option; one without a
+// position is placed at def.
+func (p *parser) external(def Pos, ds Diagnostics) {
+	for _, d := range ds {
+		if d.Pos.File == "" {
+			d.Pos = def
+		}
+		p.errs = append(p.errs, d)
+	}
 }
 
 // add records an error returned by an Options getter.
@@ -257,6 +310,12 @@ func (p *parser) listenAddrs(o Options, key string, list []string) {
 
 func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[string]bool) {
 	g.Options = o
+	p.globalExplicit = map[string]bool{}
+	for name := range o {
+		if !inherited[name] {
+			p.globalExplicit[name] = true
+		}
+	}
 	for _, name := range sortedKeys(o) {
 		if inherited[name] || globalKeys[name] || p.referenced[name] {
 			continue
@@ -300,12 +359,21 @@ func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[strin
 		} else if raw != "" {
 			peers = []string{raw}
 		}
+		seen := map[netip.Addr]bool{}
 		for _, s := range peers {
 			a, err := parseAddr(s)
-			if err != nil {
+			switch {
+			case err != nil:
 				p.errorf(v.Pos, "bgp-peer-address", "%v", err)
 				continue
+			case a.IsUnspecified() || a.IsMulticast():
+				p.errorf(v.Pos, "bgp-peer-address", "%s cannot be a BGP peer", a)
+				continue
+			case seen[a.Unmap()]:
+				p.errorf(v.Pos, "bgp-peer-address", "peer %s listed twice", a.Unmap())
+				continue
 			}
+			seen[a.Unmap()] = true
 			g.BGPPeerAddresses = append(g.BGPPeerAddresses, a)
 		}
 	}
@@ -368,6 +436,7 @@ func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[strin
 	g.BGPBFDMinTx = time.Duration(p.integer(o, "bgp-bfd-min-tx", 300, 1, 60000)) * time.Millisecond
 	g.BGPBFDMultiplier = int(p.integer(o, "bgp-bfd-multiplier", 3, 1, 255))
 	g.BGPGracefulRestart = p.bool(o, "bgp-graceful-restart", false)
+	g.VIPAddresses = p.bool(o, "vip-addresses", false)
 }
 
 func (p *parser) nextHop(o Options, key string, v6 bool) netip.Addr {
@@ -386,6 +455,10 @@ func (p *parser) nextHop(o Options, key string, v6 bool) netip.Addr {
 			fam = "IPv6"
 		}
 		p.errorf(v.Pos, key, "%s is not an %s address", a, fam)
+		return netip.Addr{}
+	}
+	if a.IsUnspecified() || a.IsMulticast() {
+		p.errorf(v.Pos, key, "%s cannot be a next hop", a)
 		return netip.Addr{}
 	}
 	return a
@@ -450,21 +523,51 @@ func isLoopback(host string) bool {
 	return err == nil && a.IsLoopback()
 }
 
-// communities reads bgp-communities: standard communities "asn:value", 16 bits each.
+// communities reads bgp-communities: standard communities "asn:value", 16 bits each,
+// or a well-known name (ParseCommunity, the parser the BGP speaker uses too).
 func (p *parser) communities(o Options) []string {
 	list := p.flexList(o, "bgp-communities", nil)
 	var out []string
 	for _, c := range list {
-		a, b, ok := strings.Cut(c, ":")
-		_, errA := strconv.ParseUint(a, 10, 16)
-		_, errB := strconv.ParseUint(b, 10, 16)
-		if !ok || errA != nil || errB != nil {
-			p.errorf(o["bgp-communities"].Pos, "bgp-communities", "%q is not a standard community (want asn:value, each 0-65535)", c)
+		if _, err := ParseCommunity(c); err != nil {
+			p.errorf(o["bgp-communities"].Pos, "bgp-communities", "%v", err)
 			continue
 		}
 		out = append(out, c)
 	}
 	return out
+}
+
+// Well-known communities (RFC 1997, RFC 7999).
+const (
+	CommunityNoExport          uint32 = 0xFFFFFF01
+	CommunityNoAdvertise       uint32 = 0xFFFFFF02
+	CommunityNoExportSubconfed uint32 = 0xFFFFFF03
+	CommunityBlackhole         uint32 = 0xFFFF029A
+)
+
+// ParseCommunity parses a BGP standard community: "asn:value" (each 0..65535) or one
+// of the well-known names no-export, no-advertise, no-export-subconfed, blackhole
+// (case-insensitive). It is the only community parser: config validation and the BGP
+// speaker both use it, so a config --check-config accepts is one the speaker takes.
+func ParseCommunity(c string) (uint32, error) {
+	switch strings.ToLower(strings.TrimSpace(c)) {
+	case "no-export":
+		return CommunityNoExport, nil
+	case "no-advertise":
+		return CommunityNoAdvertise, nil
+	case "no-export-subconfed":
+		return CommunityNoExportSubconfed, nil
+	case "blackhole":
+		return CommunityBlackhole, nil
+	}
+	hi, lo, ok := strings.Cut(strings.TrimSpace(c), ":")
+	a, errA := strconv.ParseUint(hi, 10, 16)
+	v, errB := strconv.ParseUint(lo, 10, 16)
+	if !ok || errA != nil || errB != nil {
+		return 0, fmt.Errorf("%q is not a standard community (want asn:value, each 0-65535, or no-export, no-advertise, no-export-subconfed, blackhole)", c)
+	}
+	return uint32(a)<<16 | uint32(v), nil
 }
 
 // ---- [DEFAULT] ----
@@ -497,6 +600,13 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 		VIPInterface:    "lo",
 		K8sCordoned:     "depool",
 		Options:         o,
+	}
+	// The section name is the pool name: a Prometheus label value (which must be
+	// UTF-8: an invalid one panicked at start), a URL path element and a log field.
+	if !utf8.ValidString(s.name) {
+		p.errorf(s.pos, "", "section name %s is not valid UTF-8", strconv.Quote(s.name))
+	} else if strings.IndexFunc(s.name, unicode.IsControl) >= 0 {
+		p.errorf(s.pos, "", "section name %s holds a control character", strconv.Quote(s.name))
 	}
 	if strings.EqualFold(s.name, "global") {
 		p.warnf(s.pos, "", "section [%s] is read as a service: only [global] (lower case) holds global settings", s.name)
@@ -631,6 +741,15 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 	}
 
 	p.serviceKeys(svc, o, inherited)
+	if p.explicit == nil {
+		p.explicit = map[*Service]map[string]bool{}
+	}
+	p.explicit[svc] = map[string]bool{}
+	for name := range o {
+		if !inherited[name] {
+			p.explicit[svc][name] = true
+		}
+	}
 	return svc
 }
 
@@ -643,6 +762,11 @@ func (p *parser) monitors(s *iniSection, o Options) []string {
 	lit, err := ParseLiteral(strings.TrimSpace(v.Raw))
 	if err != nil {
 		p.errorf(v.Pos, "monitors", "does not parse as a Python list: %v (want e.g. [\"ProxyFetch\", \"IdleConnection\"])", err)
+		return nil
+	}
+	if lit.Kind == LitString {
+		// PyBal: "not a list" is CRITICAL and stops the daemon (server.py:185-223).
+		p.errorf(v.Pos, "monitors", "a string, not a list: write [%q]", lit.Str)
 		return nil
 	}
 	names, err := lit.Strings()
@@ -788,6 +912,7 @@ func (p *parser) crossCheck(cfg *Config, globalPos Pos, hasGlobal bool) {
 			p.errorf(s.Options["conftool"].Pos, "conftool", "needs etcd: set etcd-endpoints in [global]")
 		}
 	}
+	p.noEffect(cfg, hasGlobal)
 	if !hasGlobal || !g.BGP {
 		return
 	}
@@ -800,8 +925,108 @@ func (p *parser) crossCheck(cfg *Config, globalPos Pos, hasGlobal bool) {
 	if v6 && !g.Options.Has("bgp-nexthop-ipv6") {
 		p.errorf(globalPos, "bgp-nexthop-ipv6", "required when bgp = yes and an IPv6 service has bgp enabled")
 	}
+	// The BGP speaker needs an IPv4 router ID even on an IPv6-only host: an IPv4
+	// address in bgp-local-ips, or bgp-nexthop-ipv4 (the "required" error above
+	// already covers hosts with IPv4 services).
+	if !g.RouterID().IsValid() && !(v4 && !g.Options.Has("bgp-nexthop-ipv4")) {
+		p.errorf(globalPos, "bgp-nexthop-ipv4", "needed as the BGP router ID when bgp = yes (or put an IPv4 address in bgp-local-ips)")
+	}
 	if len(g.BGPPeerAddresses) == 0 && !g.Options.Has("bgp-peer-address") {
 		p.warnf(globalPos, "bgp-peer-address", "bgp = yes but no peer is configured: nothing will be announced")
+	}
+}
+
+// RouterID is the BGP router ID the speaker uses: the first specific IPv4 address of
+// bgp-local-ips, else bgp-nexthop-ipv4 (PyBal: the session's local IPv4 address).
+// The zero Addr means there is none, which the config rejects when bgp = yes.
+func (g *Global) RouterID() netip.Addr {
+	for _, ip := range g.BGPLocalIPs {
+		if a, err := netip.ParseAddr(ip); err == nil && a.Unmap().Is4() && !a.Unmap().IsUnspecified() {
+			return a.Unmap()
+		}
+	}
+	if g.BGPNextHopIPv4.IsValid() && g.BGPNextHopIPv4.Unmap().Is4() && !g.BGPNextHopIPv4.Unmap().IsUnspecified() {
+		return g.BGPNextHopIPv4.Unmap()
+	}
+	return netip.Addr{}
+}
+
+// serviceBGPKeys are kubal's per-service keys that only change BGP announcements.
+var serviceBGPKeys = []string{"bgp-communities", "bgp-withdraw-when-empty"}
+
+// globalBGPKeys are kubal's [global] keys that only matter with bgp = yes.
+var globalBGPKeys = []string{"bgp-hold-time", "bgp-communities", "bgp-bfd", "bgp-bfd-min-rx",
+	"bgp-bfd-min-tx", "bgp-bfd-multiplier", "bgp-graceful-restart"}
+
+// noEffect warns about every kubal key set in a section (not inherited from
+// [DEFAULT]) that cannot have an effect with the rest of the config, naming why.
+// PyBal's own keys are not warned about: PyBal configs carry them for other modes.
+func (p *parser) noEffect(cfg *Config, hasGlobal bool) {
+	// A key that already has an error gets no second finding.
+	bad := map[Pos]map[string]bool{}
+	for _, d := range p.errs {
+		if bad[d.Pos] == nil {
+			bad[d.Pos] = map[string]bool{}
+		}
+		bad[d.Pos][d.Key] = true
+	}
+	warnf := func(o Options, key, format string, args ...any) {
+		if !bad[o[key].Pos][key] {
+			p.warnf(o[key].Pos, key, format, args...)
+		}
+	}
+	g := &cfg.Global
+	bgpOn := hasGlobal && g.BGP
+	for _, s := range cfg.Services {
+		for _, key := range serviceBGPKeys {
+			if !p.explicit[s][key] {
+				continue
+			}
+			switch {
+			case !bgpOn:
+				warnf(s.Options, key, "has no effect: bgp is off in [global]")
+			case !s.BGP:
+				warnf(s.Options, key, "has no effect: bgp = no for [%s]", s.Name)
+			}
+		}
+	}
+	if !(hasGlobal && g.VIPAddresses) {
+		for _, s := range cfg.Services {
+			if p.explicit[s]["vip-interface"] {
+				warnf(s.Options, "vip-interface", "has no effect: kubal manages VIP addresses only with vip-addresses = yes in [global]")
+			}
+		}
+	}
+	if !hasGlobal {
+		return
+	}
+	for _, key := range globalBGPKeys {
+		if p.globalExplicit[key] && !g.BGP {
+			warnf(g.Options, key, "has no effect: bgp = no")
+		}
+	}
+	if g.BGP && !g.BGPBFD {
+		for _, key := range []string{"bgp-bfd-min-rx", "bgp-bfd-min-tx", "bgp-bfd-multiplier"} {
+			if p.globalExplicit[key] {
+				warnf(g.Options, key, "has no effect unless bgp-bfd = yes")
+			}
+		}
+	}
+	if g.AdminTokenFile == "" && g.AdminTLSCert == "" {
+		for _, key := range []string{"admin_port", "admin_ips"} {
+			if p.globalExplicit[key] {
+				warnf(g.Options, key, "has no effect: the admin API starts only with admin-token-file or admin-tls-cert")
+			}
+		}
+	}
+	if p.globalExplicit["kubeconfig"] {
+		k8s := false
+		for _, s := range cfg.Services {
+			k8s = k8s || strings.HasPrefix(s.ConfigURL, "k8s://")
+		}
+		if !k8s {
+			warnf(g.Options, "kubeconfig", "has no effect: no service has config = k8s://")
+		}
 	}
 }
 

@@ -138,7 +138,44 @@ func TestValidation(t *testing.T) {
 			errs: []finding{{"[global]", "bgp-local-asn", "required when bgp = yes"}}},
 		{name: "bgp on without v4 next hop", global: bgpOn[:3],
 			errs: []finding{{"[global]", "bgp-nexthop-ipv4", "required"}}},
-		{name: "no v4 next hop needed when the v4 service has bgp off", global: bgpOn[:3], text: conf(bgpOn[:3], "bgp = no")},
+		// bgp.New needs an IPv4 router ID even without IPv4 announcements (issue 12: this
+		// passed --check-config and then the daemon refused to start).
+		{name: "no v4 service: the router ID is still needed", global: bgpOn[:3], text: conf(bgpOn[:3], "bgp = no"),
+			errs: []finding{{"[global]", "bgp-nexthop-ipv4", "needed as the BGP router ID"}}},
+		{name: "no v4 service: router ID from bgp-local-ips", global: append(bgpOn[:3:3], "bgp-local-ips = ['192.0.2.9']"),
+			text: conf(append(bgpOn[:3:3], "bgp-local-ips = ['192.0.2.9']"), "bgp = no")},
+		{name: "unspecified next hop", global: []string{"bgp-nexthop-ipv4 = 0.0.0.0"},
+			errs: []finding{{"bgp-nexthop-ipv4", "bgp-nexthop-ipv4", "cannot be a next hop"}}},
+		{name: "duplicate and unspecified peers", global: []string{"bgp-peer-address = ['192.0.2.1', '::ffff:192.0.2.1', '::']"},
+			errs: []finding{{"bgp-peer-address", "bgp-peer-address", "peer 192.0.2.1 listed twice"},
+				{"bgp-peer-address", "bgp-peer-address", ":: cannot be a BGP peer"}}},
+		{name: "well-known communities", global: []string{"bgp-communities = no-export, BLACKHOLE, 64496:1"},
+			warns: []finding{{"bgp-communities", "bgp-communities", "has no effect: bgp = no"}}},
+		// Issue 19: kubal keys without an effect warn consistently.
+		{name: "bgp keys with bgp off", global: []string{"bgp-hold-time = 90", "bgp-graceful-restart = yes", "admin_port = 9191", "kubeconfig = /k"},
+			text: conf([]string{"bgp-hold-time = 90", "bgp-graceful-restart = yes", "admin_port = 9191", "kubeconfig = /k"}, "bgp-withdraw-when-empty = yes"),
+			warns: []finding{{"bgp-hold-time", "bgp-hold-time", "has no effect: bgp = no"},
+				{"bgp-graceful-restart", "bgp-graceful-restart", "has no effect: bgp = no"},
+				{"admin_port", "admin_port", "admin API starts only with"},
+				{"kubeconfig", "kubeconfig", "no service has config = k8s://"},
+				{"bgp-withdraw-when-empty", "bgp-withdraw-when-empty", "has no effect: bgp is off in [global]"}}},
+		{name: "service bgp = no", global: bgpOn, text: conf(bgpOn, "bgp-communities = 1:2", "bgp-withdraw-when-empty = yes", "bgp = no", "ip = 10.0.0.9") +
+			section("svc2", "port = 81", "bgp-withdraw-when-empty = yes"),
+			warns: []finding{{"bgp-communities", "bgp-communities", "has no effect: bgp = no for [svc]"},
+				{"bgp-withdraw-when-empty", "bgp-withdraw-when-empty", "has no effect: bgp = no for [svc]"}}},
+		{name: "vip-interface without vip-addresses", text: conf(nil, "vip-interface = dummy0"),
+			warns: []finding{{"vip-interface", "vip-interface", "only with vip-addresses = yes"}}},
+		{name: "vip-interface with vip-addresses", global: []string{"vip-addresses = yes"}, text: conf([]string{"vip-addresses = yes"}, "vip-interface = dummy0")},
+		{name: "bfd timers without bfd", global: append(bgpOn[:4:4], "bgp-bfd-min-rx = 100"), text: conf(append(bgpOn[:4:4], "bgp-bfd-min-rx = 100")),
+			warns: []finding{{"bgp-bfd-min-rx", "bgp-bfd-min-rx", "unless bgp-bfd = yes"}}},
+		// PyBal stops with CRITICAL when monitors is not a list (SPEC §1.3).
+		// Issue 13: passed the check and panicked on a Prometheus label at start.
+		{name: "section name not UTF-8", text: section("text\xff80"),
+			errs: []finding{{"[text\xff80]", "", `section name "text\xff80" is not valid UTF-8`}}},
+		{name: "section name with a control character", text: section("text\x1b80"),
+			errs: []finding{{"[text\x1b80]", "", "control character"}}},
+		{name: "monitors is a bare string", text: conf(nil, "monitors = 'IdleConnection'"),
+			errs: []finding{{"monitors", "monitors", `a string, not a list: write ["IdleConnection"]`}}},
 		{name: "bgp on without v6 next hop", global: bgpOn, text: conf(bgpOn, "ip = 2001:db8::1"),
 			errs: []finding{{"[global]", "bgp-nexthop-ipv6", "required"}}},
 		{name: "next hop of the wrong family", global: []string{"bgp-nexthop-ipv4 = 2001:db8::1", "bgp-nexthop-ipv6 = 192.0.2.1"},
@@ -235,7 +272,7 @@ func TestValidation(t *testing.T) {
 			"[b]\nprotocol = tcp\nip = 10.0.0.2\nscheduler = rr\nconfig = file:///b\n",
 			errs:  []finding{{"port", "port", "not an integer"}},
 			warns: []finding{{"[a]", "monitors", "never"}, {"[b]", "monitors", "never"}}},
-		{name: "helper variables used in %(name)s are not unknown", text: "[DEFAULT]\nsite = eqiad\n" + conf(nil, "config = file:///p/%(site)s/svc", "pool = text", "vip-interface = %(pool)s0")},
+		{name: "helper variables used in %(name)s are not unknown", text: "[DEFAULT]\nsite = eqiad\n" + conf([]string{"vip-addresses = yes"}, "config = file:///p/%(site)s/svc", "pool = text", "vip-interface = %(pool)s0")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -342,6 +379,7 @@ func TestAllKeys(t *testing.T) {
 		StateFile: "/srv/kubal/state.json", BGPHoldTime: 90 * time.Second, BGPCommunities: []string{"64496:100", "64496:200"},
 		BGPBFD: true, BGPBFDMinRx: 150 * time.Millisecond, BGPBFDMinTx: 200 * time.Millisecond, BGPBFDMultiplier: 5,
 		BGPGracefulRestart: true,
+		VIPAddresses:       true,
 		Options:            g.Options,
 	}
 	if !reflect.DeepEqual(g, wantG) {

@@ -1,6 +1,7 @@
 package conftool
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,12 +12,16 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/kubal/kubal/config"
 )
@@ -32,16 +37,161 @@ const DefaultPrefix = "/conftool/v1/pools"
 // is set or any endpoint is https://; otherwise plain text, with a warning for every
 // endpoint that is not loopback. The client connects lazily: an etcd that is down at
 // start is not an error here (sources report it and retry).
+//
+// A request that times out while the connection cannot be made says why: the last
+// dial or TLS handshake error (x509, handshake failure, connection refused) is added
+// to the error ("context deadline exceeded (last connection attempt to etcd: ...)"),
+// which still matches errors.Is(err, context.DeadlineExceeded). gRPC waits for a
+// ready connection and etcd's client reports only the deadline otherwise.
 func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3.Client, error) {
 	cfg, err := clientConfig(g, endpoints, log)
 	if err != nil {
 		return nil, err
 	}
+	rec := &connRecorder{}
+	dialer := &net.Dialer{}
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, "tcp", addr)
+		rec.set(err)
+		return c, err
+	}))
+	if cfg.TLS != nil {
+		// Appended after etcd's own options, so these credentials are the ones used.
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithTransportCredentials(recordingCreds{credentials.NewTLS(cfg.TLS), rec}))
+	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("conftool: etcd client for %v: %w", cfg.Endpoints, err)
 	}
+	cli.KV = explainKV{KV: cli.KV, rec: rec}
 	return cli, nil
+}
+
+// connRecorder keeps the last error of connecting to etcd (dial or TLS handshake);
+// a successful handshake clears it.
+type connRecorder struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (r *connRecorder) set(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.err = err
+}
+
+func (r *connRecorder) last() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// explain adds the last connection error to a timeout or unavailability error.
+func (r *connRecorder) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	last := r.last()
+	if last == nil {
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Unavailable {
+		return fmt.Errorf("%w (last connection attempt to etcd: %v)", err, last)
+	}
+	return err
+}
+
+// recordingCreds is TLS transport credentials that record handshake errors.
+type recordingCreds struct {
+	credentials.TransportCredentials
+	rec *connRecorder
+}
+
+func (c recordingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
+	if err == nil || ctx.Err() == nil {
+		c.rec.set(err)
+	}
+	if err != nil {
+		return conn, info, err
+	}
+	// With TLS 1.3 the server checks the client certificate after the client's
+	// handshake is done: its refusal ("remote error: tls: certificate required")
+	// arrives on the first read.
+	return recordingConn{conn, c.rec}, info, nil
+}
+
+// recordingConn records a TLS alert read from the server.
+type recordingConn struct {
+	net.Conn
+	rec *connRecorder
+}
+
+func (c recordingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && strings.Contains(err.Error(), "remote error: tls:") {
+		c.rec.set(err)
+	}
+	return n, err
+}
+
+func (c recordingCreds) Clone() credentials.TransportCredentials {
+	return recordingCreds{c.TransportCredentials.Clone(), c.rec}
+}
+
+// explainKV is the client's KV with connection errors explained (see NewClient).
+type explainKV struct {
+	clientv3.KV
+	rec *connRecorder
+}
+
+func (k explainKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	r, err := k.KV.Put(ctx, key, val, opts...)
+	return r, k.rec.explain(err)
+}
+
+func (k explainKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	r, err := k.KV.Get(ctx, key, opts...)
+	return r, k.rec.explain(err)
+}
+
+func (k explainKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	r, err := k.KV.Delete(ctx, key, opts...)
+	return r, k.rec.explain(err)
+}
+
+func (k explainKV) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
+	r, err := k.KV.Compact(ctx, rev, opts...)
+	return r, k.rec.explain(err)
+}
+
+func (k explainKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	r, err := k.KV.Do(ctx, op)
+	return r, k.rec.explain(err)
+}
+
+func (k explainKV) Txn(ctx context.Context) clientv3.Txn {
+	return explainTxn{Txn: k.KV.Txn(ctx), rec: k.rec}
+}
+
+// explainTxn explains Commit's error; If/Then/Else return the wrapper again.
+type explainTxn struct {
+	clientv3.Txn
+	rec *connRecorder
+}
+
+func (t explainTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
+	return explainTxn{Txn: t.Txn.If(cs...), rec: t.rec}
+}
+func (t explainTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	return explainTxn{Txn: t.Txn.Then(ops...), rec: t.rec}
+}
+func (t explainTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	return explainTxn{Txn: t.Txn.Else(ops...), rec: t.rec}
+}
+func (t explainTxn) Commit() (*clientv3.TxnResponse, error) {
+	r, err := t.Txn.Commit()
+	return r, t.rec.explain(err)
 }
 
 func clientConfig(g config.Global, endpoints []string, log *slog.Logger) (clientv3.Config, error) {

@@ -8,16 +8,19 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/kubal/kubal/config"
 )
@@ -101,7 +104,32 @@ func TestNewClientTLS(t *testing.T) {
 	defer cancel2()
 	if _, err := noCert.Get(ctx2, testPrefix+"a"); err == nil {
 		t.Fatal("read without a client certificate succeeded; want refused")
+	} else if !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("without client cert: %v; want the TLS reason", err)
 	} else {
 		t.Logf("without client cert: %v", fmt.Sprint(err))
+	}
+
+	// A CA that did not sign the server's certificate: the error gives the x509
+	// reason, not only "context deadline exceeded" (issue 19), and is still a
+	// deadline error for callers that test for one.
+	_, _, otherCAFile, _ := writeCert(t, dir, "other-ca", nil, nil, true, 0)
+	wrongCA, err := NewClient(config.Global{EtcdEndpoints: []string{"https://" + m.clientURL.Host}, EtcdCA: otherCAFile,
+		EtcdCert: cliCert, EtcdKey: cliKey}, nil, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrongCA.Close()
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel3()
+	_, err = wrongCA.Get(ctx3, testPrefix+"a")
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "x509") {
+		t.Fatalf("wrong CA: got %v, want a deadline error naming the x509 failure", err)
+	}
+	t.Logf("wrong CA: %v", err)
+	ctx4, cancel4 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel4()
+	if _, err := wrongCA.Txn(ctx4).If().Then(clientv3.OpGet(testPrefix + "a")).Commit(); err == nil || !strings.Contains(err.Error(), "x509") {
+		t.Fatalf("wrong CA txn: %v", err)
 	}
 }

@@ -69,6 +69,10 @@ func parseRunCommand(v *validator, t Target) spec {
 				v.errf("arguments", "argument %s is not a string or server.host/ip/port", it)
 			}
 		}
+		// PyBal: an empty list also gives one empty argument (a script sees $# = 1).
+		if len(c.args) == 0 {
+			c.args = []string{""}
+		}
 	}
 	return c
 }
@@ -112,28 +116,42 @@ func (r *RunCommand) Check(ctx context.Context) Result {
 
 func (r *RunCommand) run(ctx context.Context) (Result, string) {
 	c := r.cfg
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return Result{Reason: fmt.Sprintf("cannot run %s: %v", c.command, err)}, "None"
+	// stdout and stderr apart: PyBal logs them as "Cmd stdout: " and "Cmd stderr: ".
+	var rs, ws [2]*os.File
+	for i := range rs {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			for j := 0; j < i; j++ {
+				rs[j].Close()
+				ws[j].Close()
+			}
+			return Result{Reason: fmt.Sprintf("cannot run %s: %v", c.command, err)}, "None"
+		}
+		rs[i], ws[i] = pr, pw
 	}
 	cmd := exec.Command(c.command, c.args...)
 	cmd.Env = []string{} // empty, not inherited (PyBal: env={})
-	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.Stdout, cmd.Stderr = ws[0], ws[1]
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	pw.Close()
+	err := cmd.Start()
+	ws[0].Close()
+	ws[1].Close()
 	if err != nil {
-		pr.Close()
+		rs[0].Close()
+		rs[1].Close()
 		return Result{Reason: fmt.Sprintf("cannot run %s: %v", c.command, err)}, "None"
 	}
 	pgid := cmd.Process.Pid
-	outc := make(chan []byte, 1)
-	go func() {
-		out, _ := io.ReadAll(io.LimitReader(pr, maxOutput))
-		io.Copy(io.Discard, pr) // keep draining so a chatty child never blocks
-		pr.Close()
-		outc <- out
-	}()
+	var outc [2]chan []byte
+	for i, pr := range rs {
+		outc[i] = make(chan []byte, 1)
+		go func() {
+			out, _ := io.ReadAll(io.LimitReader(pr, maxOutput))
+			io.Copy(io.Discard, pr) // keep draining so a chatty child never blocks
+			pr.Close()
+			outc[i] <- out
+		}()
+	}
 	done := make(chan struct{})
 	var timedOut atomic.Bool
 	stop := context.AfterFunc(ctx, func() {
@@ -151,9 +169,15 @@ func (r *RunCommand) run(ctx context.Context) (Result, string) {
 	if kerr := syscall.Kill(-pgid, syscall.SIGKILL); kerr == nil {
 		r.env.log.Warn("RunCommand left processes behind; killed its process group", "command", c.command, "pgid", pgid)
 	}
-	out := <-outc
-	if c.logOutput && len(out) > 0 && r.env.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.env.log.Debug("RunCommand output", "command", c.command, "output", escapeOutput(out))
+	stdout, stderr := <-outc[0], <-outc[1]
+	if c.logOutput && r.env.log.Enabled(context.Background(), slog.LevelDebug) {
+		// PyBal's wording (runcommand.py outReceived/errReceived).
+		if len(stdout) > 0 {
+			r.env.log.Debug("Cmd stdout: "+escapeOutput(stdout), "command", c.command)
+		}
+		if len(stderr) > 0 {
+			r.env.log.Debug("Cmd stderr: "+escapeOutput(stderr), "command", c.command)
+		}
 	}
 	if err == nil {
 		return Result{Up: true}, "0"

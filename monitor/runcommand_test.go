@@ -136,7 +136,9 @@ func TestRunCommandOutputLoggedEscaped(t *testing.T) {
 	ck, buf := rcCheck(t, m, loopback(80), "runcommand.command", "/bin/sh",
 		"runcommand.arguments", `['-c', 'printf "line1\\nline2\\tx"; echo err >&2']`)
 	ck.Check(ctxTimeout(t, 5*time.Second))
-	if !strings.Contains(buf.String(), `output=line1\nline2\txerr\n`) || !strings.Contains(buf.String(), "err") {
+	// PyBal's wording: "Cmd stdout: " / "Cmd stderr: ", newlines and tabs escaped.
+	// (slog's text handler quotes the message: each backslash is doubled.)
+	if !strings.Contains(buf.String(), `msg="Cmd stdout: line1\\nline2\\tx"`) || !strings.Contains(buf.String(), `msg="Cmd stderr: err\\n"`) {
 		t.Errorf("log: %s", buf)
 	}
 	ck, buf = rcCheck(t, m, loopback(80), "runcommand.command", "/bin/sh",
@@ -144,6 +146,33 @@ func TestRunCommandOutputLoggedEscaped(t *testing.T) {
 	ck.Check(ctxTimeout(t, 5*time.Second))
 	if strings.Contains(buf.String(), "secret") {
 		t.Errorf("log-output false still logged: %s", buf)
+	}
+}
+
+// PyBal: runcommand.arguments = [] runs the command with one empty argument, as a
+// missing key does: a check script sees $# = 1.
+func TestRunCommandEmptyArgumentsGiveOneEmptyArgument(t *testing.T) {
+	m, _ := newTestManager(t)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "check")
+	out := filepath.Join(dir, "out")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$# [$1]\" >> "+out+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range []string{"[]", ""} {
+		os.Remove(out)
+		opts := []string{"runcommand.command", script}
+		if args != "" {
+			opts = append(opts, "runcommand.arguments", args)
+		}
+		ck, _ := rcCheck(t, m, loopback(80), opts...)
+		if r := ck.Check(ctxTimeout(t, 5*time.Second)); !r.Up {
+			t.Fatalf("arguments %q: %+v", args, r)
+		}
+		b, _ := os.ReadFile(out)
+		if got := strings.TrimSpace(string(b)); got != "1 []" {
+			t.Errorf("arguments %q: script saw %q, want \"1 []\"", args, got)
+		}
 	}
 }
 

@@ -36,6 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var (
 		conf        = fs.String("c", "/etc/pybal/pybal.conf", "config file")
 		dryRun      bool
+		dryRunBGP   = fs.Bool("dryrun-bgp", false, "with -n: open the BGP sessions and announce the VIPs anyway (a dry run touches nothing outside the process by default; PyBal's --dryrun still spoke BGP)")
 		debug       bool
 		checkConfig = fs.Bool("check-config", false, "parse and validate the config, print a summary, and exit 0 (valid) or 1")
 		logFormat   = fs.String("log-format", "text", "log format: text (PyBal style) or json")
@@ -52,6 +53,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "kubal: unexpected arguments: %v\n", fs.Args())
+		return 2
+	}
+	if *dryRunBGP && !dryRun {
+		fmt.Fprintf(stderr, "kubal: --dryrun-bgp only applies with -n/--dryrun\n")
 		return 2
 	}
 	if *logFormat != "text" && *logFormat != "json" {
@@ -79,8 +84,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	notifier := newNotifier()
 	d, err := daemon.New(daemon.Options{
-		ConfigPath:   *conf,
-		DryRun:       dryRun,
+		ConfigPath: *conf,
+		DryRun:     dryRun,
+		// TODO(lead): pass to daemon.Options.DryRunBGP once the field exists:
+		//   DryRunBGP: *dryRunBGP,
 		Debug:        debug,
 		Log:          log,
 		DryRunOutput: stdout,

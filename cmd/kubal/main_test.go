@@ -87,4 +87,8 @@ func TestBadArguments(t *testing.T) {
 	if code := run([]string{"--log-format", "xml"}, &out, &errb); code != 2 {
 		t.Errorf("exit %d, want 2", code)
 	}
+	errb.Reset()
+	if code := run([]string{"--dryrun-bgp", "--check-config"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "only applies with -n") {
+		t.Errorf("--dryrun-bgp without -n: exit %d, want 2: %s", code, errb.String())
+	}
 }

@@ -1,13 +1,18 @@
 // Command kubalctl is the SRE CLI for kubal's admin API.
 //
-//	kubalctl [--url URL] [--token-file F] [--json] [--timeout D] [--ca F --cert F --key F] COMMAND
+//	kubalctl [-c pybal.conf] [--url URL] [--token-file F [--token-name N]] [--json] [--timeout D] [--ca F --cert F --key F] COMMAND
 //
 //	status [POOL]                         pools, servers, enabled/up/pooled, weight, why
 //	depool POOL HOST [--reason R] [--force]
 //	pool   POOL HOST [--reason R]
 //	weight POOL HOST N [--reason R]
 //
-// The token comes from --token-file (the file holds the token alone) or $KUBAL_TOKEN.
+// The token comes from --token-file or $KUBAL_TOKEN. The token file is the daemon's
+// admin-token-file format, one "name:token" per line (# comments and blank lines
+// skipped): kubalctl uses the line named by --token-name, or the first one; a line
+// without ':' is taken as a bare token. -c reads the admin listener (admin_port,
+// admin_ips, TLS) and admin-token-file from pybal.conf, so --url and --token-file
+// are only needed to override them.
 //
 // Exit codes: 0 success; 1 the server refused the request or failed (HTTP 4xx/5xx:
 // bad token, unknown pool or host, depool threshold, ...); 2 usage error; 3 the
@@ -24,7 +29,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -33,6 +40,7 @@ import (
 	"time"
 
 	"github.com/kubal/kubal/api"
+	"github.com/kubal/kubal/config"
 )
 
 // Exit codes.
@@ -59,6 +67,8 @@ flags:
 `
 
 const exitCodesText = `
+token file: the daemon's admin-token-file, one "name:token" per line; the first
+line is used unless --token-name says which (a line without ':' is a bare token)
 environment: KUBAL_TOKEN (admin token, if --token-file is not given), KUBAL_URL
 exit codes: 0 ok, 1 refused or failed by the server, 2 usage, 3 server unreachable
 `
@@ -81,8 +91,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if defURL == "" {
 		defURL = "http://127.0.0.1:9091"
 	}
-	rawURL := fs.String("url", defURL, "admin API base URL ($KUBAL_URL)")
-	tokenFile := fs.String("token-file", "", "file holding the admin token (default: $KUBAL_TOKEN)")
+	rawURL := fs.String("url", defURL, "admin API base URL ($KUBAL_URL; default from -c, else http://127.0.0.1:9091)")
+	confFile := fs.String("c", "", "pybal.conf: take the admin URL and admin-token-file from its [global] section")
+	fs.StringVar(confFile, "config", "", "same as -c")
+	tokenFile := fs.String("token-file", "", "admin token file, name:token lines (default: $KUBAL_TOKEN, else admin-token-file from -c)")
+	tokenName := fs.String("token-name", "", "which name:token line of --token-file to use (default: the first)")
 	asJSON := fs.Bool("json", false, "print the server's JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "request timeout")
 	caFile := fs.String("ca", "", "CA bundle to verify an https:// server")
@@ -99,6 +112,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		}
 		return exitUsage
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *confFile != "" {
+		cfg, err := config.Load(*confFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "kubalctl: -c %s:\n%v\n", *confFile, err)
+			return exitUsage
+		}
+		// An explicit --url wins; $KUBAL_URL does not (-c names this host's config).
+		if !set["url"] {
+			*rawURL = adminURL(cfg.Global)
+		}
+		if !set["token-file"] && getenv("KUBAL_TOKEN") == "" {
+			*tokenFile = cfg.Global.AdminTokenFile
+		}
+	}
 	base, err := url.Parse(*rawURL)
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 		fmt.Fprintf(stderr, "kubalctl: --url %q: want http(s)://host:port\n", *rawURL)
@@ -106,13 +135,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	c := &cli{base: base, json: *asJSON, stdout: stdout, stderr: stderr, timeout: *timeout}
 	c.token = strings.TrimSpace(getenv("KUBAL_TOKEN"))
+	if *tokenName != "" && *tokenFile == "" {
+		fmt.Fprintln(stderr, "kubalctl: --token-name needs a token file (--token-file or admin-token-file via -c)")
+		return exitUsage
+	}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {
 			fmt.Fprintf(stderr, "kubalctl: --token-file: %v\n", err)
 			return exitUsage
 		}
-		c.token = strings.TrimSpace(string(b))
+		tok, note, err := pickToken(*tokenFile, b, *tokenName)
+		if err != nil {
+			fmt.Fprintf(stderr, "kubalctl: %v\n", err)
+			return exitUsage
+		}
+		if note != "" {
+			fmt.Fprintf(stderr, "kubalctl: %s\n", note)
+		}
+		c.token = tok
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if *caFile != "" || *certFile != "" {
@@ -160,6 +201,70 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	default:
 		return c.usage(fmt.Sprintf("unknown command %q", cmd))
 	}
+}
+
+// adminURL is the admin API URL of a kubal running with g: the first admin_ips
+// address (loopback for "" or an unspecified address), https when admin-tls-cert is set.
+func adminURL(g config.Global) string {
+	host := "127.0.0.1"
+	if len(g.AdminIPs) > 0 {
+		if a, err := netip.ParseAddr(g.AdminIPs[0]); err == nil && !a.IsUnspecified() {
+			host = a.String()
+		} else if err == nil && a.Is6() {
+			host = "::1"
+		}
+	}
+	scheme := "http"
+	if g.AdminTLSCert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, strconv.Itoa(g.AdminPort))
+}
+
+// pickToken reads the daemon's admin-token-file format ("name:token" lines, # comments)
+// and returns the token of the line named name, or of the first line. note, when not
+// empty, tells which line was used out of several.
+func pickToken(file string, data []byte, name string) (tok, note string, err error) {
+	type entry struct {
+		line      int
+		name, tok string
+	}
+	var entries []entry
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		n, t, ok := strings.Cut(line, ":")
+		if !ok { // a bare token (kubalctl's earlier format)
+			n, t = "", line
+		}
+		entries = append(entries, entry{i + 1, strings.TrimSpace(n), strings.TrimSpace(t)})
+	}
+	if len(entries) == 0 {
+		return "", "", fmt.Errorf("token file %s holds no token (want name:token lines)", file)
+	}
+	e := entries[0]
+	if name != "" {
+		found := false
+		var names []string
+		for _, x := range entries {
+			names = append(names, x.name)
+			if x.name == name {
+				e, found = x, true
+				break
+			}
+		}
+		if !found {
+			return "", "", fmt.Errorf("token file %s: no line named %q (names: %s)", file, name, strings.Join(names, ", "))
+		}
+	} else if len(entries) > 1 {
+		note = fmt.Sprintf("using the token of %q (%s:%d, the first of %d; --token-name to choose)", e.name, file, e.line, len(entries))
+	}
+	if e.tok == "" {
+		return "", "", fmt.Errorf("%s:%d: empty token", file, e.line)
+	}
+	return e.tok, note, nil
 }
 
 func (c *cli) usage(msg string) int {
@@ -234,14 +339,29 @@ func (c *cli) action(ctx context.Context, op api.Op, args []string) int {
 	if code != exitOK {
 		return code
 	}
-	if c.json {
-		c.stdout.Write(resp)
-		return exitOK
-	}
 	var res api.ActionResult
 	if err := json.Unmarshal(resp, &res); err != nil {
 		fmt.Fprintf(c.stderr, "kubalctl: unexpected response: %v\n", err)
 		return exitRefused
+	}
+	// An admin pool only lifts an admin depool: a server its source disables (the
+	// server list, etcd, Kubernetes) stays disabled, and the API answers 200 with the
+	// server still disabled. That is not what the SRE asked for: say so, exit 1.
+	stillDisabled := op == api.OpPool && !res.New.Enabled
+	if c.json {
+		c.stdout.Write(resp)
+	}
+	if stillDisabled {
+		why := res.New.Why
+		if why == "" {
+			why = "disabled by its source"
+		}
+		fmt.Fprintf(c.stderr, "kubalctl: %s in %s is still disabled (%s): pool lifts only an admin depool; enable the server where its source disables it (server list, etcd, Kubernetes)\n",
+			res.Host, res.Pool, oneLine(why))
+		return exitRefused
+	}
+	if c.json {
+		return exitOK
 	}
 	verb := map[api.Op]string{api.OpDepool: "depooled", api.OpPool: "pooled", api.OpWeight: "set weight of"}[op]
 	fmt.Fprintf(c.stdout, "%s %s in %s (by %s)\n  before: %s, weight %d\n  after:  %s, weight %d\n",
@@ -369,7 +489,8 @@ func (c *cli) do(ctx context.Context, method, path string, body []byte) ([]byte,
 	msg := strings.TrimSpace(string(data))
 	var e api.ErrorResponse
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
-		msg = e.Error
+		// The API's hint is for HTTP clients; a CLI user needs the flag.
+		msg = strings.Replace(e.Error, `(send "force": true to override)`, "(use --force to override)", 1)
 		if e.Field != "" {
 			msg += " (field " + e.Field + ")"
 		}

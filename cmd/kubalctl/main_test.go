@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/kubal/kubal/api"
+	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/pool"
 )
 
@@ -23,6 +24,9 @@ const token = "sre-token-0123456789abcdef"
 type state struct {
 	mu   sync.Mutex
 	snap pool.Snapshot
+	// srcDisabled hosts are disabled by their source: an admin pool leaves them
+	// disabled, as the daemon does.
+	srcDisabled map[string]bool
 }
 
 func (s *state) Pools() []string { return []string{"text_80", "empty"} }
@@ -63,6 +67,9 @@ func (s *state) Apply(_ context.Context, a api.Action) (api.Outcome, error) {
 		}
 		nw.Enabled, nw.Pooled, nw.Why = false, false, "depooled by "+a.Actor+": "+a.Reason
 	case api.OpPool:
+		if s.srcDisabled[a.Host] {
+			break
+		}
 		nw.Enabled, nw.Pooled, nw.Why = true, nw.Up, ""
 	case api.OpWeight:
 		nw.Weight = a.Weight
@@ -153,7 +160,7 @@ func TestActionsAndExitCodes(t *testing.T) {
 		{"unknown pool", envTok, []string{"status", "nope"}, 1, "", "404 Not Found"},
 		{"unknown host", envTok, []string{"depool", "text_80", "nope"}, 1, "", `no host "nope" in pool "text_80" (field host)`},
 		{"depool", env, []string{"--token-file", tokenFile, "depool", "text_80", "cp1001", "--reason", "T1234 reimage"}, 0, "depooled cp1001 in text_80 (by alice)\n  before: enabled/up/pooled, weight 10\n  after:  disabled/up/not pooled, weight 10\n  why:    depooled by alice: T1234 reimage", ""},
-		{"threshold refused", envTok, []string{"depool", "text_80", "cp1003"}, 1, "", `409 Conflict: depooling cp1003 would leave 0 of 3 servers pooled, below depool-threshold 0.5: refused by depool threshold (send "force": true to override)`},
+		{"threshold refused", envTok, []string{"depool", "text_80", "cp1003"}, 1, "", `409 Conflict: depooling cp1003 would leave 0 of 3 servers pooled, below depool-threshold 0.5: refused by depool threshold (use --force to override)`},
 		{"forced", envTok, []string{"depool", "--force", "text_80", "cp1003"}, 0, "after:  disabled/up/not pooled", ""},
 		{"pool", envTok, []string{"pool", "text_80", "cp1001", "--reason", "done"}, 0, "pooled cp1001", ""},
 		{"force on pool is usage", envTok, []string{"pool", "text_80", "cp1001", "--force"}, 2, "", "flag provided but not defined: -force"},
@@ -170,5 +177,121 @@ func TestActionsAndExitCodes(t *testing.T) {
 	snap, _ := st.Snapshot("text_80")
 	if s, _ := snap.Server("cp1001"); s.Weight != 7 || !s.Enabled {
 		t.Fatalf("final cp1001 %+v", s)
+	}
+}
+
+// The daemon's token file format (name:token lines) works as --token-file: the
+// README's install recipe writes that file and then runs kubalctl with it.
+func TestTokenFileDaemonFormat(t *testing.T) {
+	srv, _ := newServer(t)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	daemonFmt := write("daemon", "# admin tokens\n\nalice:"+token+"\n")
+	several := write("several", "bob:other-token-0123456789abc\nalice:"+token+"\n")
+	bare := write("bare", token+"\n")
+	empty := write("empty", "# nothing\n")
+	env := map[string]string{"KUBAL_URL": srv.URL}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		code    int
+		out     string
+		errPart string
+	}{
+		{"name:token line", []string{"--token-file", daemonFmt, "pool", "text_80", "cp1001"}, 0, "pooled cp1001 in text_80 (by alice)", ""},
+		{"bare token still works", []string{"--token-file", bare, "pool", "text_80", "cp1001"}, 0, "(by alice)", ""},
+		{"first line of several, and says so", []string{"--token-file", several, "pool", "text_80", "cp1001"}, 1, "",
+			`using the token of "bob" (` + several + `:1, the first of 2; --token-name to choose)`},
+		{"--token-name picks the line", []string{"--token-file", several, "--token-name", "alice", "pool", "text_80", "cp1001"}, 0, "(by alice)", ""},
+		{"--token-name unknown", []string{"--token-file", several, "--token-name", "carol", "status"}, 2, "", `no line named "carol" (names: bob, alice)`},
+		{"--token-name without a file", []string{"--token-name", "alice", "status"}, 2, "", "--token-name needs a token file"},
+		{"no token in file", []string{"--token-file", empty, "status"}, 2, "", "holds no token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := runCtl(t, env, tc.args...)
+			if code != tc.code || !strings.Contains(out, tc.out) || !strings.Contains(errs, tc.errPart) {
+				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s\nwant stdout ~ %q, stderr ~ %q", code, tc.code, out, errs, tc.out, tc.errPart)
+			}
+		})
+	}
+}
+
+// -c pybal.conf finds the admin listener (admin_port, admin_ips) and the token file.
+func TestConfigFindsAdminURLAndToken(t *testing.T) {
+	srv, _ := newServer(t)
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	dir := t.TempDir()
+	tf := filepath.Join(dir, "admin-tokens")
+	os.WriteFile(tf, []byte("alice:"+token+"\n"), 0o600)
+	conf := filepath.Join(dir, "pybal.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`[global]
+admin_port = %s
+admin_ips = ["%s"]
+admin-token-file = %s
+
+[text_80]
+protocol = tcp
+ip = 192.0.2.1
+port = 80
+scheduler = wrr
+config = file:///etc/pybal/pools/text
+monitors = ["IdleConnection"]
+`, port, host, tf)), 0o644)
+	code, out, errs := runCtl(t, nil, "-c", conf, "pool", "text_80", "cp1001")
+	if code != 0 || !strings.Contains(out, "(by alice)") {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	// An explicit --url still wins.
+	code, _, errs = runCtl(t, nil, "-c", conf, "--url", "http://127.0.0.1:1", "status")
+	if code != exitUnreachable || !strings.Contains(errs, "127.0.0.1:1") {
+		t.Fatalf("--url with -c: exit %d: %s", code, errs)
+	}
+	bad := filepath.Join(dir, "bad.conf")
+	os.WriteFile(bad, []byte("[global]\nadmin_port = nope\n"), 0o644)
+	if code, _, errs := runCtl(t, nil, "-c", bad, "status"); code != exitUsage || !strings.Contains(errs, "bad.conf:2: admin_port") {
+		t.Fatalf("bad config: exit %d: %s", code, errs)
+	}
+}
+
+func TestAdminURL(t *testing.T) {
+	for _, tc := range []struct {
+		g    config.Global
+		want string
+	}{
+		{config.Global{AdminPort: 9091, AdminIPs: []string{"127.0.0.1", "::1"}}, "http://127.0.0.1:9091"},
+		{config.Global{AdminPort: 9191, AdminIPs: []string{"::1"}}, "http://[::1]:9191"},
+		{config.Global{AdminPort: 9091, AdminIPs: []string{""}}, "http://127.0.0.1:9091"},
+		{config.Global{AdminPort: 9091, AdminIPs: []string{"0.0.0.0"}}, "http://127.0.0.1:9091"},
+		{config.Global{AdminPort: 9091, AdminIPs: []string{"::"}}, "http://[::1]:9091"},
+		{config.Global{AdminPort: 9091, AdminIPs: []string{"10.0.0.5"}, AdminTLSCert: "/c"}, "https://10.0.0.5:9091"},
+	} {
+		if got := adminURL(tc.g); got != tc.want {
+			t.Errorf("adminURL(%v) = %s, want %s", tc.g.AdminIPs, got, tc.want)
+		}
+	}
+}
+
+// pool on a server its source disables changes nothing: kubalctl says so and exits 1
+// (it printed "pooled" with exit 0).
+func TestPoolSourceDisabled(t *testing.T) {
+	srv, st := newServer(t)
+	st.mu.Lock()
+	st.srcDisabled = map[string]bool{"cp1004": true}
+	st.snap.Servers = append(st.snap.Servers, pool.ServerState{Host: "cp1004", Weight: 10, Ready: true, Up: true,
+		Why: "disabled in the server list"})
+	st.mu.Unlock()
+	env := map[string]string{"KUBAL_URL": srv.URL, "KUBAL_TOKEN": token}
+	for _, args := range [][]string{{"pool", "text_80", "cp1004"}, {"--json", "pool", "text_80", "cp1004"}} {
+		code, out, errs := runCtl(t, env, args...)
+		if code != exitRefused || !strings.Contains(errs, "cp1004 in text_80 is still disabled (disabled in the server list)") ||
+			strings.Contains(out, "pooled cp1004") {
+			t.Fatalf("%v: exit %d\nstdout: %s\nstderr: %s", args, code, out, errs)
+		}
 	}
 }
