@@ -1,23 +1,44 @@
 package daemon
 
 import (
+	"github.com/kubal/kubal/api"
 	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/k8ssource"
 	"github.com/kubal/kubal/monitor"
 )
 
-// LoadConfig parses and validates a config file, including every monitor's options.
+// LoadConfig parses and validates a config file in one pass: the parser's checks (BGP
+// included), every monitor's options, the Kubernetes URLs and the admin token file.
 // It is what --check-config runs, so a config it accepts starts.
 func LoadConfig(path string) (*config.Config, error) {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return nil, err
+	return config.Load(path,
+		config.WithServiceCheck(monitor.Validate),
+		config.WithServiceCheck(checkSource),
+		config.WithConfigCheck(checkAdmin))
+}
+
+func checkSource(svc *config.Service) config.Diagnostics {
+	if scheme(svc.ConfigURL) != "k8s" {
+		return nil
 	}
-	var diags config.Diagnostics
-	for _, svc := range cfg.Services {
-		diags = append(diags, monitor.Validate(svc)...)
+	if _, err := k8ssource.ParseURL(svc.ConfigURL); err != nil {
+		return config.Diagnostics{{Pos: svc.Pos, Key: "config", Msg: err.Error()}}
 	}
-	if len(diags) > 0 {
-		return nil, diags
+	return nil
+}
+
+func checkAdmin(cfg *config.Config) config.Diagnostics {
+	g := cfg.Global
+	var ds config.Diagnostics
+	if g.AdminTokenFile != "" {
+		if _, err := api.LoadAuth(g.AdminTokenFile); err != nil {
+			ds = append(ds, config.Diagnostic{Pos: config.Pos{File: cfg.Path}, Key: "admin-token-file", Msg: err.Error()})
+		}
 	}
-	return cfg, nil
+	if g.AdminTLSCert != "" || g.AdminTLSKey != "" || g.AdminClientCA != "" {
+		if _, err := api.TLSConfig(g.AdminTLSCert, g.AdminTLSKey, g.AdminClientCA); err != nil {
+			ds = append(ds, config.Diagnostic{Pos: config.Pos{File: cfg.Path}, Key: "admin-tls-cert", Msg: err.Error()})
+		}
+	}
+	return ds
 }

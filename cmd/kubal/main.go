@@ -84,10 +84,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	notifier := newNotifier()
 	d, err := daemon.New(daemon.Options{
-		ConfigPath: *conf,
-		DryRun:     dryRun,
-		// TODO(lead): pass to daemon.Options.DryRunBGP once the field exists:
-		//   DryRunBGP: *dryRunBGP,
+		ConfigPath:   *conf,
+		DryRun:       dryRun,
+		DryRunBGP:    *dryRunBGP,
 		Debug:        debug,
 		Log:          log,
 		DryRunOutput: stdout,

@@ -21,6 +21,19 @@ func renderDemo(t *testing.T) string {
 	if err := os.WriteFile(p, bytes.ReplaceAll(in, []byte("@DEMO_DIR@"), []byte(dir)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// run.sh writes the token file; --check-config reads it as the daemon does.
+	if err := os.WriteFile(filepath.Join(dir, "admin-tokens"), []byte("demo:0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func renderDemoWithout(t *testing.T, file string) string {
+	t.Helper()
+	p := renderDemo(t)
+	if err := os.Remove(filepath.Join(filepath.Dir(p), file)); err != nil {
+		t.Fatal(err)
+	}
 	return p
 }
 
@@ -35,9 +48,13 @@ func TestCheckConfig(t *testing.T) {
 		{"demo", renderDemo(t), 0, []string{"ingress_8080", "api_8080"}},
 		{"five errors", "../../config/testdata/five-errors.conf", 1, nil},
 		{"missing file", "/nonexistent/pybal.conf", 1, []string{"/nonexistent/pybal.conf"}},
+		// The daemon refuses to start without its admin token file: so does the check.
+		{"kubal-full.conf names absent files", "../../config/testdata/kubal-full.conf", 1, []string{"/etc/kubal/tokens", "/etc/kubal/admin.pem"}},
+		{"demo without its token file", renderDemoWithout(t, "admin-tokens"), 1, []string{"admin-token-file", "admin-tokens"}},
 	}
 	for _, f := range fixtures {
-		if strings.Contains(f, "error") {
+		// kubal-full.conf names files under /etc/kubal that this machine lacks.
+		if strings.Contains(f, "error") || strings.Contains(f, "kubal-full") {
 			continue
 		}
 		tests = append(tests, struct {
