@@ -50,6 +50,7 @@ type Reconciler struct {
 	changed map[ServiceKey]struct{}   // keys changed since the last pass took them
 	gen     uint64                    // last version handed out
 	status  map[ServiceKey]PoolStatus // published for Status; desired or being deleted
+	notify  chan struct{}             // closed (and replaced) when a status is published
 	kick    chan struct{}
 	idle    func(due time.Time) // tests: see loop.idle
 
@@ -97,6 +98,8 @@ type PoolStatus struct {
 	Err      error
 	Failures int
 	RetryAt  time.Time
+	// Attempted is the version of the last attempt (Err is its error, if any).
+	Attempted uint64
 	// Removing: the pool left the desired set; its service is being deleted.
 	Removing bool
 }
@@ -171,6 +174,7 @@ func NewReconciler(b Backend, log *slog.Logger, reg prometheus.Registerer) *Reco
 		want:         map[ServiceKey]wanted{},
 		changed:      map[ServiceKey]struct{}{},
 		status:       map[ServiceKey]PoolStatus{},
+		notify:       make(chan struct{}),
 		kick:         make(chan struct{}, 1),
 		pools:        map[ServiceKey]*poolRun{},
 		failing:      map[ServiceKey]bool{},
@@ -275,6 +279,31 @@ func (r *Reconciler) Status(k ServiceKey) (PoolStatus, bool) {
 	defer r.mu.Unlock()
 	st, ok := r.status[k]
 	return st, ok
+}
+
+// WaitApplied blocks until version v of the pool of k (or a later one) is in the
+// backend, and returns its status; or until an attempt at v or later failed, and
+// returns that error too (the Reconciler keeps retrying: Status follows it); or until
+// ctx is done. A removed pool counts as applied once its service is gone (and a key
+// with no status at all returns at once).
+func (r *Reconciler) WaitApplied(ctx context.Context, k ServiceKey, v uint64) (PoolStatus, error) {
+	for {
+		r.mu.Lock()
+		st, ok := r.status[k]
+		ch := r.notify
+		r.mu.Unlock()
+		switch {
+		case !ok || st.Applied >= v:
+			return st, nil
+		case st.Err != nil && st.Attempted >= v:
+			return st, st.Err
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-ch:
+		}
+	}
 }
 
 // Errors returns the pools whose last attempt failed, with the error (for /alerts).
@@ -490,6 +519,8 @@ func (r *Reconciler) fail(k ServiceKey, e *poolRun, err error, now time.Time) {
 func (r *Reconciler) publish(k ServiceKey, e *poolRun) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	close(r.notify)
+	r.notify = make(chan struct{})
 	st, ok := r.status[k]
 	if e == nil {
 		// Forget it unless it was desired again in the meantime.
@@ -501,7 +532,7 @@ func (r *Reconciler) publish(k ServiceKey, e *poolRun) {
 	if !ok {
 		return
 	}
-	st.Applied, st.Err, st.Failures, st.RetryAt = e.applied, e.err, e.failures, e.retryAt
+	st.Applied, st.Err, st.Failures, st.RetryAt, st.Attempted = e.applied, e.err, e.failures, e.retryAt, e.version
 	r.status[k] = st
 }
 

@@ -877,3 +877,70 @@ func TestRandomUpdatesConverge(t *testing.T) {
 		t.Errorf("a full resync after incremental passes repaired %v", c)
 	}
 }
+
+// WaitApplied answers "is my change in the kernel yet?" without polling: it returns
+// when the pass applied the version, or with the error of a failed attempt.
+func TestWaitApplied(t *testing.T) {
+	f := NewFake()
+	r, _, clk := newTestReconciler(t, f)
+	ctx := context.Background()
+	wait := func(v uint64) chan error {
+		ch := make(chan error, 1)
+		go func() { _, err := r.WaitApplied(ctx, web, v); ch <- err }()
+		return ch
+	}
+	result := func(ch chan error) error {
+		t.Helper()
+		select {
+		case err := <-ch:
+			return err
+		case <-time.After(5 * time.Second): // a failsafe
+			t.Fatal("WaitApplied did not return")
+			return nil
+		}
+	}
+	p := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1)}}
+	v := r.Update(p)
+	ch := wait(v)
+	select {
+	case err := <-ch:
+		t.Fatalf("returned before any pass: %v", err)
+	default:
+	}
+	mustPass(t, r, false)
+	if err := result(ch); err != nil {
+		t.Fatalf("applied version: %v", err)
+	}
+	// A failed attempt returns its error.
+	boom := errors.New("EINVAL")
+	f.SetFailure(func(op string, _ ServiceKey, _ Destination) error {
+		if op == OpUpdateDestination {
+			return boom
+		}
+		return nil
+	})
+	p.Destinations = []Destination{dest("10.0.1.1", 0, 2)}
+	v = r.Update(p)
+	ch = wait(v)
+	if err := r.Reconcile(ctx, false); !errors.Is(err, boom) {
+		t.Fatalf("pass: %v", err)
+	}
+	if err := result(ch); !errors.Is(err, boom) {
+		t.Fatalf("WaitApplied after a failed attempt: %v, want %v", err, boom)
+	}
+	// The retry succeeds: applied.
+	f.SetFailure(nil)
+	clk.Step(r.MinInterval)
+	mustPass(t, r, false)
+	if st, err := r.WaitApplied(ctx, web, v); err != nil || st.Applied < v {
+		t.Errorf("after the retry: %+v, %v", st, err)
+	}
+	// Context ends first.
+	p.Destinations = []Destination{dest("10.0.1.1", 0, 3)}
+	v = r.Update(p)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := r.WaitApplied(cctx, web, v); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled wait: %v", err)
+	}
+}
