@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -50,7 +49,8 @@ type Reconciler struct {
 	changed map[ServiceKey]struct{}   // keys changed since the last pass took them
 	gen     uint64                    // last version handed out
 	status  map[ServiceKey]PoolStatus // published for Status; desired or being deleted
-	notify  chan struct{}             // closed (and replaced) when a status is published
+	notify  chan struct{}             // closed when a status is published; nil: nobody waits
+	taken   []update                  // take's result, reused
 	kick    chan struct{}
 	idle    func(due time.Time) // tests: see loop.idle
 
@@ -61,7 +61,9 @@ type Reconciler struct {
 	covered  map[ServiceKey]bool           // keys whose state in known is trusted
 	owned    map[ServiceKey]bool           // created or adopted by this process
 	draining map[ServiceKey]map[destKey]time.Time
-	queue    []queued // destination changes waiting for a batching backend
+	queue    []queued            // destination changes waiting for a batching backend
+	work     map[ServiceKey]bool // the pools of a pass, reused
+	keys     []ServiceKey        // the same, sorted, reused
 }
 
 type wanted struct {
@@ -174,7 +176,6 @@ func NewReconciler(b Backend, log *slog.Logger, reg prometheus.Registerer) *Reco
 		want:         map[ServiceKey]wanted{},
 		changed:      map[ServiceKey]struct{}{},
 		status:       map[ServiceKey]PoolStatus{},
-		notify:       make(chan struct{}),
 		kick:         make(chan struct{}, 1),
 		pools:        map[ServiceKey]*poolRun{},
 		failing:      map[ServiceKey]bool{},
@@ -290,6 +291,9 @@ func (r *Reconciler) WaitApplied(ctx context.Context, k ServiceKey, v uint64) (P
 	for {
 		r.mu.Lock()
 		st, ok := r.status[k]
+		if r.notify == nil {
+			r.notify = make(chan struct{})
+		}
 		ch := r.notify
 		r.mu.Unlock()
 		switch {
@@ -364,7 +368,7 @@ func (r *Reconciler) take() []update {
 	if len(r.changed) == 0 {
 		return nil
 	}
-	out := make([]update, 0, len(r.changed))
+	out := r.taken[:0]
 	for k := range r.changed {
 		w, ok := r.want[k]
 		if !ok {
@@ -372,10 +376,20 @@ func (r *Reconciler) take() []update {
 		}
 		out = append(out, update{k: k, w: w, removed: !ok})
 	}
-	// A new map, not clear(): clearing and iterating cost the capacity, which a
-	// whole-world Set grew to the number of pools.
-	r.changed = map[ServiceKey]struct{}{}
+	r.taken = out
+	r.changed = reset(r.changed)
 	return out
+}
+
+// reset empties m for reuse. Clearing and iterating a map cost its capacity, which a
+// whole-world change grew to the number of pools: a map that held many keys is
+// replaced, a small one cleared (no allocation per pass).
+func reset[V any](m map[ServiceKey]V) map[ServiceKey]V {
+	if m == nil || len(m) > 64 {
+		return map[ServiceKey]V{}
+	}
+	clear(m)
+	return m
 }
 
 // pass runs one reconciliation. full forces a dump of the backend; without it the last
@@ -393,7 +407,8 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, 
 		}
 	}()
 	now := start
-	work := map[ServiceKey]bool{}
+	r.work = reset(r.work)
+	work := r.work
 	for _, u := range r.take() {
 		e := r.pools[u.k]
 		if e == nil {
@@ -463,7 +478,12 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, 
 	}
 
 	var errs errList
-	keys := slices.SortedFunc(maps.Keys(work), compareKeys)
+	keys := r.keys[:0]
+	for k := range work {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, compareKeys)
+	r.keys = keys
 	for _, k := range keys {
 		if ctx.Err() != nil {
 			return time.Time{}, ctx.Err(), nil // shutting down: the next process converges
@@ -519,8 +539,10 @@ func (r *Reconciler) fail(k ServiceKey, e *poolRun, err error, now time.Time) {
 func (r *Reconciler) publish(k ServiceKey, e *poolRun) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	close(r.notify)
-	r.notify = make(chan struct{})
+	if r.notify != nil {
+		close(r.notify)
+		r.notify = nil
+	}
 	st, ok := r.status[k]
 	if e == nil {
 		// Forget it unless it was desired again in the meantime.
