@@ -69,6 +69,7 @@ type Reconciler struct {
 type wanted struct {
 	pool    Pool
 	version uint64
+	set     uint64 // the last Set that listed it (finds the keys a Set left out)
 }
 
 // poolRun is the Run goroutine's record of one pool.
@@ -197,18 +198,24 @@ func (r *Reconciler) Set(pools []Pool) uint64 {
 	r.mu.Lock()
 	r.gen++
 	v := r.gen
-	seen := make(map[ServiceKey]bool, len(pools))
+	distinct := 0
 	for _, p := range pools {
 		k := p.Service.ServiceKey
-		if seen[k] {
+		if cur, ok := r.want[k]; ok && cur.set == v {
 			r.log.Error("ipvs: service configured twice; using the last one", "service", k.String())
+		} else {
+			distinct++
 		}
-		seen[k] = true
 		r.updateLocked(p, v, true)
+		w := r.want[k]
+		w.set = v // stamped: in this Set
+		r.want[k] = w
 	}
-	for k := range r.want {
-		if !seen[k] {
-			r.removeLocked(k, v)
+	if len(r.want) > distinct {
+		for k, w := range r.want {
+			if w.set != v {
+				r.removeLocked(k, v)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -251,7 +258,7 @@ func (r *Reconciler) updateLocked(p Pool, v uint64, deep bool) {
 	if cur, ok := r.want[k]; ok && samePool(cur.pool, p, deep) {
 		return
 	}
-	r.want[k] = wanted{pool: p, version: v}
+	r.want[k] = wanted{pool: p, version: v, set: r.want[k].set}
 	r.changed[k] = struct{}{}
 	st := r.status[k]
 	st.Version, st.Removing = v, false

@@ -944,3 +944,31 @@ func TestWaitApplied(t *testing.T) {
 		t.Errorf("cancelled wait: %v", err)
 	}
 }
+
+// Set is the whole world: keys it leaves out are removed; a key listed twice is
+// logged and the last one wins.
+func TestSetWholeWorld(t *testing.T) {
+	f := NewFake()
+	var logs bytes.Buffer
+	r := NewReconciler(f, slog.New(slog.NewTextHandler(&logs, nil)), nil)
+	a := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1)}}
+	a2 := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 2)}}
+	b := Pool{Service: Service{ServiceKey: dns, Scheduler: "rr"}, Destinations: []Destination{dest("10.0.2.1", 0, 1)}}
+	c := Pool{Service: Service{ServiceKey: othr, Scheduler: "rr"}}
+	r.Set([]Pool{a, b, c, a2})
+	mustPass(t, r, false)
+	if !strings.Contains(logs.String(), "configured twice") {
+		t.Errorf("duplicate not logged:\n%s", logs.String())
+	}
+	if w := destOf(t, f, web, "10.0.1.1").Weight; w != 2 {
+		t.Errorf("duplicate key: weight %d, want the last one's 2", w)
+	}
+	r.Set([]Pool{b})
+	mustPass(t, r, false)
+	if got := len(f.Table()); got != 1 {
+		t.Errorf("after a Set of one pool the backend has %d services: %v", got, table(f))
+	}
+	if _, ok := r.Status(web); ok {
+		t.Error("a pool left out of Set still has a status")
+	}
+}
