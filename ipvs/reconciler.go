@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -50,6 +49,8 @@ type Reconciler struct {
 	changed map[ServiceKey]struct{}   // keys changed since the last pass took them
 	gen     uint64                    // last version handed out
 	status  map[ServiceKey]PoolStatus // published for Status; desired or being deleted
+	notify  chan struct{}             // closed when a status is published; nil: nobody waits
+	taken   []update                  // take's result, reused
 	kick    chan struct{}
 	idle    func(due time.Time) // tests: see loop.idle
 
@@ -60,12 +61,15 @@ type Reconciler struct {
 	covered  map[ServiceKey]bool           // keys whose state in known is trusted
 	owned    map[ServiceKey]bool           // created or adopted by this process
 	draining map[ServiceKey]map[destKey]time.Time
-	queue    []queued // destination changes waiting for a batching backend
+	queue    []queued            // destination changes waiting for a batching backend
+	work     map[ServiceKey]bool // the pools of a pass, reused
+	keys     []ServiceKey        // the same, sorted, reused
 }
 
 type wanted struct {
 	pool    Pool
 	version uint64
+	set     uint64 // the last Set that listed it (finds the keys a Set left out)
 }
 
 // poolRun is the Run goroutine's record of one pool.
@@ -97,6 +101,8 @@ type PoolStatus struct {
 	Err      error
 	Failures int
 	RetryAt  time.Time
+	// Attempted is the version of the last attempt (Err is its error, if any).
+	Attempted uint64
 	// Removing: the pool left the desired set; its service is being deleted.
 	Removing bool
 }
@@ -192,18 +198,24 @@ func (r *Reconciler) Set(pools []Pool) uint64 {
 	r.mu.Lock()
 	r.gen++
 	v := r.gen
-	seen := make(map[ServiceKey]bool, len(pools))
+	distinct := 0
 	for _, p := range pools {
 		k := p.Service.ServiceKey
-		if seen[k] {
+		if cur, ok := r.want[k]; ok && cur.set == v {
 			r.log.Error("ipvs: service configured twice; using the last one", "service", k.String())
+		} else {
+			distinct++
 		}
-		seen[k] = true
 		r.updateLocked(p, v, true)
+		w := r.want[k]
+		w.set = v // stamped: in this Set
+		r.want[k] = w
 	}
-	for k := range r.want {
-		if !seen[k] {
-			r.removeLocked(k, v)
+	if len(r.want) > distinct {
+		for k, w := range r.want {
+			if w.set != v {
+				r.removeLocked(k, v)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -246,7 +258,7 @@ func (r *Reconciler) updateLocked(p Pool, v uint64, deep bool) {
 	if cur, ok := r.want[k]; ok && samePool(cur.pool, p, deep) {
 		return
 	}
-	r.want[k] = wanted{pool: p, version: v}
+	r.want[k] = wanted{pool: p, version: v, set: r.want[k].set}
 	r.changed[k] = struct{}{}
 	st := r.status[k]
 	st.Version, st.Removing = v, false
@@ -275,6 +287,34 @@ func (r *Reconciler) Status(k ServiceKey) (PoolStatus, bool) {
 	defer r.mu.Unlock()
 	st, ok := r.status[k]
 	return st, ok
+}
+
+// WaitApplied blocks until version v of the pool of k (or a later one) is in the
+// backend, and returns its status; or until an attempt at v or later failed, and
+// returns that error too (the Reconciler keeps retrying: Status follows it); or until
+// ctx is done. A removed pool counts as applied once its service is gone (and a key
+// with no status at all returns at once).
+func (r *Reconciler) WaitApplied(ctx context.Context, k ServiceKey, v uint64) (PoolStatus, error) {
+	for {
+		r.mu.Lock()
+		st, ok := r.status[k]
+		if r.notify == nil {
+			r.notify = make(chan struct{})
+		}
+		ch := r.notify
+		r.mu.Unlock()
+		switch {
+		case !ok || st.Applied >= v:
+			return st, nil
+		case st.Err != nil && st.Attempted >= v:
+			return st, st.Err
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-ch:
+		}
+	}
 }
 
 // Errors returns the pools whose last attempt failed, with the error (for /alerts).
@@ -335,7 +375,7 @@ func (r *Reconciler) take() []update {
 	if len(r.changed) == 0 {
 		return nil
 	}
-	out := make([]update, 0, len(r.changed))
+	out := r.taken[:0]
 	for k := range r.changed {
 		w, ok := r.want[k]
 		if !ok {
@@ -343,10 +383,20 @@ func (r *Reconciler) take() []update {
 		}
 		out = append(out, update{k: k, w: w, removed: !ok})
 	}
-	// A new map, not clear(): clearing and iterating cost the capacity, which a
-	// whole-world Set grew to the number of pools.
-	r.changed = map[ServiceKey]struct{}{}
+	r.taken = out
+	r.changed = reset(r.changed)
 	return out
+}
+
+// reset empties m for reuse. Clearing and iterating a map cost its capacity, which a
+// whole-world change grew to the number of pools: a map that held many keys is
+// replaced, a small one cleared (no allocation per pass).
+func reset[V any](m map[ServiceKey]V) map[ServiceKey]V {
+	if m == nil || len(m) > 64 {
+		return map[ServiceKey]V{}
+	}
+	clear(m)
+	return m
 }
 
 // pass runs one reconciliation. full forces a dump of the backend; without it the last
@@ -364,7 +414,8 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, 
 		}
 	}()
 	now := start
-	work := map[ServiceKey]bool{}
+	r.work = reset(r.work)
+	work := r.work
 	for _, u := range r.take() {
 		e := r.pools[u.k]
 		if e == nil {
@@ -434,7 +485,12 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, 
 	}
 
 	var errs errList
-	keys := slices.SortedFunc(maps.Keys(work), compareKeys)
+	keys := r.keys[:0]
+	for k := range work {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, compareKeys)
+	r.keys = keys
 	for _, k := range keys {
 		if ctx.Err() != nil {
 			return time.Time{}, ctx.Err(), nil // shutting down: the next process converges
@@ -490,6 +546,10 @@ func (r *Reconciler) fail(k ServiceKey, e *poolRun, err error, now time.Time) {
 func (r *Reconciler) publish(k ServiceKey, e *poolRun) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.notify != nil {
+		close(r.notify)
+		r.notify = nil
+	}
 	st, ok := r.status[k]
 	if e == nil {
 		// Forget it unless it was desired again in the meantime.
@@ -501,7 +561,7 @@ func (r *Reconciler) publish(k ServiceKey, e *poolRun) {
 	if !ok {
 		return
 	}
-	st.Applied, st.Err, st.Failures, st.RetryAt = e.applied, e.err, e.failures, e.retryAt
+	st.Applied, st.Err, st.Failures, st.RetryAt, st.Attempted = e.applied, e.err, e.failures, e.retryAt, e.version
 	r.status[k] = st
 }
 

@@ -877,3 +877,98 @@ func TestRandomUpdatesConverge(t *testing.T) {
 		t.Errorf("a full resync after incremental passes repaired %v", c)
 	}
 }
+
+// WaitApplied answers "is my change in the kernel yet?" without polling: it returns
+// when the pass applied the version, or with the error of a failed attempt.
+func TestWaitApplied(t *testing.T) {
+	f := NewFake()
+	r, _, clk := newTestReconciler(t, f)
+	ctx := context.Background()
+	wait := func(v uint64) chan error {
+		ch := make(chan error, 1)
+		go func() { _, err := r.WaitApplied(ctx, web, v); ch <- err }()
+		return ch
+	}
+	result := func(ch chan error) error {
+		t.Helper()
+		select {
+		case err := <-ch:
+			return err
+		case <-time.After(5 * time.Second): // a failsafe
+			t.Fatal("WaitApplied did not return")
+			return nil
+		}
+	}
+	p := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1)}}
+	v := r.Update(p)
+	ch := wait(v)
+	select {
+	case err := <-ch:
+		t.Fatalf("returned before any pass: %v", err)
+	default:
+	}
+	mustPass(t, r, false)
+	if err := result(ch); err != nil {
+		t.Fatalf("applied version: %v", err)
+	}
+	// A failed attempt returns its error.
+	boom := errors.New("EINVAL")
+	f.SetFailure(func(op string, _ ServiceKey, _ Destination) error {
+		if op == OpUpdateDestination {
+			return boom
+		}
+		return nil
+	})
+	p.Destinations = []Destination{dest("10.0.1.1", 0, 2)}
+	v = r.Update(p)
+	ch = wait(v)
+	if err := r.Reconcile(ctx, false); !errors.Is(err, boom) {
+		t.Fatalf("pass: %v", err)
+	}
+	if err := result(ch); !errors.Is(err, boom) {
+		t.Fatalf("WaitApplied after a failed attempt: %v, want %v", err, boom)
+	}
+	// The retry succeeds: applied.
+	f.SetFailure(nil)
+	clk.Step(r.MinInterval)
+	mustPass(t, r, false)
+	if st, err := r.WaitApplied(ctx, web, v); err != nil || st.Applied < v {
+		t.Errorf("after the retry: %+v, %v", st, err)
+	}
+	// Context ends first.
+	p.Destinations = []Destination{dest("10.0.1.1", 0, 3)}
+	v = r.Update(p)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := r.WaitApplied(cctx, web, v); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled wait: %v", err)
+	}
+}
+
+// Set is the whole world: keys it leaves out are removed; a key listed twice is
+// logged and the last one wins.
+func TestSetWholeWorld(t *testing.T) {
+	f := NewFake()
+	var logs bytes.Buffer
+	r := NewReconciler(f, slog.New(slog.NewTextHandler(&logs, nil)), nil)
+	a := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 1)}}
+	a2 := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 2)}}
+	b := Pool{Service: Service{ServiceKey: dns, Scheduler: "rr"}, Destinations: []Destination{dest("10.0.2.1", 0, 1)}}
+	c := Pool{Service: Service{ServiceKey: othr, Scheduler: "rr"}}
+	r.Set([]Pool{a, b, c, a2})
+	mustPass(t, r, false)
+	if !strings.Contains(logs.String(), "configured twice") {
+		t.Errorf("duplicate not logged:\n%s", logs.String())
+	}
+	if w := destOf(t, f, web, "10.0.1.1").Weight; w != 2 {
+		t.Errorf("duplicate key: weight %d, want the last one's 2", w)
+	}
+	r.Set([]Pool{b})
+	mustPass(t, r, false)
+	if got := len(f.Table()); got != 1 {
+		t.Errorf("after a Set of one pool the backend has %d services: %v", got, table(f))
+	}
+	if _, ok := r.Status(web); ok {
+		t.Error("a pool left out of Set still has a status")
+	}
+}
