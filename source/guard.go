@@ -40,6 +40,10 @@ type GuardOptions struct {
 	Hold  time.Duration
 	Clock Clock // nil: the system clock
 	Log   *slog.Logger
+	// Initial is the server set in force when the guard starts, e.g. the service's
+	// set before a reload restarted its source: the first update is then held like
+	// any other if it removes too many of these. nil: the first update passes.
+	Initial Set
 }
 
 // Hold describes an update a Guard is holding back.
@@ -78,15 +82,16 @@ const HoldProblemKey = "held update"
 // half-written file), in the spirit of Seesaw's per-update deletion limit. A held
 // update is reported (HoldReporter, or ProblemReporter), and applied when it has
 // persisted for Hold, or at once on Confirm. An update within the limit is applied at
-// once and releases a pending hold. The first update after start is never held (there
-// is nothing to compare it with). Disabling servers is not removing them: the depool
+// once and releases a pending hold. The first update after start is held only against
+// GuardOptions.Initial (without it there is nothing to compare with). Disabling servers is not removing them: the depool
 // threshold guards that.
 type Guard struct {
-	inner Source
-	max   float64
-	hold  time.Duration
-	clock Clock
-	log   *slog.Logger
+	inner   Source
+	initial Set
+	max     float64
+	hold    time.Duration
+	clock   Clock
+	log     *slog.Logger
 
 	mu        sync.Mutex
 	held      *Hold
@@ -97,7 +102,7 @@ type Guard struct {
 
 // NewGuard wraps inner.
 func NewGuard(inner Source, opts GuardOptions) *Guard {
-	g := &Guard{inner: inner, max: opts.MaxRemoval, hold: opts.Hold, clock: opts.Clock, log: opts.Log,
+	g := &Guard{inner: inner, initial: opts.Initial.Clone(), max: opts.MaxRemoval, hold: opts.Hold, clock: opts.Clock, log: opts.Log,
 		wake: make(chan struct{}, 1)}
 	if g.max <= 0 {
 		g.max = DefaultMaxRemoval
@@ -212,6 +217,9 @@ func (g *Guard) Run(ctx context.Context, ev Events) error {
 	defer cancel()
 	go func() { done <- g.inner.Run(ictx, in) }()
 	r := &guardRun{g: g, ev: ev}
+	if g.initial != nil {
+		r.last, r.delivered = g.initial, true
+	}
 	defer func() { // a stopped guard holds nothing; its receiver is gone, so no report
 		g.mu.Lock()
 		g.held = nil
@@ -264,6 +272,8 @@ func (r *guardRun) update(set Set) {
 		}
 	}
 	if !r.delivered || len(removed) == 0 || float64(len(removed)) <= g.max*float64(len(r.last)) {
+		// An update equal to Initial is still delivered: the receiver waits for a
+		// first Update to call the source synced.
 		if r.pending != nil {
 			g.log.Info("server-list update within the removal limit; releasing the held one",
 				"removed", len(removed), "servers", len(r.last))

@@ -155,6 +155,11 @@ func TestGuard(t *testing.T) {
 			{advance: time.Minute, want: 2}}},
 		{"fraction 1 turns it off", GuardOptions{MaxRemoval: 1}, []step{
 			{update: ten, want: 1}, {update: Set{}, want: 2}}},
+		{"initial set: a truncated first read after a reload is held", GuardOptions{Initial: ten}, []step{
+			{update: three, want: 0, held: true},
+			{update: ten, want: 1}}},
+		{"initial set: a full first read passes", GuardOptions{Initial: ten}, []step{
+			{update: ten, want: 1}, {update: six, want: 2}}},
 		{"removing the only server is held", GuardOptions{}, []step{
 			{update: hosts(1, "mw"), want: 1}, {update: Set{}, want: 1, held: true}}},
 	}
