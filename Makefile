@@ -41,10 +41,18 @@ test-vm: setup
 test-e2e: setup
 	./integration/e2e/run.sh
 
+# Every parser of outside input, plus the daemon model (random operation sequences):
+# FUZZTIME each (default 5m; `make fuzz FUZZTIME=1m` for a quick pass).
+FUZZTIME ?= 5m
 fuzz:
-	$(GO) test ./config -run '^$$' -fuzz FuzzParse -fuzztime 5m
-	$(GO) test ./api -run '^$$' -fuzz FuzzAdmin -fuzztime 1m
-	$(GO) test ./source -run '^$$' -fuzz FuzzParseList -fuzztime 1m
+	$(GO) test ./config     -run '^$$' -fuzz '^FuzzParse$$'            -fuzztime $(FUZZTIME)
+	$(GO) test ./source     -run '^$$' -fuzz '^FuzzParseList$$'        -fuzztime $(FUZZTIME)
+	$(GO) test ./adminstate -run '^$$' -fuzz '^FuzzOpen$$'             -fuzztime $(FUZZTIME)
+	$(GO) test ./api        -run '^$$' -fuzz '^FuzzAdmin$$'            -fuzztime $(FUZZTIME)
+	$(GO) test ./api        -run '^$$' -fuzz '^FuzzReadPaths$$'        -fuzztime $(FUZZTIME)
+	$(GO) test ./conftool   -run '^$$' -fuzz '^FuzzDecodeEntry$$'      -fuzztime $(FUZZTIME)
+	$(GO) test ./k8ssource  -run '^$$' -fuzz '^FuzzWeightAnnotation$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./daemon     -run '^$$' -fuzz '^FuzzModel$$'            -fuzztime $(FUZZTIME)
 
 # In-process benchmarks; the load harnesses are in docs/perf/*.md with their commands.
 bench:

@@ -207,6 +207,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.ipvs, d.addrs = ipvs.NewReconciler(backend, d.log.With("system", "ipvs"), d.reg), addrs
+	d.ipvs.Clock, d.addrs.Clock = d.opts.Clock, d.opts.Clock
 	d.monitors = monitor.NewManager(d.reg, d.log.With("system", "monitor"))
 	defer d.monitors.Close()
 

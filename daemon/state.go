@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/kubal/kubal/admin"
 	"github.com/kubal/kubal/api"
+	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/pool"
 	"github.com/kubal/kubal/service"
 )
@@ -76,6 +79,12 @@ func (d *Daemon) Alerts() []api.Alert {
 	}
 	if len(keys) > 0 {
 		warn("restart kubal to apply changed [global] settings: %s", strings.Join(keys, ", "))
+	}
+	if d.ipvs != nil {
+		errs := d.ipvs.Errors()
+		for _, k := range slices.SortedFunc(maps.Keys(errs), func(a, b ipvs.ServiceKey) int { return strings.Compare(a.String(), b.String()) }) {
+			warn("IPVS %s: not in the kernel yet, retrying: %s", k, firstLine(errs[k].Error()))
+		}
 	}
 	for _, svc := range d.Config().Services {
 		s := d.service(svc.Name)

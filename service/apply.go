@@ -87,7 +87,7 @@ func (st *State) Alerts() []string {
 	}
 	maps.Copy(problems, st.Problems)
 	for _, h := range slices.Sorted(maps.Keys(problems)) {
-		out = append(out, fmt.Sprintf("%s: %s keeps its previous state: %s", name, h, firstLine(errors.New(problems[h]))))
+		out = append(out, fmt.Sprintf("%s: %s: %s", name, h, firstLine(errors.New(problems[h]))))
 	}
 	return out
 }
