@@ -5,7 +5,7 @@ GO       ?= go
 export KUBAL_CACHE ?= $(HOME)/.cache/kubal
 BIN      := bin
 
-.PHONY: all build demo test unit lint setup test-vm test-e2e fuzz bench clean
+.PHONY: all build demo test unit lint setup test-vm test-e2e fuzz docs-check bench clean
 
 all: build
 
@@ -41,10 +41,17 @@ test-vm: setup
 test-e2e: setup
 	./integration/e2e/run.sh
 
+# Every fuzz target in turn: 5 + 1 + 1 + 1 = 8 minutes of fuzzing (plus builds).
 fuzz:
 	$(GO) test ./config -run '^$$' -fuzz FuzzParse -fuzztime 5m
 	$(GO) test ./api -run '^$$' -fuzz FuzzAdmin -fuzztime 1m
 	$(GO) test ./source -run '^$$' -fuzz FuzzParseList -fuzztime 1m
+	$(GO) test ./bgp -run '^$$' -fuzz FuzzConfigAcceptedByNew -fuzztime 1m
+
+# Runs the shell blocks of README.md and docs/operations.md marked runnable against
+# the demo and fails when their output differs from what the doc shows.
+docs-check: build
+	./integration/docs/check.sh README.md docs/operations.md
 
 # In-process benchmarks; the load harnesses are in docs/perf/*.md with their commands.
 bench:
