@@ -5,7 +5,7 @@ GO       ?= go
 export KUBAL_CACHE ?= $(HOME)/.cache/kubal
 BIN      := bin
 
-.PHONY: all build demo test unit lint setup test-vm test-e2e fuzz bench clean
+.PHONY: all build demo test unit lint setup test-vm test-e2e fuzz docs-check bench clean
 
 all: build
 
@@ -52,7 +52,13 @@ fuzz:
 	$(GO) test ./api        -run '^$$' -fuzz '^FuzzReadPaths$$'        -fuzztime $(FUZZTIME)
 	$(GO) test ./conftool   -run '^$$' -fuzz '^FuzzDecodeEntry$$'      -fuzztime $(FUZZTIME)
 	$(GO) test ./k8ssource  -run '^$$' -fuzz '^FuzzWeightAnnotation$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./bgp        -run '^$$' -fuzz '^FuzzConfigAcceptedByNew$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./daemon     -run '^$$' -fuzz '^FuzzModel$$'            -fuzztime $(FUZZTIME)
+
+# Runs the shell blocks of README.md and docs/operations.md marked runnable against
+# the demo and fails when their output differs from what the doc shows.
+docs-check: build
+	./integration/docs/check.sh README.md docs/operations.md
 
 # In-process benchmarks; the load harnesses are in docs/perf/*.md with their commands.
 bench:
