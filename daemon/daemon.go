@@ -411,7 +411,9 @@ func (d *Daemon) converge(all bool) {
 	if all {
 		want := d.planner.Desired()
 		d.ipvs.Set(want.Pools)
-		d.addrs.Set(want.VIPs)
+		if cfg.Global.VIPAddresses { // off by default: PyBal hosts get their VIPs from Puppet
+			d.addrs.Set(want.VIPs)
+		}
 	}
 	if d.speaker != nil && announce {
 		d.speaker.Set(d.planner.Desired().Announcements)

@@ -40,6 +40,7 @@ const (
 const kubalConf = `# kubal e2e: the ingress service of docs/operations.md
 [global]
 bgp = yes
+vip-addresses = yes
 bgp-local-asn = 64600
 bgp-peer-address = 10.0.0.254
 bgp-nexthop-ipv4 = 10.0.0.1
