@@ -177,12 +177,15 @@ func hasServer(s source.Set, host string, enabled bool, reason string) bool {
 	if !ok || (srv.Enabled && srv.Down == "") != enabled {
 		return false
 	}
-	why := strings.Trim(srv.Down+"; "+srv.Reason, "; ")
+	why := why(srv)
 	if reason == "" {
 		return why == ""
 	}
 	return strings.Contains(why, reason)
 }
+
+// why is everything that keeps a server out: its health, then its disable reasons.
+func why(s source.Server) string { return strings.Trim(s.Down+"; "+s.Reason, "; ") }
 
 type fixture struct {
 	t      *testing.T
@@ -542,7 +545,7 @@ func TestEndpointGating(t *testing.T) {
 	for _, st := range steps {
 		setB(st.conds)
 		rec.waitSet(t, settle, st.what, func(s source.Set) bool {
-			return hasServer(s, b, st.enable, st.reason) && (st.reason == "" || s[b].Reason == st.reason) &&
+			return hasServer(s, b, st.enable, st.reason) && (st.reason == "" || why(s[b]) == st.reason) &&
 				hasServer(s, a, true, "") && hasServer(s, c, true, "")
 		})
 	}
