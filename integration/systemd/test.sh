@@ -215,7 +215,10 @@ wait_for 60 session_up && wait_for 30 route_at_bird
 # --- stop: BIRD sees the withdraw before the process exits ------------------------------------
 # BIRD logs (debug protocols all) each route it removes and each session event with a
 # millisecond wall-clock stamp. A withdraw is an UPDATE, seen while the session is up;
-# a route flushed because the session dropped is removed after the state change.
+# a route flushed because the session dropped is removed after the state change. The
+# order of BIRD's lines (UPDATE removing the VIP, then the Cease kubal sends before it
+# exits) is the proof; the clock comparison is a cross-check, 10 ms resolution
+# (/proc/uptime) plus the time the UPDATE spends in flight: 50 ms allowed.
 n0=$(wc -l </run/bird-router.log)
 before=$(ipvs)
 systemctl stop kubal
@@ -233,7 +236,7 @@ if [ -n "$rm_line" ]; then
 fi
 echo "measure: BIRD removed the VIP at ${rm_wall:-never} (line ${rm_line:-none}); session end at line ${down_line:-none}; kubal exited at $exit_wall (wall clock, s)"
 if [ -n "$rm_line" ] && { [ -z "$down_line" ] || [ "$rm_line" -lt "$down_line" ]; } &&
-	awk -v r="$rm_wall" -v e="$exit_wall" 'BEGIN { exit !(r <= e + 0.01) }'; then
+	awk -v r="$rm_wall" -v e="$exit_wall" 'BEGIN { exit !(r <= e + 0.05) }'; then
 	ok "systemctl stop: BIRD saw the withdraw (an UPDATE, before the session ended) before kubal exited"
 else
 	fail "withdraw before exit" "see the BIRD lines above"
