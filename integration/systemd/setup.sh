@@ -19,6 +19,9 @@ done
 if [ ${#need[@]} -gt 0 ]; then
 	echo "systemd setup: apt-get install ${need[*]}"
 	apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need[@]}" >/dev/null
+	# prometheus is here for promtool only: its daemon would hold port 9090, the tests'
+	# instrumentation port, on a host that runs systemd.
+	if [ -d /run/systemd/system ]; then systemctl disable --now prometheus.service >/dev/null 2>&1 || true; fi
 fi
 
 # The kernel comes from the IPVS VM rig (idempotent; it runs after this script in
@@ -60,7 +63,6 @@ if [ ! -f "$img" ] || [ ! -f "$initrd" ]; then
 	echo kubal-rig >"$stage/etc/hostname"
 	printf '127.0.0.1 localhost\n127.0.1.1 kubal-rig\n' >"$stage/etc/hosts"
 	: >"$stage/etc/fstab"
-	echo 'root:x:0:0:root:/root:/bin/bash' >/dev/null # root keeps debootstrap's locked password
 	# Nothing the rig does not need: no logins, timers, or the distribution's own BIRD
 	# (the test runs BIRD in a "router" namespace; port 179 of the host is kubal's).
 	for u in getty@.service serial-getty@.service console-getty.service bird.service \
