@@ -339,7 +339,7 @@ re\-announces.
 error is printed with its file:line) or a runtime failure; 2 for bad arguments.
 .SH CONFIGURATION
 Every key of \fIpybal.conf\fR that kubal reads, from the config reference
-(\fI/usr/share/doc/kubal/config.md\fR). An unknown key is a warning naming its file:line.
+(\fI/usr/share/doc/kubal/config.md.gz\fR). An unknown key is a warning naming its file:line.
 `)
 	section := ""
 	for _, k := range keys {
