@@ -67,3 +67,12 @@ bench:
 
 clean:
 	rm -rf $(BIN)
+
+# Debian package (packaging/build-deb.sh): bin/kubal_<version>_amd64.deb, lintian clean.
+.PHONY: deb test-systemd
+deb:
+	./packaging/build-deb.sh
+
+# The package installed and run under a real systemd in the VM rig (integration/systemd).
+test-systemd: setup
+	./integration/systemd/run-tests.sh

@@ -41,6 +41,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		checkConfig = fs.Bool("check-config", false, "parse and validate the config, print a summary, and exit 0 (valid) or 1")
 		logFormat   = fs.String("log-format", "text", "log format: text (PyBal style) or json")
 	)
+	showVersion := versionFlag(fs)
 	fs.BoolVar(&dryRun, "n", false, "dry run: print IPVS operations as ipvsadm lines instead of applying them")
 	fs.BoolVar(&dryRun, "dryrun", false, "same as -n")
 	fs.BoolVar(&debug, "d", false, "debug logging")
@@ -50,6 +51,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		return 2
+	}
+	if *showVersion {
+		return printVersion(stdout)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "kubal: unexpected arguments: %v\n", fs.Args())

@@ -101,6 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	caFile := fs.String("ca", "", "CA bundle to verify an https:// server")
 	certFile := fs.String("cert", "", "client certificate for mTLS")
 	keyFile := fs.String("key", "", "client key for mTLS")
+	showVersion := versionFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageText)
 		fs.PrintDefaults()
@@ -111,6 +112,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 			return exitOK
 		}
 		return exitUsage
+	}
+	if *showVersion {
+		return printVersion(stdout)
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
