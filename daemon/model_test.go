@@ -198,9 +198,9 @@ func (m *model) admin(host string) {
 	a.Force = m.rnd.IntN(8) == 0
 	_, err := m.d.Apply(ctx, a)
 	m.logf("admin %s %s w=%d force=%v cut=%v: %v", a.Op, host, a.Weight, a.Force, cut, err)
-	// Stored: acknowledged, or stored but not confirmed (cut off), or pooled while
-	// the source disables the server. Anything else stored nothing.
-	if err != nil && !errors.Is(err, service.ErrNotInForce) && !errors.Is(err, service.ErrSourceDisabled) {
+	// Stored: acknowledged, or stored but not confirmed (cut off). Anything else
+	// stored nothing.
+	if err != nil && !errors.Is(err, service.ErrNotInForce) {
 		return
 	}
 	switch a.Op {

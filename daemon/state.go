@@ -115,11 +115,10 @@ func (d *Daemon) Apply(ctx context.Context, a api.Action) (api.Outcome, error) {
 	}
 	old, cur, err := s.Apply(ctx, admin.Change{Host: a.Host, Op: admin.Op(a.Op), Weight: a.Weight, Actor: a.Actor, Reason: a.Reason, Force: a.Force})
 	for from, to := range map[error]error{
-		service.ErrNoServer: api.ErrNotFound, service.ErrThreshold: api.ErrThreshold,
-		admin.ErrConflict: api.ErrConflict, service.ErrSourceDisabled: api.ErrConflict,
+		service.ErrNoServer: api.ErrNotFound, service.ErrThreshold: api.ErrThreshold, admin.ErrConflict: api.ErrConflict,
 	} {
 		if errors.Is(err, from) {
-			return api.Outcome{}, fmt.Errorf("%w: %w", err, to)
+			return api.Outcome{}, kindOf{err, to}
 		}
 	}
 	if err != nil {
@@ -141,3 +140,9 @@ func (d *Daemon) ConfirmRemoval(_ context.Context, pool, actor string) (bool, er
 	d.log.Info("admin: held server-list update confirmed", "system", pool, "actor", actor, "held", held)
 	return held, nil
 }
+
+// kindOf gives an error the api's kind (for the HTTP status) without changing its text.
+type kindOf struct{ err, kind error }
+
+func (e kindOf) Error() string   { return e.err.Error() }
+func (e kindOf) Unwrap() []error { return []error{e.err, e.kind} }

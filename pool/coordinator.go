@@ -617,28 +617,6 @@ func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
 	c.maybeEnsure()
 }
 
-// DepoolAllowed says whether an admin depool of host keeps the pool at or above its
-// depool threshold, i.e. whether count(up && enabled) without host is still at least
-// len(servers) x threshold. Depooling a server that is already disabled or down does
-// not lower that count and is always allowed.
-func (c *Coordinator) DepoolAllowed(host string) error {
-	s, ok := c.servers[host]
-	if !ok {
-		return fmt.Errorf("server %s is not in pool %s", host, c.name)
-	}
-	if !s.enabled || !s.up {
-		return nil
-	}
-	left := c.upEnabled - 1
-	n := len(c.servers)
-	need := float64(n) * c.threshold
-	if float64(left) >= need {
-		return nil
-	}
-	return fmt.Errorf("depooling %s would leave %d of %d servers up and enabled, below threshold %s x %d = %s",
-		host, left, n, formatFloat(c.threshold), n, formatFloat(need))
-}
-
 // formatFloat prints a float for humans: 2 rather than 2.0000000000000004.
 func formatFloat(f float64) string {
 	return strconv.FormatFloat(math.Round(f*1e6)/1e6, 'f', -1, 64)

@@ -554,58 +554,6 @@ func TestRemovePooledDownFix11(t *testing.T) {
 	h.wantPooled("a", "c")
 }
 
-func TestDepoolAllowed(t *testing.T) {
-	tests := []struct {
-		name      string
-		threshold float64
-		down      []string
-		disabled  []string
-		host      string
-		want      string // "" = allowed
-	}{
-		{"enough up", 0.5, nil, nil, "mw1", ""},
-		{"exactly at threshold after", 0.5, []string{"mw4"}, nil, "mw1", ""},
-		{"below threshold", 0.5, []string{"mw3", "mw4"}, nil, "mw1",
-			"depooling mw1 would leave 1 of 4 servers up and enabled, below threshold 0.5 x 4 = 2"},
-		{"disabled servers count in the denominator", 0.5, nil, []string{"mw2", "mw3"}, "mw1",
-			"depooling mw1 would leave 1 of 4 servers up and enabled, below threshold 0.5 x 4 = 2"},
-		{"fractional threshold", 0.7, []string{"mw4"}, nil, "mw1",
-			"depooling mw1 would leave 2 of 4 servers up and enabled, below threshold 0.7 x 4 = 2.8"},
-		{"a down server may always be depooled", 0.5, []string{"mw3", "mw4"}, nil, "mw4", ""},
-		{"an already disabled server", 0.5, nil, []string{"mw2", "mw3"}, "mw2", ""},
-		{"unknown server", 0.5, nil, nil, "mw9", "server mw9 is not in pool text_80"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, tt.threshold, pf)
-			var cfgs []ServerConfig
-			for _, s := range []string{"mw1", "mw2", "mw3", "mw4"} {
-				c := sc(s)
-				if slices.Contains(tt.disabled, s) {
-					c = disabled(c, "")
-				}
-				cfgs = append(cfgs, c)
-			}
-			h.update(cfgs...)
-			for _, s := range tt.down {
-				h.down(s, pf, "x")
-			}
-			before := h.c.Snapshot()
-			err := h.c.DepoolAllowed(tt.host)
-			got := ""
-			if err != nil {
-				got = err.Error()
-			}
-			if got != tt.want {
-				t.Errorf("DepoolAllowed(%s) = %q, want %q", tt.host, got, tt.want)
-			}
-			if after := h.c.Snapshot(); !slices.Equal(pooledHosts(before), pooledHosts(after)) {
-				t.Error("DepoolAllowed changed state")
-			}
-		})
-	}
-}
-
 func pooledHosts(s Snapshot) []string {
 	var out []string
 	for _, sv := range s.Servers {

@@ -20,8 +20,6 @@ var (
 	// ErrNotInForce: the change is stored and being applied, but ctx ended before the
 	// service published it.
 	ErrNotInForce = errors.New("stored, not yet confirmed in force")
-	// ErrSourceDisabled: a pool was stored, but the source keeps the server disabled.
-	ErrSourceDisabled = errors.New("stays disabled by its source")
 )
 
 // storeTimeout bounds a store write, which a client going away must not cut in half.
@@ -51,6 +49,8 @@ func (s *Service) Apply(ctx context.Context, ch admin.Change) (old, new pool.Ser
 	rc, err := store.Apply(wctx, ch, check)
 	cancel()
 	switch {
+	case errors.Is(err, ErrThreshold):
+		return old, new, err // "refused": nothing was stored
 	case errors.Is(err, admin.ErrUnknownOutcome):
 		return old, new, fmt.Errorf("%s: %w; check the pool before retrying", store, err)
 	case err != nil:
@@ -60,10 +60,9 @@ func (s *Service) Apply(ctx context.Context, ch admin.Change) (old, new pool.Ser
 	if err != nil {
 		return old, new, fmt.Errorf("%w: in %s at revision %d, being applied (%w)", ErrNotInForce, store, rc.Revision, err)
 	}
+	// A pool of a server its source disables is stored and answered as such: new
+	// shows it still disabled, with why (kubalctl says so and exits 1).
 	new, _ = st.Snapshot.Server(ch.Host)
-	if ch.Op == admin.OpPool && !new.Enabled {
-		return old, new, fmt.Errorf("pooled in %s, but %s %w: %s", store, ch.Host, ErrSourceDisabled, new.Why)
-	}
 	return old, new, nil
 }
 

@@ -15,19 +15,25 @@ import (
 // from the service's current State; admin intent from the store's own read, so with
 // etcd every LVS host and SRE checks against the same keys.
 func (s *Service) ThresholdCheck(host string) admin.Check {
-	return func(before, after admin.Intent) error {
-		st := s.State()
-		if !serving(st, before, host) || serving(st, after, host) {
-			return nil // the change does not lower the count
-		}
-		n, up := count(st, after)
-		need := float64(n) * st.Config.DepoolThreshold
-		if float64(up) >= need {
-			return nil
-		}
-		return fmt.Errorf("this would leave %d of %d servers up, enabled and weighted, below threshold %s x %d = %s",
-			up, n, fmtFloat(st.Config.DepoolThreshold), n, fmtFloat(need))
+	return func(before, after admin.Intent) error { return Threshold(s.State(), host, before, after) }
+}
+
+// Threshold is ThresholdCheck over a given State: pure.
+func Threshold(st *State, host string, before, after admin.Intent) error {
+	if !serving(st, before, host) || serving(st, after, host) {
+		return nil // the change does not lower the count
 	}
+	n, up := count(st, after)
+	need := float64(n) * st.Config.DepoolThreshold
+	if float64(up) >= need {
+		return nil
+	}
+	what := "depooling " + host
+	if a := after.Overrides[host]; !a.Depooled && a.Weight != nil && *a.Weight == 0 {
+		what = "weight 0 on " + host
+	}
+	return fmt.Errorf("%s would leave %d of %d servers up, enabled and weighted, below threshold %s x %d = %s",
+		what, up, n, fmtFloat(st.Config.DepoolThreshold), n, fmtFloat(need))
 }
 
 // serving: host is in the pool, enabled, weighted and up under intent in.

@@ -1,0 +1,171 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kubal/kubal/admin"
+	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/source"
+)
+
+// chanSource delivers the sets sent on its channel.
+type chanSource struct{ sets chan source.Set }
+
+func (c chanSource) Run(ctx context.Context, ev source.Events) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case s := <-c.sets:
+			ev.Update(s)
+		}
+	}
+}
+
+// memStore is an in-memory admin.Store.
+type memStore struct {
+	mu   sync.Mutex
+	in   admin.Intent
+	subs []func(admin.Intent)
+}
+
+func (m *memStore) String() string { return "memory" }
+
+func (m *memStore) Watch(ctx context.Context, out func(admin.Intent)) {
+	m.mu.Lock()
+	m.subs = append(m.subs, out)
+	out(m.in)
+	m.mu.Unlock()
+	<-ctx.Done()
+}
+
+func (m *memStore) Apply(_ context.Context, ch admin.Change, check admin.Check) (admin.Receipt, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	after := m.in.With(ch)
+	if check != nil {
+		if err := check(m.in, after); err != nil {
+			return admin.Receipt{}, err
+		}
+	}
+	after.Revision++
+	m.in = after
+	for _, f := range m.subs {
+		f(m.in)
+	}
+	return admin.Receipt{Revision: after.Revision}, nil
+}
+
+func start(t *testing.T, threshold float64, health bool) (*Service, chanSource, *memStore) {
+	t.Helper()
+	src := chanSource{sets: make(chan source.Set, 8)}
+	st := &memStore{in: admin.Intent{Revision: 1, Loaded: true}}
+	cfg := &config.Service{Name: "web_80", DepoolThreshold: threshold}
+	s := New(cfg, Deps{Source: src, Store: st, Log: slog.New(slog.DiscardHandler), Health: health,
+		Resolve: func(context.Context, string, bool) (netip.Addr, error) { return netip.Addr{}, nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s, src, st
+}
+
+func nodes(down string) source.Set {
+	set := source.Set{}
+	for i, h := range []string{"n1", "n2", "n3", "n4"} {
+		set[h] = source.Server{Host: h, Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), Weight: 1, Enabled: true, Down: down}
+	}
+	return set
+}
+
+// waitState waits for a published State that satisfies ok.
+func waitState(t *testing.T, s *Service, what string, ok func(*State) bool) *State {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		st := s.State()
+		if ok(st) {
+			return st
+		}
+		select {
+		case <-st.Next():
+		case <-deadline:
+			t.Fatalf("%s: not reached; last state %+v", what, st.Snapshot)
+		}
+	}
+}
+
+func pooled(st *State) int {
+	n := 0
+	for _, sv := range st.Snapshot.Servers {
+		if sv.Pooled {
+			n++
+		}
+	}
+	return n
+}
+
+// Issue 12 defect 6: every node NotReady (kubelets cut from the API server) must not
+// empty the pool: Kubernetes health is held to the depool threshold.
+func TestKubernetesHealthHeldToThreshold(t *testing.T) {
+	s, src, _ := start(t, 0.5, true)
+	src.sets <- nodes("")
+	waitState(t, s, "4 pooled", func(st *State) bool { return st.Synced && pooled(st) == 4 })
+	src.sets <- nodes("not Ready (Ready=Unknown)")
+	st := waitState(t, s, "health applied", func(st *State) bool {
+		for _, sv := range st.Snapshot.Servers {
+			if sv.Monitors[HealthMonitor].Up {
+				return false
+			}
+		}
+		return len(st.Snapshot.Servers) == 4
+	})
+	if n := pooled(st); n != 2 {
+		t.Errorf("%d pooled with every node NotReady, want 2 (threshold 0.5 x 4)", n)
+	}
+	for _, sv := range st.Snapshot.Servers {
+		if !sv.Enabled {
+			t.Errorf("%s disabled by a health signal", sv.Host)
+		}
+	}
+	src.sets <- nodes("")
+	waitState(t, s, "all back", func(st *State) bool { return pooled(st) == 4 })
+}
+
+// An admin change returns once a State with it is published, and gates the servers.
+func TestApplyReturnsWhenInForce(t *testing.T) {
+	s, src, _ := start(t, 0.5, false)
+	src.sets <- nodes("")
+	waitState(t, s, "synced", func(st *State) bool { return st.Synced && pooled(st) == 4 })
+	old, cur, err := s.Apply(context.Background(), admin.Change{Host: "n2", Op: admin.OpDepool, Actor: "sre", Reason: "disk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !old.Enabled || cur.Enabled || cur.Pooled || cur.Why != "depooled by admin (sre): disk" {
+		t.Errorf("old %+v new %+v", old, cur)
+	}
+	if _, _, err := s.Apply(context.Background(), admin.Change{Host: "n1", Op: admin.OpDepool}); err != nil {
+		t.Fatal(err)
+	}
+	// 4 x 0.5 = 2: a third depool is refused and nothing changes.
+	if _, _, err := s.Apply(context.Background(), admin.Change{Host: "n3", Op: admin.OpDepool}); err == nil {
+		t.Fatal("a depool below the threshold was accepted")
+	}
+	if sv, _ := s.State().Snapshot.Server("n3"); !sv.Enabled {
+		t.Error("a refused depool changed n3")
+	}
+	// A source that disables a server: pool stores, the answer shows it still disabled.
+	set := nodes("")
+	set["n4"] = source.Server{Host: "n4", Addr: set["n4"].Addr, Weight: 1, Reason: "cordoned"}
+	src.sets <- set
+	waitState(t, s, "n4 disabled", func(st *State) bool { sv, _ := st.Snapshot.Server("n4"); return !sv.Enabled })
+	_, cur, err = s.Apply(context.Background(), admin.Change{Host: "n4", Op: admin.OpPool})
+	if err != nil || cur.Enabled || cur.Why != "cordoned" {
+		t.Errorf("pool of a source-disabled server: %+v, %v", cur, err)
+	}
+}
