@@ -35,7 +35,6 @@ import (
 	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/plan"
 	"github.com/kubal/kubal/service"
-	"github.com/kubal/kubal/source"
 )
 
 // Options configure a Daemon. Zero values mean production defaults.
@@ -75,8 +74,9 @@ type Daemon struct {
 	cfg      atomic.Pointer[config.Config]
 	startCfg *config.Config // restart-only settings come from it
 
-	mu          sync.RWMutex // guards services, reloadErr, restartKeys; never held while waiting
-	services    map[string]*running
+	services *service.Group
+
+	mu          sync.RWMutex // guards reloadErr, restartKeys
 	reloadErr   error
 	restartKeys []string
 
@@ -98,16 +98,6 @@ type Daemon struct {
 
 	lastLoop atomic.Int64 // unix nanos of the main loop's last turn (watchdog)
 	detach   atomic.Bool  // stop for a planned restart: keep BGP routes (graceful restart)
-}
-
-// running is a started service actor.
-type running struct {
-	svc    *service.Service
-	guard  *source.Guard
-	key    ipvs.ServiceKey
-	source string // the source and admin store it was built for
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // New loads and validates the config. A bad config returns every error
@@ -142,7 +132,7 @@ func New(opts Options) (*Daemon, error) {
 		log:      opts.Log,
 		reg:      prometheus.NewRegistry(),
 		startCfg: cfg,
-		services: map[string]*running{},
+		services: service.NewGroup(opts.Log),
 		dirty:    map[string]bool{},
 		changed:  make(chan struct{}, 1),
 		reloadCh: make(chan chan error),
@@ -238,11 +228,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Warn("dry run: no BGP session is opened (would announce the VIPs); use --dryrun-bgp to open them")
 	}
 
-	srvs, err := d.startHTTP(cfg)
+	ls, err := api.Listen(cfg.Global, d, d, d.reg, d.log)
 	if err != nil {
 		return err
 	}
-	defer d.stopHTTP(srvs)
+	defer ls.Shutdown()
+	d.auth = ls.Auth
 
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)
@@ -286,16 +277,7 @@ func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
 		d.log.Info("shutting down, leaving IPVS in place")
 	}
 	stopSpeaker()
-	d.mu.Lock()
-	all := d.services
-	d.services = map[string]*running{}
-	d.mu.Unlock()
-	for _, r := range all {
-		r.cancel()
-	}
-	for _, r := range all {
-		<-r.done
-	}
+	d.services.Stop()
 }
 
 // markDirty records that a service published a new State; the main loop converges it.
@@ -309,77 +291,23 @@ func (d *Daemon) markDirty(name string) {
 	}
 }
 
-// applyServices starts, reconfigures or replaces the service actors to match cfg. A
-// service whose virtual service, source or admin store changed gets a new actor (the
-// kernel keeps its destinations until the new source synced); the rest are
-// reconfigured in place. Actors never call back into the daemon, so nothing here can
-// deadlock on them.
+// applyServices makes the running services match cfg (service.Group.Sync): a changed
+// virtual service, source or admin store gets a new actor; the rest are reconfigured.
 func (d *Daemon) applyServices(cfg *config.Config) {
-	want := map[string]*config.Service{}
-	for _, svc := range cfg.Services {
-		want[svc.Name] = svc
-	}
-	d.mu.Lock()
-	var stop []*running
-	for name, r := range d.services {
-		svc, ok := want[name]
-		if ok && plan.Key(svc) == r.key && sourceKey(svc, cfg.Global) == r.source {
-			continue
+	key := func(svc *config.Service) string { return plan.Key(svc).String() + "|" + sourceKey(svc, cfg.Global) }
+	d.services.Sync(d.ctx, cfg.Services, key, func(svc *config.Service) (*service.Service, error) {
+		src, store, err := d.build(cfg.Global, svc)
+		if err != nil {
+			return nil, err
 		}
-		d.log.Info("stopping service", "system", name)
-		stop = append(stop, r)
-		delete(d.services, name)
-	}
-	d.mu.Unlock()
-	for _, r := range stop {
-		r.cancel()
-		<-r.done
-	}
-	for _, svc := range cfg.Services {
-		d.mu.RLock()
-		r, ok := d.services[svc.Name]
-		d.mu.RUnlock()
-		if ok {
-			ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
-			if err := r.svc.Reconfigure(ctx, svc); err != nil {
-				d.log.Error("reconfigure", "system", svc.Name, "err", err)
-			}
-			cancel()
-			continue
-		}
-		if err := d.startService(cfg, svc); err != nil {
-			d.log.Error("cannot start service", "system", svc.Name, "config", svc.ConfigURL, "err", err)
-		}
-	}
-	d.converge(true)
-}
-
-func (d *Daemon) startService(cfg *config.Config, svc *config.Service) error {
-	src, store, err := d.build(cfg.Global, svc)
-	if err != nil {
-		return err
-	}
-	s := service.New(svc, service.Deps{
-		Source:   src,
-		Store:    store,
-		Monitors: d.monitors,
-		Resolve:  d.opts.Resolve,
-		Clock:    d.opts.Clock,
-		Log:      d.log,
-		Health:   scheme(svc.ConfigURL) == "k8s",
-		Changed:  func() { d.markDirty(svc.Name) },
+		defer d.markDirty(svc.Name)
+		return service.New(svc, service.Deps{
+			Source: src, Store: store, Monitors: d.monitors, Resolve: d.opts.Resolve, Clock: d.opts.Clock, Log: d.log,
+			Health:  scheme(svc.ConfigURL) == "k8s",
+			Changed: func() { d.markDirty(svc.Name) },
+		}), nil
 	})
-	ctx, cancel := context.WithCancel(d.ctx)
-	r := &running{svc: s, guard: src, key: plan.Key(svc), source: sourceKey(svc, cfg.Global), cancel: cancel, done: make(chan struct{})}
-	d.mu.Lock()
-	d.services[svc.Name] = r
-	d.mu.Unlock()
-	go func() {
-		defer close(r.done)
-		s.Run(ctx)
-	}()
-	d.markDirty(svc.Name)
-	return nil
+	d.converge(true)
 }
 
 // converge hands the changed services' plans to the reconcilers; all (start, reload)

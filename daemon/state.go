@@ -16,15 +16,7 @@ import (
 	"github.com/kubal/kubal/service"
 )
 
-// service returns the actor of a pool, nil when there is none.
-func (d *Daemon) service(name string) *service.Service {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	if r, ok := d.services[name]; ok {
-		return r.svc
-	}
-	return nil
-}
+func (d *Daemon) service(name string) *service.Service { return d.services.Get(name) }
 
 // Pools implements api.State.
 func (d *Daemon) Pools() []string {
@@ -130,13 +122,11 @@ func (d *Daemon) Apply(ctx context.Context, a api.Action) (api.Outcome, error) {
 // ConfirmRemoval implements api.RemovalConfirmer: apply a pool's held server-list
 // update now.
 func (d *Daemon) ConfirmRemoval(_ context.Context, pool, actor string) (bool, error) {
-	d.mu.RLock()
-	r, ok := d.services[pool]
-	d.mu.RUnlock()
-	if !ok {
+	s := d.service(pool)
+	if s == nil {
 		return false, fmt.Errorf("pool %q: %w", pool, api.ErrNotFound)
 	}
-	held := r.guard.Confirm()
+	held := s.ConfirmRemoval()
 	d.log.Info("admin: held server-list update confirmed", "system", pool, "actor", actor, "held", held)
 	return held, nil
 }

@@ -39,7 +39,7 @@ func (s *Service) Apply(ctx context.Context, ch admin.Change) (old, new pool.Ser
 		th := s.ThresholdCheck(ch.Host)
 		check = func(before, after admin.Intent) error {
 			if err := th(before, after); err != nil {
-				return fmt.Errorf("%w: %w", ErrThreshold, err)
+				return fmt.Errorf("%w: %w", err, ErrThreshold)
 			}
 			return nil
 		}

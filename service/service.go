@@ -562,3 +562,10 @@ func (s *Service) WaitAdmin(ctx context.Context, rev int64) (*State, error) {
 
 // Store is the service's admin store.
 func (s *Service) Store() admin.Store { return s.deps.Store }
+
+// ConfirmRemoval applies a server-list update held back for removing too many servers
+// at once (see source.Guard); false when none is held or the source has no guard.
+func (s *Service) ConfirmRemoval() bool {
+	c, ok := s.deps.Source.(interface{ Confirm() bool })
+	return ok && c.Confirm()
+}
