@@ -25,6 +25,8 @@ root="$work/root"
 ldflags="-s -w -buildid= -X main.version=$version -X main.commit=$commit"
 CGO_ENABLED=0 GOARCH="$arch" go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$work/" ./cmd/kubal ./cmd/kubalctl
 
+# The shipped example must stay a valid config.
+"$work/kubal" --check-config -c packaging/pybal.conf.example >/dev/null
 install -D -m 0755 "$work/kubal" "$root/usr/sbin/kubal"
 install -D -m 0755 "$work/kubalctl" "$root/usr/bin/kubalctl"
 install -D -m 0644 configs/kubal.service "$root/lib/systemd/system/kubal.service"
