@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/kubal/kubal/source"
@@ -27,6 +28,8 @@ const (
 	OpPool   Op = "pool"
 	OpDepool Op = "depool"
 	OpWeight Op = "weight"
+	// OpClear removes the admin override: the source's word counts again.
+	OpClear Op = "clear"
 )
 
 // MaxWeight is the largest weight an admin may set (IPVS weights are 16-bit in practice).
@@ -45,7 +48,7 @@ type Change struct {
 // Validate checks the change's fields.
 func (c Change) Validate() error {
 	switch c.Op {
-	case OpPool, OpDepool:
+	case OpPool, OpDepool, OpClear:
 	case OpWeight:
 		if c.Weight < 0 || c.Weight > MaxWeight {
 			return fmt.Errorf("weight %d: want 0..%d", c.Weight, MaxWeight)
@@ -128,10 +131,41 @@ func (in Intent) With(ch Change) Intent {
 	case OpWeight:
 		w := ch.Weight
 		o.Weight = &w
+	case OpClear:
+		delete(out.Overrides, ch.Host)
+		return out
 	}
 	o.Actor, o.Reason = ch.Actor, ch.Reason
 	out.Overrides[ch.Host] = o
 	return out
+}
+
+// String tells an SRE what the override does, who set it, when and why.
+func (o Override) String() string {
+	var what []string
+	switch {
+	case o.Inactive:
+		what = append(what, "inactive")
+	case o.Depooled:
+		what = append(what, "depooled")
+	}
+	if o.Weight != nil {
+		what = append(what, fmt.Sprintf("weight %d", *o.Weight))
+	}
+	if len(what) == 0 {
+		return ""
+	}
+	s := strings.Join(what, ", ")
+	if o.Actor != "" {
+		s += " by " + o.Actor
+	}
+	if !o.Time.IsZero() {
+		s += " at " + o.Time.UTC().Format(time.RFC3339)
+	}
+	if o.Reason != "" {
+		s += ": " + o.Reason
+	}
+	return s
 }
 
 // Receipt says what a store wrote: Revision is the intent revision that includes the

@@ -66,6 +66,8 @@ func (c *Conftool) Apply(ctx context.Context, ch Change, check Check) (Receipt, 
 	case OpWeight:
 		w := ch.Weight
 		cc.Weight = &w
+	case OpClear:
+		return Receipt{}, fmt.Errorf("%s: conftool keys are this pool's shared state on every LVS host: set pooled/weight instead of clearing", c)
 	}
 	wr := conftool.Write{Prefix: c.prefix, Host: ch.Host, Change: cc, Actor: ch.Actor, Reason: ch.Reason, Force: ch.Force}
 	if check != nil {

@@ -87,6 +87,8 @@ func (p statePool) Apply(_ context.Context, ch Change, check Check) (Receipt, er
 	case OpWeight:
 		w := ch.Weight
 		next.Weight = &w
+	case OpClear:
+		next = adminstate.Override{}
 	}
 	if same(cur, next) {
 		return Receipt{Where: p.String()}, nil

@@ -43,7 +43,7 @@ func NewAdminMetrics(reg prometheus.Registerer) *AdminMetrics {
 		Name: "kubal_admin_actions_total",
 		Help: "Admin API requests by operation and result (ok, refused, not_found, bad_request, unauthorized, forbidden, error).",
 	}, []string{"op", "result"})}
-	for _, op := range []Op{OpPool, OpDepool, OpWeight, OpConfirmRemoval} {
+	for _, op := range []Op{OpPool, OpDepool, OpWeight, OpClear, OpConfirmRemoval} {
 		for _, res := range adminResults {
 			m.actions.WithLabelValues(string(op), res)
 		}
@@ -144,7 +144,7 @@ func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if ok && len(segs) == 4 && segs[0] == "pools" {
 		switch op := Op(segs[3]); op {
-		case OpPool, OpDepool, OpWeight:
+		case OpPool, OpDepool, OpWeight, OpClear:
 			a.action(w, r, op, segs[1], segs[2])
 			return
 		}

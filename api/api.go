@@ -51,6 +51,8 @@ const (
 	OpPool   Op = "pool"
 	OpDepool Op = "depool"
 	OpWeight Op = "weight"
+	// OpClear removes an admin override (the source's word counts again).
+	OpClear Op = "clear"
 	// OpConfirmRemoval applies a held server-list update (see RemovalConfirmer).
 	OpConfirmRemoval Op = "confirm-removal"
 )

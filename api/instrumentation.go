@@ -440,6 +440,7 @@ type ServerStatus struct {
 	Pooled   bool                     `json:"pooled"`
 	Status   string                   `json:"status"`
 	Why      string                   `json:"why,omitempty"`
+	Override string                   `json:"override,omitempty"` // the admin override in force
 	Monitors map[string]MonitorStatus `json:"monitors,omitempty"`
 }
 
@@ -466,7 +467,7 @@ type AlertsStatus struct {
 func NewServerStatus(s pool.ServerState) ServerStatus {
 	out := ServerStatus{
 		Host: s.Host, Weight: s.Weight, Enabled: s.Enabled, Ready: s.Ready, Up: s.Up,
-		Pooled: s.Pooled, Status: s.TextStatus(), Why: s.Why,
+		Pooled: s.Pooled, Status: s.TextStatus(), Why: s.Why, Override: s.Override,
 	}
 	if s.Addr.IsValid() {
 		out.Addr = s.Addr.String()

@@ -247,3 +247,35 @@ func TestCoreReloadDuringAdminWrites(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// Issue 19: an override is visible (who, when, why) and can be cleared, after which a
+// later server-list weight is in force again.
+func TestOverrideVisibleAndCleared(t *testing.T) {
+	r := newRig(t)
+	d, _ := startDaemon(t, r)
+	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	ctx := context.Background()
+	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.24", Op: api.OpWeight, Weight: 7, Actor: "sre", Reason: "canary"}); err != nil {
+		t.Fatal(err)
+	}
+	if o := server(t, d, "127.0.0.24").Override; !strings.HasPrefix(o, "weight 7 by sre at ") || !strings.HasSuffix(o, ": canary") {
+		t.Errorf("override shown as %q", o)
+	}
+	// The list's own weight change is hidden by the override ...
+	r.writeList(t, `{"127.0.0.21": {}, "127.0.0.22": {}, "127.0.0.23": {}, "127.0.0.24": {"weight": 3}}`)
+	time.Sleep(1500 * time.Millisecond)
+	if w := server(t, d, "127.0.0.24").Weight; w != 7 {
+		t.Fatalf("weight %d under an override of 7", w)
+	}
+	// ... until the override is cleared.
+	out, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.24", Op: api.OpClear, Actor: "sre"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.New.Weight != 3 || out.New.Override != "" {
+		t.Errorf("after clear: %+v", out.New)
+	}
+	eventually(t, 2*time.Second, "list weight in IPVS", func() bool {
+		return equal(r.ipvsDests(), "127.0.0.21 w10", "127.0.0.22 w10", "127.0.0.23 w10", "127.0.0.24 w3")
+	})
+}

@@ -30,6 +30,9 @@ type ServerState struct {
 	// Why is the human reason for the state when not enabled/up/pooled: the disabled
 	// reason, the down reasons of failing monitors, or "pooled down: depool threshold".
 	Why string
+	// Override is the admin override in force (who, when, what, why), "" for none. The
+	// coordinator leaves it empty; the service that owns the admin intent fills it.
+	Override string
 }
 
 // MonitorResult is one monitor's last verdict on a server.

@@ -400,6 +400,9 @@ func (s *Service) publishSnap(snap *pool.Snapshot) {
 			break
 		}
 	}
+	for i := range snap.Servers {
+		snap.Servers[i].Override = s.applied.Overrides[snap.Servers[i].Host].String()
+	}
 	old := s.state.Load()
 	next := &State{
 		Config:    s.cfg,

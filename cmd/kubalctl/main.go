@@ -6,6 +6,7 @@
 //	depool POOL HOST [--reason R] [--force]
 //	pool   POOL HOST [--reason R]
 //	weight POOL HOST N [--reason R]
+//	clear  POOL HOST [--reason R]          remove the admin override (the source's word counts)
 //
 // The token comes from --token-file or $KUBAL_TOKEN. The token file is the daemon's
 // admin-token-file format, one "name:token" per line (# comments and blank lines
@@ -62,6 +63,7 @@ commands:
   depool POOL HOST [--reason R] [--force]     disable a server (--force ignores the depool threshold)
   pool   POOL HOST [--reason R]               enable a server
   weight POOL HOST N [--reason R]             set a server's weight (0..65535)
+  clear  POOL HOST [--reason R]               remove the admin override (depool and weight)
 
 flags:
 `
@@ -197,7 +199,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 			return c.usage("status takes at most one POOL")
 		}
 		return c.status(ctx, rest)
-	case "depool", "pool", "weight":
+	case "depool", "pool", "weight", "clear":
 		return c.action(ctx, api.Op(cmd), rest)
 	case "help":
 		fs.Usage()
@@ -367,7 +369,7 @@ func (c *cli) action(ctx context.Context, op api.Op, args []string) int {
 	if c.json {
 		return exitOK
 	}
-	verb := map[api.Op]string{api.OpDepool: "depooled", api.OpPool: "pooled", api.OpWeight: "set weight of"}[op]
+	verb := map[api.Op]string{api.OpDepool: "depooled", api.OpPool: "pooled", api.OpWeight: "set weight of", api.OpClear: "cleared the admin override of"}[op]
 	fmt.Fprintf(c.stdout, "%s %s in %s (by %s)\n  before: %s, weight %d\n  after:  %s, weight %d\n",
 		verb, res.Host, res.Pool, res.Actor, res.Old.Status, res.Old.Weight, res.New.Status, res.New.Weight)
 	if res.New.Why != "" {
@@ -437,6 +439,11 @@ func printTable(w io.Writer, pools []api.PoolStatus) {
 		for _, s := range p.Servers {
 			if s.Pooled {
 				pooled++
+			}
+		}
+		for _, s := range p.Servers {
+			if s.Override != "" {
+				fmt.Fprintf(w, "%s: admin override on %s: %s\n", p.Name, s.Host, oneLine(s.Override))
 			}
 		}
 		line := fmt.Sprintf("%s: %d/%d pooled, depool-threshold %g", p.Name, pooled, len(p.Servers), p.Threshold)
