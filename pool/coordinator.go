@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -30,7 +31,25 @@ type server struct {
 	pooled  bool
 	// results holds the last verdict of each configured monitor; absent = no result yet.
 	results    map[string]MonitorResult
+	resultsGen uint64 // bumped whenever results changes (Snapshot copies it only then)
 	resolveErr string // last resolution error while not ready
+
+	// snap is this server's state in the last Snapshot and key what it was built from:
+	// Snapshot reuses it (its Monitors map and Why string included) while the key holds,
+	// so a snapshot after one change copies one server, not every server's map.
+	snap ServerState
+	key  snapKey
+}
+
+// snapKey is everything a server's ServerState depends on. monitorsGen covers the
+// service's monitor list (Why names pending monitors in its order).
+type snapKey struct {
+	valid                            bool
+	addr                             netip.Addr
+	weight                           int
+	enabled, ready, up, pooled, down bool // down: in the pooled-down set
+	reason, resolveErr               string
+	resultsGen, monitorsGen          uint64
 }
 
 // Coordinator is PyBal's Coordinator for one service (SPEC §4): a pure state machine
@@ -73,8 +92,10 @@ type Coordinator struct {
 	waiting       map[string]struct{}
 	ensurePending bool
 
-	upEnabled      int      // count(up && enabled), kept incrementally: canDepool is O(1)
-	sorted         []string // hosts in order; nil after an add or remove
+	upEnabled      int       // count(up && enabled), kept incrementally: canDepool is O(1)
+	sorted         []string  // hosts in order; nil after an add or remove
+	sortedServers  []*server // the servers in the order of sorted; nil with it
+	monitorsGen    uint64    // bumped by setMonitors (see snapKey)
 	couldNotDepool uint64
 }
 
@@ -99,6 +120,7 @@ func New(name string, threshold float64, monitors []string, log *slog.Logger) *C
 
 func (c *Coordinator) setMonitors(monitors []string) {
 	c.monitors = slices.Clone(monitors)
+	c.monitorsGen++
 	c.monitorSet = make(map[string]struct{}, len(monitors))
 	for _, m := range monitors {
 		c.monitorSet[m] = struct{}{}
@@ -221,7 +243,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 func (c *Coordinator) add(sc ServerConfig) {
 	s := &server{host: sc.Host, weight: sc.Weight, enabled: sc.Enabled, reason: sc.Reason}
 	c.servers[sc.Host] = s
-	c.sorted = nil
+	c.sorted, c.sortedServers = nil, nil
 	if sc.Addr.IsValid() {
 		c.becomeReady(s, sc.Addr)
 		return
@@ -233,7 +255,7 @@ func (c *Coordinator) remove(h string) {
 	s := c.servers[h]
 	c.setUp(s, false)
 	delete(c.servers, h)
-	c.sorted = nil
+	c.sorted, c.sortedServers = nil, nil
 	delete(c.pooledDown, h) // PyBal leaves it there: a stale /alerts CRITICAL (§14 #11)
 	delete(c.waiting, h)
 }
@@ -365,6 +387,18 @@ func (c *Coordinator) sortedHosts() []string {
 	return c.sorted
 }
 
+// sortedServerList returns the servers in host order (shared like sortedHosts).
+func (c *Coordinator) sortedServerList() []*server {
+	if c.sortedServers == nil {
+		hosts := c.sortedHosts()
+		c.sortedServers = make([]*server, len(hosts))
+		for i, h := range hosts {
+			c.sortedServers[i] = c.servers[h]
+		}
+	}
+	return c.sortedServers
+}
+
 // Resolved marks a server ready with its address: optimistic pooling (up, and pooled if
 // enabled). For a server already ready it only records a changed address.
 func (c *Coordinator) Resolved(host string, addr netip.Addr) {
@@ -444,7 +478,10 @@ func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 	if s.results == nil {
 		s.results = make(map[string]MonitorResult, len(c.monitors))
 	}
-	s.results[monitor] = r
+	if !had || prev != r {
+		s.results[monitor] = r
+		s.resultsGen++
+	}
 	if r.Up {
 		c.resultUp(s, !had)
 		return
@@ -598,6 +635,7 @@ func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
 		for m := range s.results {
 			if _, ok := c.monitorSet[m]; !ok {
 				delete(s.results, m)
+				s.resultsGen++
 			}
 		}
 	}
@@ -644,8 +682,22 @@ func formatFloat(f float64) string {
 	return strconv.FormatFloat(math.Round(f*1e6)/1e6, 'f', -1, 64)
 }
 
-// Snapshot returns a deep copy of the state, servers sorted by host.
+// Snapshot returns a deep copy of the state, servers sorted by host: the caller may
+// modify it. It costs a map per server; SnapshotShared does not.
 func (c *Coordinator) Snapshot() Snapshot {
+	snap := c.SnapshotShared()
+	for i := range snap.Servers {
+		snap.Servers[i].Monitors = maps.Clone(snap.Servers[i].Monitors)
+	}
+	return snap
+}
+
+// SnapshotShared is Snapshot for callers that treat it as read-only (a published,
+// immutable state): a server that did not change since the previous snapshot keeps the
+// very Monitors map (and Why) it had there, so a snapshot after one change builds one
+// server's state plus one slice of len(servers) values, not a map per server. The
+// coordinator never modifies a map it handed out; callers must not either.
+func (c *Coordinator) SnapshotShared() Snapshot {
 	snap := Snapshot{
 		Name:           c.name,
 		Threshold:      c.threshold,
@@ -654,29 +706,48 @@ func (c *Coordinator) Snapshot() Snapshot {
 		CanDepool:      c.canDepool(),
 		CouldNotDepool: c.couldNotDepool,
 	}
-	for _, h := range c.sortedHosts() {
-		s := c.servers[h]
-		mons := make(map[string]MonitorResult, len(s.results))
-		for m, r := range s.results {
-			mons[m] = r
-		}
-		snap.Servers = append(snap.Servers, ServerState{
-			Host:     s.host,
-			Addr:     s.addr,
-			Weight:   s.weight,
-			Enabled:  s.enabled,
-			Ready:    s.ready,
-			Up:       s.up,
-			Pooled:   s.pooled,
-			Monitors: mons,
-			Why:      c.why(s),
-		})
+	for _, s := range c.sortedServerList() {
+		snap.Servers = append(snap.Servers, c.serverState(s))
 	}
 	for h := range c.pooledDown {
 		snap.PooledDown = append(snap.PooledDown, h)
 	}
 	slices.Sort(snap.PooledDown)
 	return snap
+}
+
+// serverState is s's ServerState, rebuilt only when something it depends on changed.
+func (c *Coordinator) serverState(s *server) ServerState {
+	_, down := c.pooledDown[s.host]
+	k := snapKey{
+		valid: true, addr: s.addr, weight: s.weight,
+		enabled: s.enabled, ready: s.ready, up: s.up, pooled: s.pooled, down: down,
+		reason: s.reason, resolveErr: s.resolveErr,
+		resultsGen: s.resultsGen, monitorsGen: c.monitorsGen,
+	}
+	if k == s.key {
+		return s.snap
+	}
+	mons := s.snap.Monitors
+	if !s.key.valid || s.key.resultsGen != k.resultsGen || mons == nil {
+		mons = make(map[string]MonitorResult, len(s.results))
+		for m, r := range s.results {
+			mons[m] = r
+		}
+	}
+	s.snap = ServerState{
+		Host:     s.host,
+		Addr:     s.addr,
+		Weight:   s.weight,
+		Enabled:  s.enabled,
+		Ready:    s.ready,
+		Up:       s.up,
+		Pooled:   s.pooled,
+		Monitors: mons,
+		Why:      c.why(s),
+	}
+	s.key = k
+	return s.snap
 }
 
 // why explains, for an SRE, why a server is not enabled/up/pooled.
