@@ -34,6 +34,8 @@ type server struct {
 	resultsGen uint64 // bumped whenever results changes (Snapshot copies it only then)
 	resolveErr string // last resolution error while not ready
 
+	idx int // position in sortedServers
+
 	// snap is this server's state in the last Snapshot and key what it was built from:
 	// Snapshot reuses it (its Monitors map and Why string included) while the key holds,
 	// so a snapshot after one change copies one server, not every server's map.
@@ -97,6 +99,13 @@ type Coordinator struct {
 	sortedServers  []*server // the servers in the order of sorted; nil with it
 	monitorsGen    uint64    // bumped by setMonitors (see snapKey)
 	couldNotDepool uint64
+
+	// The last SnapshotShared and what changed since: Result names the servers it may
+	// have changed (dirty); every other event may change any server (allDirty).
+	last     Snapshot
+	lastOK   bool
+	allDirty bool
+	dirty    []*server
 }
 
 // New returns the coordinator of service name with PyBal's depool-threshold and monitor
@@ -185,6 +194,7 @@ func enabledWord(enabled bool) string {
 // removal bypass the depool threshold, as in PyBal. Once no newly added server is
 // waiting for its address, the threshold is re-ensured by force-pooling.
 func (c *Coordinator) Update(servers []ServerConfig) {
+	c.touchAll()
 	firstConfig := len(c.servers) == 0
 	want := make(map[string]ServerConfig, len(servers))
 	for _, sc := range servers {
@@ -394,6 +404,7 @@ func (c *Coordinator) sortedServerList() []*server {
 		c.sortedServers = make([]*server, len(hosts))
 		for i, h := range hosts {
 			c.sortedServers[i] = c.servers[h]
+			c.sortedServers[i].idx = i
 		}
 	}
 	return c.sortedServers
@@ -402,6 +413,7 @@ func (c *Coordinator) sortedServerList() []*server {
 // Resolved marks a server ready with its address: optimistic pooling (up, and pooled if
 // enabled). For a server already ready it only records a changed address.
 func (c *Coordinator) Resolved(host string, addr netip.Addr) {
+	c.touchAll() // the threshold may force-pool any server
 	s, ok := c.servers[host]
 	if !ok {
 		c.logf(slog.LevelDebug, "Ignoring resolution of unknown server %s", host)
@@ -428,6 +440,7 @@ func (c *Coordinator) Resolved(host string, addr netip.Addr) {
 // final: the caller keeps retrying and calls Resolved on success. A failure of an
 // already ready server (re-resolution) keeps its last address.
 func (c *Coordinator) ResolveFailed(host string, err error) {
+	c.touchAll()
 	s, ok := c.servers[host]
 	if !ok {
 		return
@@ -482,11 +495,36 @@ func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 		s.results[monitor] = r
 		s.resultsGen++
 	}
+	// A verdict changes s and, through a repool's drain, at most the servers in the
+	// pooled-down set before it (a depool adds only s to it).
+	c.touchPooledDown(s)
 	if r.Up {
 		c.resultUp(s, !had)
 		return
 	}
 	c.resultDown(s, monitor, r.Reason, !had || prev.Up || prev.Reason != r.Reason)
+}
+
+// touchAll: any server may have changed (SnapshotShared compares them all).
+func (c *Coordinator) touchAll() {
+	c.allDirty = true
+	c.dirty = c.dirty[:0]
+}
+
+// touchPooledDown records s and the pooled-down servers as possibly changed since the
+// last SnapshotShared.
+func (c *Coordinator) touchPooledDown(s *server) {
+	if c.allDirty {
+		return
+	}
+	if len(c.dirty)+len(c.pooledDown) >= len(c.servers) {
+		c.touchAll() // as cheap to compare them all; bounds the list
+		return
+	}
+	c.dirty = append(c.dirty, s)
+	for h := range c.pooledDown {
+		c.dirty = append(c.dirty, c.servers[h])
+	}
 }
 
 func (c *Coordinator) resultDown(s *server, monitor, reason string, news bool) {
@@ -623,6 +661,7 @@ func (c *Coordinator) textStatus(s *server) string {
 // up (or which now has none) comes up and is repooled; pooled-down servers are depooled
 // if the new threshold allows; then the threshold is re-ensured.
 func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
+	c.touchAll()
 	if threshold != c.threshold || !slices.Equal(monitors, c.monitors) {
 		c.logf(slog.LevelInfo, "Reconfigured: depool threshold %s, monitors %v",
 			formatFloat(threshold), monitors)
@@ -686,6 +725,7 @@ func formatFloat(f float64) string {
 // modify it. It costs a map per server; SnapshotShared does not.
 func (c *Coordinator) Snapshot() Snapshot {
 	snap := c.SnapshotShared()
+	snap.Servers, snap.PooledDown = slices.Clone(snap.Servers), slices.Clone(snap.PooledDown)
 	for i := range snap.Servers {
 		snap.Servers[i].Monitors = maps.Clone(snap.Servers[i].Monitors)
 	}
@@ -694,30 +734,87 @@ func (c *Coordinator) Snapshot() Snapshot {
 
 // SnapshotShared is Snapshot for callers that treat it as read-only (a published,
 // immutable state): a server that did not change since the previous snapshot keeps the
-// very Monitors map (and Why) it had there, so a snapshot after one change builds one
-// server's state plus one slice of len(servers) values, not a map per server. The
-// coordinator never modifies a map it handed out; callers must not either.
+// very Monitors map (and Why) it had there, and with no change at all since the previous
+// SnapshotShared the same Servers and PooledDown slices are returned (see Unchanged).
+// After one monitor verdict it builds that server's state and copies one slice of
+// len(servers) values, nothing per server. The coordinator never modifies a map or
+// slice it handed out; callers must not either.
 func (c *Coordinator) SnapshotShared() Snapshot {
-	snap := Snapshot{
+	var servers []ServerState // nil: the last snapshot's
+	if !c.lastOK || c.allDirty || c.sortedServers == nil {
+		servers = make([]ServerState, 0, len(c.servers))
+		changed := !c.lastOK || len(c.last.Servers) != len(c.servers)
+		for i, s := range c.sortedServerList() {
+			st, ch := c.serverState(s)
+			servers = append(servers, st)
+			changed = changed || ch || c.last.Servers[i].Host != st.Host
+		}
+		if !changed {
+			servers = nil
+		}
+	} else {
+		for _, s := range c.dirty {
+			st, ch := c.serverState(s)
+			if !ch {
+				continue
+			}
+			if servers == nil {
+				servers = slices.Clone(c.last.Servers)
+			}
+			servers[s.idx] = st
+		}
+	}
+	c.allDirty, c.dirty = false, c.dirty[:0]
+	pooledDown := c.last.PooledDown
+	if !c.lastOK || !samePooledDown(pooledDown, c.pooledDown) {
+		pooledDown = make([]string, 0, len(c.pooledDown))
+		for h := range c.pooledDown {
+			pooledDown = append(pooledDown, h)
+		}
+		slices.Sort(pooledDown)
+	}
+	if servers == nil {
+		servers = c.last.Servers
+	}
+	c.last = Snapshot{
 		Name:           c.name,
 		Threshold:      c.threshold,
-		Servers:        make([]ServerState, 0, len(c.servers)),
-		PooledDown:     make([]string, 0, len(c.pooledDown)),
+		Servers:        servers,
+		PooledDown:     pooledDown,
 		CanDepool:      c.canDepool(),
 		CouldNotDepool: c.couldNotDepool,
 	}
-	for _, s := range c.sortedServerList() {
-		snap.Servers = append(snap.Servers, c.serverState(s))
-	}
-	for h := range c.pooledDown {
-		snap.PooledDown = append(snap.PooledDown, h)
-	}
-	slices.Sort(snap.PooledDown)
-	return snap
+	c.lastOK = true
+	return c.last
 }
 
-// serverState is s's ServerState, rebuilt only when something it depends on changed.
-func (c *Coordinator) serverState(s *server) ServerState {
+func samePooledDown(list []string, set map[string]struct{}) bool {
+	if len(list) != len(set) {
+		return false
+	}
+	for _, h := range list {
+		if _, ok := set[h]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Unchanged reports in O(1) whether b holds what a holds because nothing changed
+// between the two SnapshotShared calls that made them (they share their slices). false
+// does not mean different: a change that was undone, or a deep copy, reads as changed.
+func Unchanged(a, b *Snapshot) bool {
+	return a.Name == b.Name && a.Threshold == b.Threshold && a.CanDepool == b.CanDepool &&
+		a.CouldNotDepool == b.CouldNotDepool && sameSlice(a.Servers, b.Servers) && sameSlice(a.PooledDown, b.PooledDown)
+}
+
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// serverState is s's ServerState, rebuilt only when something it depends on changed
+// (then changed is true).
+func (c *Coordinator) serverState(s *server) (st ServerState, changed bool) {
 	_, down := c.pooledDown[s.host]
 	k := snapKey{
 		valid: true, addr: s.addr, weight: s.weight,
@@ -726,7 +823,7 @@ func (c *Coordinator) serverState(s *server) ServerState {
 		resultsGen: s.resultsGen, monitorsGen: c.monitorsGen,
 	}
 	if k == s.key {
-		return s.snap
+		return s.snap, false
 	}
 	mons := s.snap.Monitors
 	if !s.key.valid || s.key.resultsGen != k.resultsGen || mons == nil {
@@ -747,7 +844,7 @@ func (c *Coordinator) serverState(s *server) ServerState {
 		Why:      c.why(s),
 	}
 	s.key = k
-	return s.snap
+	return s.snap, true
 }
 
 // why explains, for an SRE, why a server is not enabled/up/pooled.

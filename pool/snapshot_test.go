@@ -54,6 +54,7 @@ func TestSnapshotIncremental(t *testing.T) {
 	thresholds := []float64{0, 0.5, 0.75, 1}
 	monitorSets := [][]string{nil, {"ProxyFetch"}, {"ProxyFetch", "IdleConnection"}, {"IdleConnection", "ProxyFetch", "RunCommand"}}
 	reasons := []string{"", "503", "timeout"}
+	unchanged := 0
 	for seed := range uint64(seeds) {
 		rng := rand.New(rand.NewPCG(seed, 0x736e6170))
 		hosts := make([]string, 1+rng.IntN(10))
@@ -116,6 +117,15 @@ func TestSnapshotIncremental(t *testing.T) {
 				t.Fatalf("seed %d: incremental snapshot differs from a full one\n got %+v\nwant %+v\ntrace:\n%s",
 					seed, got, want, strings.Join(trace, "\n"))
 			}
+			if len(out) > 0 {
+				prev := out[len(out)-1]
+				if Unchanged(&prev.got, &got) && !reflect.DeepEqual(prev.copy, want) {
+					t.Fatalf("seed %d: Unchanged, but the state changed\nthen %+v\n now %+v\ntrace:\n%s", seed, prev.copy, want, strings.Join(trace, "\n"))
+				}
+				if Unchanged(&prev.got, &got) {
+					unchanged++
+				}
+			}
 			out = append(out, handed{got, deepCopy(got)})
 		}
 		for i, h := range out {
@@ -123,6 +133,9 @@ func TestSnapshotIncremental(t *testing.T) {
 				t.Fatalf("seed %d: snapshot %d changed after it was handed out\n now %+v\nthen %+v", seed, i, h.got, h.copy)
 			}
 		}
+	}
+	if unchanged < 100 {
+		t.Errorf("only %d snapshots read as Unchanged: the walk does not exercise it", unchanged)
 	}
 }
 
@@ -150,9 +163,15 @@ func TestSnapshotSharesUnchangedServers(t *testing.T) {
 	if before.Servers[2].Monitors["ProxyFetch"] != (MonitorResult{Up: true}) || after.Servers[2].Why != "ProxyFetch: 503" {
 		t.Errorf("h2 before %+v, after %+v", before.Servers[2], after.Servers[2])
 	}
-	// A repeated verdict changes nothing: the same map again.
+	if Unchanged(&before, &after) {
+		t.Error("Unchanged after a depool")
+	}
+	// A repeated verdict changes nothing: the same map, the same snapshot.
 	c.Result("h2", "ProxyFetch", MonitorResult{Up: false, Reason: "503"})
 	again := c.SnapshotShared()
+	if !Unchanged(&after, &again) {
+		t.Error("a repeated verdict reads as a change")
+	}
 	if reflect.ValueOf(after.Servers[2].Monitors).UnsafePointer() != reflect.ValueOf(again.Servers[2].Monitors).UnsafePointer() {
 		t.Error("a repeated verdict copied the map")
 	}
