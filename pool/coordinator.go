@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -30,7 +31,27 @@ type server struct {
 	pooled  bool
 	// results holds the last verdict of each configured monitor; absent = no result yet.
 	results    map[string]MonitorResult
+	resultsGen uint64 // bumped whenever results changes (Snapshot copies it only then)
 	resolveErr string // last resolution error while not ready
+
+	idx int // position in sortedServers
+
+	// snap is this server's state in the last Snapshot and key what it was built from:
+	// Snapshot reuses it (its Monitors map and Why string included) while the key holds,
+	// so a snapshot after one change copies one server, not every server's map.
+	snap ServerState
+	key  snapKey
+}
+
+// snapKey is everything a server's ServerState depends on. monitorsGen covers the
+// service's monitor list (Why names pending monitors in its order).
+type snapKey struct {
+	valid                            bool
+	addr                             netip.Addr
+	weight                           int
+	enabled, ready, up, pooled, down bool // down: in the pooled-down set
+	reason, resolveErr               string
+	resultsGen, monitorsGen          uint64
 }
 
 // Coordinator is PyBal's Coordinator for one service (SPEC §4): a pure state machine
@@ -73,9 +94,18 @@ type Coordinator struct {
 	waiting       map[string]struct{}
 	ensurePending bool
 
-	upEnabled      int      // count(up && enabled), kept incrementally: canDepool is O(1)
-	sorted         []string // hosts in order; nil after an add or remove
+	upEnabled      int       // count(up && enabled), kept incrementally: canDepool is O(1)
+	sorted         []string  // hosts in order; nil after an add or remove
+	sortedServers  []*server // the servers in the order of sorted; nil with it
+	monitorsGen    uint64    // bumped by setMonitors (see snapKey)
 	couldNotDepool uint64
+
+	// The last SnapshotShared and what changed since: Result names the servers it may
+	// have changed (dirty); every other event may change any server (allDirty).
+	last     Snapshot
+	lastOK   bool
+	allDirty bool
+	dirty    []*server
 }
 
 // New returns the coordinator of service name with PyBal's depool-threshold and monitor
@@ -99,6 +129,7 @@ func New(name string, threshold float64, monitors []string, log *slog.Logger) *C
 
 func (c *Coordinator) setMonitors(monitors []string) {
 	c.monitors = slices.Clone(monitors)
+	c.monitorsGen++
 	c.monitorSet = make(map[string]struct{}, len(monitors))
 	for _, m := range monitors {
 		c.monitorSet[m] = struct{}{}
@@ -163,6 +194,7 @@ func enabledWord(enabled bool) string {
 // removal bypass the depool threshold, as in PyBal. Once no newly added server is
 // waiting for its address, the threshold is re-ensured by force-pooling.
 func (c *Coordinator) Update(servers []ServerConfig) {
+	c.touchAll()
 	firstConfig := len(c.servers) == 0
 	want := make(map[string]ServerConfig, len(servers))
 	for _, sc := range servers {
@@ -221,7 +253,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 func (c *Coordinator) add(sc ServerConfig) {
 	s := &server{host: sc.Host, weight: sc.Weight, enabled: sc.Enabled, reason: sc.Reason}
 	c.servers[sc.Host] = s
-	c.sorted = nil
+	c.sorted, c.sortedServers = nil, nil
 	if sc.Addr.IsValid() {
 		c.becomeReady(s, sc.Addr)
 		return
@@ -233,7 +265,7 @@ func (c *Coordinator) remove(h string) {
 	s := c.servers[h]
 	c.setUp(s, false)
 	delete(c.servers, h)
-	c.sorted = nil
+	c.sorted, c.sortedServers = nil, nil
 	delete(c.pooledDown, h) // PyBal leaves it there: a stale /alerts CRITICAL (§14 #11)
 	delete(c.waiting, h)
 }
@@ -365,9 +397,23 @@ func (c *Coordinator) sortedHosts() []string {
 	return c.sorted
 }
 
+// sortedServerList returns the servers in host order (shared like sortedHosts).
+func (c *Coordinator) sortedServerList() []*server {
+	if c.sortedServers == nil {
+		hosts := c.sortedHosts()
+		c.sortedServers = make([]*server, len(hosts))
+		for i, h := range hosts {
+			c.sortedServers[i] = c.servers[h]
+			c.sortedServers[i].idx = i
+		}
+	}
+	return c.sortedServers
+}
+
 // Resolved marks a server ready with its address: optimistic pooling (up, and pooled if
 // enabled). For a server already ready it only records a changed address.
 func (c *Coordinator) Resolved(host string, addr netip.Addr) {
+	c.touchAll() // the threshold may force-pool any server
 	s, ok := c.servers[host]
 	if !ok {
 		c.logf(slog.LevelDebug, "Ignoring resolution of unknown server %s", host)
@@ -394,6 +440,7 @@ func (c *Coordinator) Resolved(host string, addr netip.Addr) {
 // final: the caller keeps retrying and calls Resolved on success. A failure of an
 // already ready server (re-resolution) keeps its last address.
 func (c *Coordinator) ResolveFailed(host string, err error) {
+	c.touchAll()
 	s, ok := c.servers[host]
 	if !ok {
 		return
@@ -444,12 +491,40 @@ func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 	if s.results == nil {
 		s.results = make(map[string]MonitorResult, len(c.monitors))
 	}
-	s.results[monitor] = r
+	if !had || prev != r {
+		s.results[monitor] = r
+		s.resultsGen++
+	}
+	// A verdict changes s and, through a repool's drain, at most the servers in the
+	// pooled-down set before it (a depool adds only s to it).
+	c.touchPooledDown(s)
 	if r.Up {
 		c.resultUp(s, !had)
 		return
 	}
 	c.resultDown(s, monitor, r.Reason, !had || prev.Up || prev.Reason != r.Reason)
+}
+
+// touchAll: any server may have changed (SnapshotShared compares them all).
+func (c *Coordinator) touchAll() {
+	c.allDirty = true
+	c.dirty = c.dirty[:0]
+}
+
+// touchPooledDown records s and the pooled-down servers as possibly changed since the
+// last SnapshotShared.
+func (c *Coordinator) touchPooledDown(s *server) {
+	if c.allDirty {
+		return
+	}
+	if len(c.dirty)+len(c.pooledDown) >= len(c.servers) {
+		c.touchAll() // as cheap to compare them all; bounds the list
+		return
+	}
+	c.dirty = append(c.dirty, s)
+	for h := range c.pooledDown {
+		c.dirty = append(c.dirty, c.servers[h])
+	}
 }
 
 func (c *Coordinator) resultDown(s *server, monitor, reason string, news bool) {
@@ -586,6 +661,7 @@ func (c *Coordinator) textStatus(s *server) string {
 // up (or which now has none) comes up and is repooled; pooled-down servers are depooled
 // if the new threshold allows; then the threshold is re-ensured.
 func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
+	c.touchAll()
 	if threshold != c.threshold || !slices.Equal(monitors, c.monitors) {
 		c.logf(slog.LevelInfo, "Reconfigured: depool threshold %s, monitors %v",
 			formatFloat(threshold), monitors)
@@ -598,6 +674,7 @@ func (c *Coordinator) Reconfigure(threshold float64, monitors []string) {
 		for m := range s.results {
 			if _, ok := c.monitorSet[m]; !ok {
 				delete(s.results, m)
+				s.resultsGen++
 			}
 		}
 	}
@@ -622,39 +699,130 @@ func formatFloat(f float64) string {
 	return strconv.FormatFloat(math.Round(f*1e6)/1e6, 'f', -1, 64)
 }
 
-// Snapshot returns a deep copy of the state, servers sorted by host.
+// Snapshot returns a deep copy of the state, servers sorted by host: the caller may
+// modify it. It costs a map per server; SnapshotShared does not.
 func (c *Coordinator) Snapshot() Snapshot {
-	snap := Snapshot{
+	snap := c.SnapshotShared()
+	snap.Servers, snap.PooledDown = slices.Clone(snap.Servers), slices.Clone(snap.PooledDown)
+	for i := range snap.Servers {
+		snap.Servers[i].Monitors = maps.Clone(snap.Servers[i].Monitors)
+	}
+	return snap
+}
+
+// SnapshotShared is Snapshot for callers that treat it as read-only (a published,
+// immutable state): a server that did not change since the previous snapshot keeps the
+// very Monitors map (and Why) it had there, and with no change at all since the previous
+// SnapshotShared the same Servers and PooledDown slices are returned (see Unchanged).
+// After one monitor verdict it builds that server's state and copies one slice of
+// len(servers) values, nothing per server. The coordinator never modifies a map or
+// slice it handed out; callers must not either.
+func (c *Coordinator) SnapshotShared() Snapshot {
+	var servers []ServerState // nil: the last snapshot's
+	if !c.lastOK || c.allDirty || c.sortedServers == nil {
+		servers = make([]ServerState, 0, len(c.servers))
+		changed := !c.lastOK || len(c.last.Servers) != len(c.servers)
+		for i, s := range c.sortedServerList() {
+			st, ch := c.serverState(s)
+			servers = append(servers, st)
+			changed = changed || ch || c.last.Servers[i].Host != st.Host
+		}
+		if !changed {
+			servers = nil
+		}
+	} else {
+		for _, s := range c.dirty {
+			st, ch := c.serverState(s)
+			if !ch {
+				continue
+			}
+			if servers == nil {
+				servers = slices.Clone(c.last.Servers)
+			}
+			servers[s.idx] = st
+		}
+	}
+	c.allDirty, c.dirty = false, c.dirty[:0]
+	pooledDown := c.last.PooledDown
+	if !c.lastOK || !samePooledDown(pooledDown, c.pooledDown) {
+		pooledDown = make([]string, 0, len(c.pooledDown))
+		for h := range c.pooledDown {
+			pooledDown = append(pooledDown, h)
+		}
+		slices.Sort(pooledDown)
+	}
+	if servers == nil {
+		servers = c.last.Servers
+	}
+	c.last = Snapshot{
 		Name:           c.name,
 		Threshold:      c.threshold,
-		Servers:        make([]ServerState, 0, len(c.servers)),
-		PooledDown:     make([]string, 0, len(c.pooledDown)),
+		Servers:        servers,
+		PooledDown:     pooledDown,
 		CanDepool:      c.canDepool(),
 		CouldNotDepool: c.couldNotDepool,
 	}
-	for _, h := range c.sortedHosts() {
-		s := c.servers[h]
-		mons := make(map[string]MonitorResult, len(s.results))
+	c.lastOK = true
+	return c.last
+}
+
+func samePooledDown(list []string, set map[string]struct{}) bool {
+	if len(list) != len(set) {
+		return false
+	}
+	for _, h := range list {
+		if _, ok := set[h]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Unchanged reports in O(1) whether b holds what a holds because nothing changed
+// between the two SnapshotShared calls that made them (they share their slices). false
+// does not mean different: a change that was undone, or a deep copy, reads as changed.
+func Unchanged(a, b *Snapshot) bool {
+	return a.Name == b.Name && a.Threshold == b.Threshold && a.CanDepool == b.CanDepool &&
+		a.CouldNotDepool == b.CouldNotDepool && sameSlice(a.Servers, b.Servers) && sameSlice(a.PooledDown, b.PooledDown)
+}
+
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// serverState is s's ServerState, rebuilt only when something it depends on changed
+// (then changed is true).
+func (c *Coordinator) serverState(s *server) (st ServerState, changed bool) {
+	_, down := c.pooledDown[s.host]
+	k := snapKey{
+		valid: true, addr: s.addr, weight: s.weight,
+		enabled: s.enabled, ready: s.ready, up: s.up, pooled: s.pooled, down: down,
+		reason: s.reason, resolveErr: s.resolveErr,
+		resultsGen: s.resultsGen, monitorsGen: c.monitorsGen,
+	}
+	if k == s.key {
+		return s.snap, false
+	}
+	mons := s.snap.Monitors
+	if !s.key.valid || s.key.resultsGen != k.resultsGen || mons == nil {
+		mons = make(map[string]MonitorResult, len(s.results))
 		for m, r := range s.results {
 			mons[m] = r
 		}
-		snap.Servers = append(snap.Servers, ServerState{
-			Host:     s.host,
-			Addr:     s.addr,
-			Weight:   s.weight,
-			Enabled:  s.enabled,
-			Ready:    s.ready,
-			Up:       s.up,
-			Pooled:   s.pooled,
-			Monitors: mons,
-			Why:      c.why(s),
-		})
 	}
-	for h := range c.pooledDown {
-		snap.PooledDown = append(snap.PooledDown, h)
+	s.snap = ServerState{
+		Host:     s.host,
+		Addr:     s.addr,
+		Weight:   s.weight,
+		Enabled:  s.enabled,
+		Ready:    s.ready,
+		Up:       s.up,
+		Pooled:   s.pooled,
+		Monitors: mons,
+		Why:      c.why(s),
 	}
-	slices.Sort(snap.PooledDown)
-	return snap
+	s.key = k
+	return s.snap, true
 }
 
 // why explains, for an SRE, why a server is not enabled/up/pooled.

@@ -15,4 +15,12 @@ if [ "${1:-}" = "--bench" ]; then
 	args=(-count=1 -timeout 60m -run '^$' -bench . -benchtime 1x)
 fi
 export KUBAL_REQUIRE_RIGS=1
-CGO_ENABLED=0 exec go test "${args[@]}" -exec "$PWD/integration/vm/vmexec" ./integration/vm/... "$@"
+# The kubal binary the restart test runs in the VM (static, stripped: it goes into the
+# initramfs). KUBAL_VM_KUBAL=/path/to/kubal runs another build (e.g. an old one).
+if [ -z "${KUBAL_VM_KUBAL:-}" ]; then
+	bindir=$(mktemp -d)
+	trap 'rm -rf "$bindir"' EXIT
+	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$bindir/kubal" ./cmd/kubal
+	export KUBAL_VM_KUBAL="$bindir/kubal"
+fi
+CGO_ENABLED=0 go test "${args[@]}" -exec "$PWD/integration/vm/vmexec" ./integration/vm/... "$@"
