@@ -825,8 +825,13 @@ func (r *Reconciler) syncPool(ctx context.Context, k ServiceKey, e *poolRun) err
 func (r *Reconciler) syncChanged(ctx context.Context, k ServiceKey, e *poolRun, cur *kernelService) (bool, error) {
 	b := e.base
 	p := e.pool
-	if !e.based || e.dup || len(r.draining[k]) > 0 || b.KeepExtra != p.KeepExtra || b.Drain != p.Drain ||
-		len(b.Destinations) != len(p.Destinations) {
+	if !e.based || e.dup || len(r.draining[k]) > 0 || b.KeepExtra != p.KeepExtra || b.Drain != p.Drain {
+		return false, nil
+	}
+	if d := len(p.Destinations) - len(b.Destinations); d == 1 || d == -1 {
+		return r.syncOneMoreOrLess(ctx, k, e, cur)
+	}
+	if len(b.Destinations) != len(p.Destinations) {
 		return false, nil
 	}
 	var errs errList
@@ -850,6 +855,52 @@ func (r *Reconciler) syncChanged(ctx context.Context, k ServiceKey, e *poolRun, 
 			errs.add(r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.setDest(dk, d) }))
 		}
 	}
+	errs.add(r.flush(ctx))
+	return true, errs.err()
+}
+
+// syncOneMoreOrLess is the cheap diff of a pool that gained or lost exactly one
+// destination since the one last applied, everything else equal and in the same order
+// (a server pooled or depooled): one add or one delete, no map, no sort. Otherwise it
+// does nothing and reports false.
+func (r *Reconciler) syncOneMoreOrLess(ctx context.Context, k ServiceKey, e *poolRun, cur *kernelService) (bool, error) {
+	long, short := e.pool.Destinations, e.base.Destinations
+	added := len(long) > len(short)
+	if !added {
+		long, short = short, long
+	}
+	if normalizeService(e.pool.Service).Scheduler == "mh" || (!added && e.pool.Drain && k.Protocol == TCP) {
+		return false, nil // canonical order, drain: syncAll
+	}
+	i := 0
+	for i < len(short) && short[i] == long[i] {
+		i++
+	}
+	for j := i; j < len(short); j++ {
+		if short[j] != long[j+1] {
+			return false, nil
+		}
+	}
+	d := normalizeDest(k, long[i])
+	dk := keyOf(k, d)
+	for _, o := range short {
+		if keyOf(k, o) == dk {
+			return false, nil // a duplicate key: syncAll
+		}
+	}
+	have, ok := cur.dests[dk]
+	var err error
+	switch {
+	case added && !ok:
+		err = r.enqueue(ctx, change{kind: OpAddDestination, k: k, d: d}, func() { cur.addDest(dk, d) })
+	case added && (have.Weight != d.Weight || have.Forwarding != d.Forwarding):
+		d.ActiveConns, d.InactiveConns = have.ActiveConns, have.InactiveConns
+		err = r.enqueue(ctx, change{kind: OpUpdateDestination, k: k, d: d}, func() { cur.setDest(dk, d) })
+	case !added && ok && !e.pool.KeepExtra:
+		err = r.enqueue(ctx, change{kind: OpDeleteDestination, k: k, d: have}, func() { cur.delDest(dk) })
+	}
+	var errs errList
+	errs.add(err)
 	errs.add(r.flush(ctx))
 	return true, errs.err()
 }

@@ -55,6 +55,7 @@ func Pool(svc *config.Service, st Service) ipvs.Pool {
 	if st.Snapshot == nil {
 		return p
 	}
+	p.Destinations = make([]ipvs.Destination, 0, len(st.Snapshot.Servers))
 	for _, sv := range st.Snapshot.Servers {
 		if !sv.Pooled || !sv.Addr.IsValid() {
 			continue
@@ -114,6 +115,7 @@ func Announcements(cfg *config.Config, states map[string]Service) []bgp.Announce
 // service's pool, not the whole table. Desired always equals Build(config, states).
 type Planner struct {
 	cfg    *config.Config
+	byName map[string]*config.Service
 	pools  map[string]ipvs.Pool
 	states map[string]Service
 }
@@ -128,6 +130,10 @@ func NewPlanner(cfg *config.Config) *Planner {
 // SetConfig replans every service for a new config (a reload).
 func (p *Planner) SetConfig(cfg *config.Config) {
 	p.cfg = cfg
+	p.byName = make(map[string]*config.Service, len(cfg.Services))
+	for _, svc := range cfg.Services {
+		p.byName[svc.Name] = svc
+	}
 	next := make(map[string]ipvs.Pool, len(cfg.Services))
 	for _, svc := range cfg.Services {
 		next[svc.Name] = Pool(svc, p.states[svc.Name])
@@ -143,7 +149,7 @@ func (p *Planner) SetConfig(cfg *config.Config) {
 // Update replans one service. It reports whether the announcements may have changed
 // (the service's pooled count crossed zero, or it settled).
 func (p *Planner) Update(name string, st Service) (announce bool) {
-	svc, ok := p.cfg.Service(name)
+	svc, ok := p.byName[name]
 	if !ok {
 		return false
 	}

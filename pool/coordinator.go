@@ -21,14 +21,15 @@ const WhyPooledDown = "pooled down: depool threshold"
 
 // server is the coordinator's private state of one real server (PyBal's server.Server).
 type server struct {
-	host    string
-	addr    netip.Addr
-	weight  int
-	enabled bool
-	reason  string // why disabled (source or admin)
-	ready   bool   // address known
-	up      bool
-	pooled  bool
+	host     string
+	addr     netip.Addr
+	weight   int
+	enabled  bool
+	reason   string // why disabled (source or admin)
+	override string // the admin override in force, for display
+	ready    bool   // address known
+	up       bool
+	pooled   bool
 	// results holds the last verdict of each configured monitor; absent = no result yet.
 	results    map[string]MonitorResult
 	resultsGen uint64 // bumped whenever results changes (Snapshot copies it only then)
@@ -50,7 +51,7 @@ type snapKey struct {
 	addr                             netip.Addr
 	weight                           int
 	enabled, ready, up, pooled, down bool // down: in the pooled-down set
-	reason, resolveErr               string
+	reason, override, resolveErr     string
 	resultsGen, monitorsGen          uint64
 }
 
@@ -251,7 +252,7 @@ func (c *Coordinator) Update(servers []ServerConfig) {
 }
 
 func (c *Coordinator) add(sc ServerConfig) {
-	s := &server{host: sc.Host, weight: sc.Weight, enabled: sc.Enabled, reason: sc.Reason}
+	s := &server{host: sc.Host, weight: sc.Weight, enabled: sc.Enabled, reason: sc.Reason, override: sc.Override}
 	c.servers[sc.Host] = s
 	c.sorted, c.sortedServers = nil, nil
 	if sc.Addr.IsValid() {
@@ -286,7 +287,7 @@ func (c *Coordinator) merge(s *server, sc ServerConfig) {
 	changed := s.weight != sc.Weight || s.enabled != sc.Enabled || s.reason != sc.Reason ||
 		(sc.Addr.IsValid() && sc.Addr != s.addr)
 	s.weight = sc.Weight
-	s.reason = sc.Reason
+	s.reason, s.override = sc.Reason, sc.Override
 	c.setEnabled(s, sc.Enabled)
 	switch {
 	case sc.Addr.IsValid() && !s.ready:
@@ -797,7 +798,7 @@ func (c *Coordinator) serverState(s *server) (st ServerState, changed bool) {
 	k := snapKey{
 		valid: true, addr: s.addr, weight: s.weight,
 		enabled: s.enabled, ready: s.ready, up: s.up, pooled: s.pooled, down: down,
-		reason: s.reason, resolveErr: s.resolveErr,
+		reason: s.reason, override: s.override, resolveErr: s.resolveErr,
 		resultsGen: s.resultsGen, monitorsGen: c.monitorsGen,
 	}
 	if k == s.key {
@@ -820,6 +821,7 @@ func (c *Coordinator) serverState(s *server) (st ServerState, changed bool) {
 		Pooled:   s.pooled,
 		Monitors: mons,
 		Why:      c.why(s),
+		Override: s.override,
 	}
 	s.key = k
 	return s.snap, true

@@ -13,6 +13,8 @@ type ServerConfig struct {
 	Weight  int
 	Enabled bool
 	Reason  string // why disabled, when a source or an admin says so
+	// Override describes the admin override in force, shown as ServerState.Override.
+	Override string
 }
 
 // ServerState is the coordinator's view of one server.
@@ -30,8 +32,8 @@ type ServerState struct {
 	// Why is the human reason for the state when not enabled/up/pooled: the disabled
 	// reason, the down reasons of failing monitors, or "pooled down: depool threshold".
 	Why string
-	// Override is the admin override in force (who, when, what, why), "" for none. The
-	// coordinator leaves it empty; the service that owns the admin intent fills it.
+	// Override is the admin override in force (who, when, what, why), "" for none, as
+	// ServerConfig.Override said.
 	Override string
 }
 

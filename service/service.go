@@ -105,6 +105,9 @@ type Service struct {
 	resolving   map[string]bool
 	resolveWait map[string]time.Duration
 	version     uint64
+	// serversChanged: servers or addresses may have changed since the last syncWatches
+	// (a monitor result changes neither).
+	serversChanged bool
 }
 
 type watch struct {
@@ -283,14 +286,16 @@ func (s *Service) applyServers() {
 	gated := s.applied.Gate(s.source)
 	servers := make([]pool.ServerConfig, 0, len(gated))
 	for _, sv := range gated {
-		servers = append(servers, pool.ServerConfig{Host: sv.Host, Addr: sv.Addr, Weight: sv.Weight, Enabled: sv.Enabled, Reason: sv.Reason})
+		servers = append(servers, pool.ServerConfig{Host: sv.Host, Addr: sv.Addr, Weight: sv.Weight, Enabled: sv.Enabled, Reason: sv.Reason,
+			Override: s.applied.Overrides[sv.Host].String()})
 		if sv.Addr.IsValid() {
 			delete(s.resolving, sv.Host)
 		}
 	}
 	sort.Slice(servers, func(i, j int) bool { return servers[i].Host < servers[j].Host })
 	s.coord.Update(servers)
-	snap := s.coord.Snapshot()
+	s.serversChanged = true
+	snap := s.coord.SnapshotShared()
 	for _, sv := range snap.Servers {
 		if !sv.Ready && !s.resolving[sv.Host] {
 			s.startResolve(sv.Host)
@@ -304,7 +309,7 @@ func (s *Service) feedHealth() {
 	if !s.deps.Health {
 		return
 	}
-	snap := s.coord.Snapshot()
+	snap := s.coord.SnapshotShared()
 	for _, sv := range snap.Servers {
 		if !sv.Ready {
 			continue
@@ -365,6 +370,7 @@ func (s *Service) resolved(r resolved) {
 	delete(s.resolving, r.host)
 	delete(s.resolveWait, r.host)
 	s.coord.Resolved(r.host, r.addr)
+	s.serversChanged = true
 	s.feedHealth()
 }
 
@@ -381,13 +387,16 @@ func (s *Service) retryResolve(host string) {
 // settle keeps monitor watches in line with the servers and publishes a new State
 // when anything changed.
 func (s *Service) settle() {
-	snap := s.coord.Snapshot()
-	s.syncWatches(&snap)
+	snap := s.coord.SnapshotShared()
+	if s.serversChanged {
+		s.syncWatches(&snap)
+		s.serversChanged = false
+	}
 	s.publishSnap(&snap)
 }
 
 func (s *Service) publish() {
-	snap := s.coord.Snapshot()
+	snap := s.coord.SnapshotShared()
 	s.publishSnap(&snap)
 }
 
@@ -399,9 +408,6 @@ func (s *Service) publishSnap(snap *pool.Snapshot) {
 			settled = false
 			break
 		}
-	}
-	for i := range snap.Servers {
-		snap.Servers[i].Override = s.applied.Overrides[snap.Servers[i].Host].String()
 	}
 	old := s.state.Load()
 	next := &State{
@@ -419,7 +425,7 @@ func (s *Service) publishSnap(snap *pool.Snapshot) {
 		if old.Config == next.Config && old.Synced == next.Synced && old.Settled == next.Settled &&
 			old.Intent.Revision == next.Intent.Revision && errString(old.SourceErr) == errString(next.SourceErr) &&
 			errString(old.Intent.Err) == errString(next.Intent.Err) && maps.Equal(old.Problems, next.Problems) &&
-			reflect.DeepEqual(old.Snapshot, next.Snapshot) && sameSet(old.Source, next.Source) {
+			pool.Unchanged(old.Snapshot, next.Snapshot) && sameSet(old.Source, next.Source) {
 			return
 		}
 	}
@@ -435,6 +441,9 @@ func (s *Service) publishSnap(snap *pool.Snapshot) {
 func sameSet(a, b source.Set) bool {
 	if len(a) != len(b) || (a == nil) != (b == nil) {
 		return false
+	}
+	if reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+		return true // the same set: the actor replaces s.source, never modifies it
 	}
 	for k, v := range a {
 		if w, ok := b[k]; !ok || w != v {
@@ -532,6 +541,7 @@ func (s *Service) reconfigure(cfg *config.Service) {
 	s.cfg = cfg
 	if !reflect.DeepEqual(old.Monitors, cfg.Monitors) || !reflect.DeepEqual(monitorOptions(old), monitorOptions(cfg)) {
 		s.stopWatches() // syncWatches restarts them with the new options
+		s.serversChanged = true
 	}
 	s.coord.Reconfigure(cfg.DepoolThreshold, monitorsOf(cfg, s.deps.Health))
 	s.feedHealth()
