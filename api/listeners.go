@@ -77,3 +77,34 @@ func (l *Listeners) Shutdown() {
 		cancel()
 	}
 }
+
+// Reload applies a reloaded [global]: when the listener settings changed it restarts
+// the listeners (requests in flight get 2 s) and, if the new ones cannot start, the
+// previous ones again, returning why; otherwise it re-reads the admin tokens (a bad
+// token file keeps the tokens in force: Auth.Err). It returns the listeners in force.
+func (l *Listeners) Reload(old, cfg config.Global, st State, adm Admin, reg Registry, log *slog.Logger) (*Listeners, error) {
+	if !config.ListenersChanged(&old, &cfg) {
+		if err := l.Auth.Reload(); err != nil {
+			log.Error("admin-token-file: cannot re-read it; the tokens read before stay in force", "err", err)
+		}
+		return l, nil
+	}
+	l.Shutdown()
+	nl, err := Listen(cfg, st, adm, reg, log)
+	if err == nil {
+		return nl, nil
+	}
+	log.Error("reload: the new HTTP listeners cannot start; restarting the previous ones", "err", err)
+	if nl, err2 := Listen(old, st, adm, reg, log); err2 == nil {
+		return nl, err
+	}
+	return &Listeners{}, err
+}
+
+// TokenErr is the admin token file's last reload error (nil when fine or no listeners).
+func (l *Listeners) TokenErr() error {
+	if l == nil {
+		return nil
+	}
+	return l.Auth.Err()
+}

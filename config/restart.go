@@ -2,8 +2,8 @@ package config
 
 import "slices"
 
-// restartOnlyKeys are the [global] settings read once at start (listeners, the BGP
-// sessions, the state file). A reload applies everything else - services, sources,
+// restartOnlyKeys are the [global] settings read once at start (the BGP sessions, the
+// state file). A reload applies everything else - services, sources,
 // monitors, thresholds and the announcements' attributes - and reports these as
 // needing a restart instead of ignoring them silently.
 var restartOnlyKeys = []struct {
@@ -19,13 +19,6 @@ var restartOnlyKeys = []struct {
 		return a.BGPBFD == b.BGPBFD && a.BGPBFDMinRx == b.BGPBFDMinRx && a.BGPBFDMinTx == b.BGPBFDMinTx && a.BGPBFDMultiplier == b.BGPBFDMultiplier
 	}},
 	{"bgp-graceful-restart", func(a, b *Global) bool { return a.BGPGracefulRestart == b.BGPGracefulRestart }},
-	{"instrumentation", func(a, b *Global) bool {
-		return a.Instrumentation == b.Instrumentation && a.InstrumentationPort == b.InstrumentationPort && slices.Equal(a.InstrumentationIPs, b.InstrumentationIPs)
-	}},
-	{"admin", func(a, b *Global) bool {
-		return a.AdminPort == b.AdminPort && slices.Equal(a.AdminIPs, b.AdminIPs) && a.AdminTokenFile == b.AdminTokenFile &&
-			a.AdminTLSCert == b.AdminTLSCert && a.AdminTLSKey == b.AdminTLSKey && a.AdminClientCA == b.AdminClientCA
-	}},
 	{"state-file", func(a, b *Global) bool { return a.StateFile == b.StateFile }},
 }
 
@@ -39,4 +32,30 @@ func RestartNeeded(started, cfg *Config) []string {
 		}
 	}
 	return out
+}
+
+// listenerKeys are the [global] settings of the HTTP listeners: a reload restarts the
+// listeners when one changed (see ListenersChanged).
+var listenerKeys = []struct {
+	key  string
+	same func(a, b *Global) bool
+}{
+	{"instrumentation", func(a, b *Global) bool {
+		return a.Instrumentation == b.Instrumentation && a.InstrumentationPort == b.InstrumentationPort && slices.Equal(a.InstrumentationIPs, b.InstrumentationIPs)
+	}},
+	{"admin", func(a, b *Global) bool {
+		return a.AdminPort == b.AdminPort && slices.Equal(a.AdminIPs, b.AdminIPs) && a.AdminTokenFile == b.AdminTokenFile &&
+			a.AdminTLSCert == b.AdminTLSCert && a.AdminTLSKey == b.AdminTLSKey && a.AdminClientCA == b.AdminClientCA
+	}},
+}
+
+// ListenersChanged reports whether the instrumentation or admin listener settings
+// differ between a and b.
+func ListenersChanged(a, b *Global) bool {
+	for _, k := range listenerKeys {
+		if !k.same(a, b) {
+			return true
+		}
+	}
+	return false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
@@ -278,4 +279,33 @@ func TestOverrideVisibleAndCleared(t *testing.T) {
 	eventually(t, 2*time.Second, "list weight in IPVS", func() bool {
 		return equal(r.ipvsDests(), "127.0.0.21 w10", "127.0.0.22 w10", "127.0.0.23 w10", "127.0.0.24 w3")
 	})
+}
+
+// Issue 19: adding admin-token-file and reloading starts the admin API (listeners are
+// restarted by a reload that changes them).
+func TestReloadStartsAdminListener(t *testing.T) {
+	r := newRig(t)
+	conf := rewriteConf(t, r, "admin-token-file = "+r.dir+"/tokens\n", "")
+	port := regexp.MustCompile(`admin_port = (\d+)`).FindStringSubmatch(conf)[1]
+	d, _ := startDaemon(t, r)
+	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	url := "http://127.0.0.1:" + port + "/healthz"
+	if resp, err := http.Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatal("admin API answers without a token file")
+	}
+	rewriteConf(t, r, "[global]\n", "[global]\nadmin-token-file = "+r.dir+"/tokens\n")
+	if err := d.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("admin API after the reload: %v", err)
+	}
+	resp.Body.Close()
+	for _, a := range d.Alerts() {
+		if strings.Contains(a.Msg, "restart kubal") {
+			t.Errorf("alert %q: the listener change needs no restart", a.Msg)
+		}
+	}
 }

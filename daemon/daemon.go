@@ -69,14 +69,16 @@ type Daemon struct {
 	metrics *daemonMetrics
 	etcd    *conftool.Clients
 	state   *admin.StateFile // the admin store of services without conftool
-	auth    *api.Auth        // the admin tokens, re-read on reload
+	// The HTTP listeners; the main loop replaces them on a reload that changes them.
+	listeners *api.Listeners
 
 	cfg      atomic.Pointer[config.Config]
 	startCfg *config.Config // restart-only settings come from it
 
 	services *service.Group
 
-	mu          sync.RWMutex // guards reloadErr, restartKeys
+	mu          sync.RWMutex // guards reloadErr, restartKeys, listeners, listenErr
+	listenErr   error
 	reloadErr   error
 	restartKeys []string
 
@@ -232,8 +234,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer ls.Shutdown()
-	d.auth = ls.Auth
+	d.mu.Lock()
+	d.listeners = ls
+	d.mu.Unlock()
+	defer func() { d.listeners.Shutdown() }() // the main loop's: no lock needed
 
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)
@@ -266,15 +270,9 @@ func (d *Daemon) logStop(what string, err error, ctx context.Context) {
 func (d *Daemon) dryRun(cfg *config.Config) bool { return d.opts.DryRun || cfg.Global.DryRun }
 
 func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
-	if d.speaker != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		graceful := d.detach.Load() && d.Config().Global.BGPGracefulRestart
-		if err := d.speaker.Stop(ctx, graceful, d.log); err != nil {
-			d.log.Error("BGP shutdown", "system", "bgp", "err", err)
-		}
-		cancel()
-	} else {
-		d.log.Info("shutting down, leaving IPVS in place")
+	graceful := d.detach.Load() && d.Config().Global.BGPGracefulRestart
+	if err := d.speaker.Stop(graceful, d.log); err != nil {
+		d.log.Error("BGP shutdown", "system", "bgp", "err", err)
 	}
 	stopSpeaker()
 	d.services.Stop()
@@ -404,9 +402,10 @@ func (d *Daemon) reload() error {
 	d.mu.Lock()
 	d.reloadErr, d.restartKeys = nil, keys
 	d.mu.Unlock()
-	if err := d.auth.Reload(); err != nil {
-		d.log.Error("admin-token-file: cannot re-read it; the tokens read before stay in force", "err", err)
-	}
+	ls, err := d.listeners.Reload(d.Config().Global, cfg.Global, d, d, d.reg, d.log)
+	d.mu.Lock()
+	d.listeners, d.listenErr = ls, err
+	d.mu.Unlock()
 	d.cfg.Store(cfg)
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)

@@ -61,12 +61,15 @@ func (d *Daemon) Alerts() []api.Alert {
 		out = append(out, api.Alert{Level: api.LevelWarning, Msg: fmt.Sprintf(format, args...)})
 	}
 	d.mu.RLock()
-	reloadErr, keys := d.reloadErr, d.restartKeys
+	reloadErr, keys, listenErr, ls := d.reloadErr, d.restartKeys, d.listenErr, d.listeners
 	d.mu.RUnlock()
 	if reloadErr != nil {
 		warn("config reload failed, running the previous config: %s", firstLine(reloadErr.Error()))
 	}
-	if err := d.auth.Err(); err != nil {
+	if listenErr != nil {
+		warn("HTTP listeners of the reloaded config could not start: %s", firstLine(listenErr.Error()))
+	}
+	if err := ls.TokenErr(); err != nil {
 		warn("admin-token-file cannot be read, the tokens read before stay in force: %s", firstLine(err.Error()))
 	}
 	if len(keys) > 0 {

@@ -554,15 +554,6 @@ func TestRemovePooledDownFix11(t *testing.T) {
 	h.wantPooled("a", "c")
 }
 
-func pooledHosts(s Snapshot) []string {
-	var out []string
-	for _, sv := range s.Servers {
-		if sv.Pooled {
-			out = append(out, sv.Host)
-		}
-	}
-	return out
-}
 
 func TestReconfigure(t *testing.T) {
 	t.Run("removed monitor's results are dropped and servers come up", func(t *testing.T) {
