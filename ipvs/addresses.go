@@ -43,6 +43,7 @@ type Addresses struct {
 	ResyncPeriod time.Duration // default 5s
 	MaxBackoff   time.Duration // default 30s
 	Clock        clock.Clock   // timers and backoff (default the real clock)
+	DryRun       bool          // log lines say what would have been done
 
 	b   AddrBackend
 	log *slog.Logger
@@ -153,7 +154,7 @@ func (a *Addresses) pass(ctx context.Context) error {
 				continue
 			}
 			a.owned[v] = true
-			a.log.Info("vip addresses: added", "address", p.String(), "interface", ifc)
+			a.log.Info("vip addresses: "+a.verb("added"), "address", p.String(), "interface", ifc)
 		}
 		for _, v := range sortedVIPs(a.owned) {
 			if v.Interface != ifc || want[v] {
@@ -165,7 +166,7 @@ func (a *Addresses) pass(ctx context.Context) error {
 					errs = append(errs, fmt.Errorf("delete %s from %s: %w", p, ifc, err))
 					continue
 				}
-				a.log.Info("vip addresses: removed", "address", p.String(), "interface", ifc)
+				a.log.Info("vip addresses: "+a.verb("removed"), "address", p.String(), "interface", ifc)
 			}
 			delete(a.owned, v)
 		}
@@ -258,4 +259,12 @@ func sortedVIPs(m map[VIP]bool) []VIP {
 	}
 	slices.SortFunc(out, func(a, b VIP) int { return cmp.Or(cmp.Compare(a.Interface, b.Interface), a.Addr.Compare(b.Addr)) })
 	return out
+}
+
+// verb is what a log line says was done: in a dry run, what would have been.
+func (a *Addresses) verb(done string) string {
+	if a.DryRun {
+		return "would have " + done + " (dry run)"
+	}
+	return done
 }

@@ -11,7 +11,9 @@ import (
 func Open(dryRun, debug bool, out io.Writer, log *slog.Logger) (Backend, *Addresses, error) {
 	vipLog := log.With("system", "vip")
 	if dryRun {
-		return NewDryRun(out), NewAddressesWith(NewDryRunAddrs(out), vipLog), nil
+		a := NewAddressesWith(NewDryRunAddrs(out), vipLog)
+		a.DryRun = true
+		return NewDryRun(out), a, nil
 	}
 	nl, err := NewNetlink("")
 	if err != nil {
