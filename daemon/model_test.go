@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strconv"
@@ -63,6 +65,8 @@ type model struct {
 	depooled  map[string]bool
 	weight    map[string]int
 	threshold string
+	viaHTTP   bool   // the service reads its list over http:// instead of file://
+	httpURL   string // the same list, served over HTTP
 	log       []string
 }
 
@@ -73,6 +77,12 @@ func runModel(t *testing.T, seed uint64, steps int) {
 	for _, h := range modelHosts {
 		m.list[h] = 10
 	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		b, _ := os.ReadFile(r.list) // the same list as file://
+		w.Write(b)
+	}))
+	t.Cleanup(srv.Close)
+	m.httpURL = srv.URL + "/servers.json"
 	m.writeConf()
 	m.writeList()
 	m.d, m.stop = startDaemon(t, r)
@@ -96,6 +106,9 @@ func (m *model) writeConf() {
 	}
 	s := strings.NewReplacer("proxyfetch.interval = 1", "proxyfetch.interval = 0.2",
 		"proxyfetch.timeout = 1", "proxyfetch.timeout = 0.2").Replace(string(b))
+	if m.viaHTTP { // a source-scheme change: the daemon replaces the service's actor
+		s = strings.Replace(s, "config = file://"+m.r.list, "config = "+m.httpURL, 1)
+	}
 	// writeConf picks a fresh admin port each time: keep the first one (restart-only).
 	if err := os.WriteFile(m.r.conf, []byte(s), 0o644); err != nil {
 		m.t.Fatal(err)
@@ -160,14 +173,28 @@ func (m *model) step() {
 		}
 		b.status.Store(st)
 		m.logf("backend %s -> %d", host, st)
-	case 7: // reload with another threshold
-		m.threshold = []string{"0", "0.5", "0.75"}[m.rnd.IntN(3)]
-		m.logf("reload threshold %s", m.threshold)
+	case 7: // reload with another threshold, or another source scheme
+		if m.rnd.IntN(2) == 0 {
+			m.viaHTTP = !m.viaHTTP
+		} else {
+			m.threshold = []string{"0", "0.5", "0.75"}[m.rnd.IntN(3)]
+		}
+		m.logf("reload threshold %s, http %v", m.threshold, m.viaHTTP)
+		before := m.kernel()
 		port := m.r.port
 		m.writeConf()
 		m.r.port = port
 		if err := m.d.Reload(context.Background()); err != nil {
 			m.t.Fatalf("reload: %v", err)
+		}
+		// A replaced source that has not synced yet removes no kernel destination.
+		if s := m.d.service("web_80"); s != nil && !s.State().Settled {
+			after := m.kernel()
+			for _, dst := range before {
+				if !slices.Contains(after, dst) && !strings.HasSuffix(dst, " w0") {
+					m.t.Errorf("a reload removed %s before the new source synced: %v -> %v", dst, before, after)
+				}
+			}
 		}
 	case 8, 9: // restart, sometimes with the source down across it
 		down := m.rnd.IntN(2) == 0
