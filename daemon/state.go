@@ -64,13 +64,13 @@ func (d *Daemon) Alerts() []api.Alert {
 	reloadErr, keys, listenErr, ls := d.reloadErr, d.restartKeys, d.listenErr, d.listeners
 	d.mu.RUnlock()
 	if reloadErr != nil {
-		warn("config reload failed, running the previous config: %s", firstLine(reloadErr.Error()))
+		warn("config reload failed, running the previous config: %s", service.FirstLine(reloadErr.Error()))
 	}
 	if listenErr != nil {
-		warn("HTTP listeners of the reloaded config could not start: %s", firstLine(listenErr.Error()))
+		warn("HTTP listeners of the reloaded config could not start: %s", service.FirstLine(listenErr.Error()))
 	}
 	if err := ls.TokenErr(); err != nil {
-		warn("admin-token-file cannot be read, the tokens read before stay in force: %s", firstLine(err.Error()))
+		warn("admin-token-file cannot be read, the tokens read before stay in force: %s", service.FirstLine(err.Error()))
 	}
 	if len(keys) > 0 {
 		warn("restart kubal to apply changed [global] settings: %s", strings.Join(keys, ", "))
@@ -78,7 +78,7 @@ func (d *Daemon) Alerts() []api.Alert {
 	if d.ipvs != nil {
 		errs := d.ipvs.Errors()
 		for _, k := range slices.SortedFunc(maps.Keys(errs), func(a, b ipvs.ServiceKey) int { return strings.Compare(a.String(), b.String()) }) {
-			warn("IPVS %s: not in the kernel yet, retrying: %s", k, firstLine(errs[k].Error()))
+			warn("IPVS %s: not in the kernel yet, retrying: %s", k, service.FirstLine(errs[k].Error()))
 		}
 	}
 	for _, svc := range d.Config().Services {
@@ -94,13 +94,6 @@ func (d *Daemon) Alerts() []api.Alert {
 	return out
 }
 
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " (and more)"
-	}
-	return s
-}
-
 // Apply implements api.Admin through the pool's service (service.Apply): the store
 // checks the depool threshold and writes durably, then the service publishes it.
 func (d *Daemon) Apply(ctx context.Context, a api.Action) (api.Outcome, error) {
@@ -110,7 +103,8 @@ func (d *Daemon) Apply(ctx context.Context, a api.Action) (api.Outcome, error) {
 	}
 	old, cur, err := s.Apply(ctx, admin.Change{Host: a.Host, Op: admin.Op(a.Op), Weight: a.Weight, Actor: a.Actor, Reason: a.Reason, Force: a.Force})
 	for from, to := range map[error]error{
-		service.ErrNoServer: api.ErrNotFound, service.ErrThreshold: api.ErrThreshold, admin.ErrConflict: api.ErrConflict,
+		service.ErrNoServer: api.ErrNotFound, service.ErrThreshold: api.ErrThreshold,
+		admin.ErrConflict: api.ErrConflict, service.ErrStopped: api.ErrConflict,
 	} {
 		if errors.Is(err, from) {
 			return api.Outcome{}, kindOf{err, to}

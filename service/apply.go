@@ -20,6 +20,9 @@ var (
 	// ErrNotInForce: the change is stored and being applied, but ctx ended before the
 	// service published it.
 	ErrNotInForce = errors.New("stored, not yet confirmed in force")
+	// ErrStopped: the service stopped (a reload replaced it) before the change was in
+	// force; the new service reads its own admin store.
+	ErrStopped = errors.New("the service was replaced by a reload before the change was in force")
 )
 
 // storeTimeout bounds a store write, which a client going away must not cut in half.
@@ -57,6 +60,9 @@ func (s *Service) Apply(ctx context.Context, ch admin.Change) (old, new pool.Ser
 		return old, new, fmt.Errorf("nothing stored in %s: %w", store, err)
 	}
 	st, err := s.WaitAdmin(ctx, rc.Revision)
+	if errors.Is(err, ErrStopped) {
+		return old, new, fmt.Errorf("stored in %s (revision %d), but %w: check the pool", store, rc.Revision, err)
+	}
 	if err != nil {
 		return old, new, fmt.Errorf("%w: in %s at revision %d, being applied (%w)", ErrNotInForce, store, rc.Revision, err)
 	}
@@ -74,10 +80,10 @@ func (st *State) Alerts() []string {
 		out = append(out, name+": waiting for the first server list and admin state: keeping the kernel's destinations as they are")
 	}
 	if st.SourceErr != nil {
-		out = append(out, fmt.Sprintf("%s: server-list source failing, keeping last known servers: %s", name, firstLine(st.SourceErr)))
+		out = append(out, fmt.Sprintf("%s: server-list source failing, keeping last known servers: %s", name, FirstLine(st.SourceErr.Error())))
 	}
 	if st.Intent.Err != nil {
-		out = append(out, fmt.Sprintf("%s: admin store failing, keeping last known admin state: %s", name, firstLine(st.Intent.Err)))
+		out = append(out, fmt.Sprintf("%s: admin store failing, keeping last known admin state: %s", name, FirstLine(st.Intent.Err.Error())))
 	}
 	// With an etcd:// source the store reads the same keys: one alert per key.
 	problems := maps.Clone(st.Intent.Problems)
@@ -86,13 +92,13 @@ func (st *State) Alerts() []string {
 	}
 	maps.Copy(problems, st.Problems)
 	for _, h := range slices.Sorted(maps.Keys(problems)) {
-		out = append(out, fmt.Sprintf("%s: %s: %s", name, h, firstLine(errors.New(problems[h]))))
+		out = append(out, fmt.Sprintf("%s: %s: %s", name, h, FirstLine(problems[h])))
 	}
 	return out
 }
 
-func firstLine(err error) string {
-	s := err.Error()
+// FirstLine shortens a multi-line message (e.g. every config error) for one alert line.
+func FirstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i] + " (and more)"
 	}

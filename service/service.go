@@ -91,7 +91,8 @@ type Service struct {
 	intent    *admin.Intent
 	intentSig chan struct{}
 
-	ctx context.Context // Run's: ends the goroutines that feed the actor
+	ctx     context.Context // Run's: ends the goroutines that feed the actor
+	stopped chan struct{}   // closed when Run has returned
 
 	// Owned by the actor goroutine.
 	cfg         *config.Service
@@ -130,6 +131,7 @@ func New(cfg *config.Service, deps Deps) *Service {
 		log:         log,
 		in:          make(chan input, 1024),
 		intentSig:   make(chan struct{}, 1),
+		stopped:     make(chan struct{}),
 		cfg:         cfg,
 		coord:       pool.New(cfg.Name, cfg.DepoolThreshold, monitorsOf(cfg, deps.Health), deps.Log),
 		watches:     map[string]*watch{},
@@ -180,6 +182,7 @@ type reconfigure struct {
 func (s *Service) Run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	s.ctx = ctx
+	defer close(s.stopped)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -567,6 +570,8 @@ func (s *Service) WaitAdmin(ctx context.Context, rev int64) (*State, error) {
 		}
 		select {
 		case <-st.Next():
+		case <-s.stopped:
+			return st, ErrStopped
 		case <-ctx.Done():
 			return st, ctx.Err()
 		}
