@@ -15,6 +15,9 @@ type Config struct {
 	Path     string
 	Global   Global
 	Services []*Service  // in file order; the section name is the pool name
+	// K8sServices is the [k8s-services] template of Kubernetes-declared services
+	// (nil: none).
+	K8sServices *K8sServices
 	Warnings Diagnostics // unknown keys and other non-fatal findings
 }
 
