@@ -1,0 +1,840 @@
+package k8ssource
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/source"
+)
+
+const resServices = "service"
+
+// Event reasons kubal records on a Kubernetes Service.
+const (
+	ReasonInvalid    = "KubalInvalid"    // an annotation or port kubal cannot use
+	ReasonVIPRefused = "KubalVIPRefused" // the VIP is outside the ranges or taken
+	ReasonAccepted   = "KubalAccepted"   // problems fixed: the Service is load-balanced
+)
+
+// Declared is one Kubernetes-declared kubal service: its config (as a pybal.conf
+// section would give it) and its server source. Sources of the same Service and
+// family share one node set, fed by the controller's shared informers.
+type Declared struct {
+	Config *config.Service
+	Source source.Source
+	// Owner is the Kubernetes Service, "namespace/name".
+	Owner string
+}
+
+// Desired is the full set of Kubernetes-declared services.
+type Desired struct {
+	Services []Declared // sorted by Config.Name
+	// Problems: Kubernetes Service ("namespace/name") -> why it is refused or keeps
+	// its last good settings. Each is also a Kubernetes Event on the Service.
+	Problems map[string]string
+}
+
+// ServicesOptions are the inputs of a Services controller besides the template.
+type ServicesOptions struct {
+	// Static are pybal.conf's own services: their VIPs and names are never given to
+	// a Kubernetes Service.
+	Static []*config.Service
+	// Checks run on every declared service, as on pybal.conf sections (the daemon
+	// passes monitor.Validate).
+	Checks     []func(*config.Service) config.Diagnostics
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
+	// Identity names this LVS host in Events (default: the host name).
+	Identity string
+	// ReadOnly: write neither status nor Events (dry run).
+	ReadOnly bool
+
+	client kubernetes.Interface // tests: an existing client
+}
+
+// Services is the controller of Kubernetes-declared services: one set of informers
+// (Services, EndpointSlices, the selected Nodes) for all of them.
+type Services struct {
+	t      *config.K8sServices
+	opts   ServicesOptions
+	log    *slog.Logger
+	client kubernetes.Interface
+	health *health
+	m      *metrics
+	hub    *hub
+	static chan []*config.Service
+
+	statusMu sync.Mutex
+	want     map[string][]string // namespace/name -> ingress IPs to write (nil: clear)
+	queue    workqueue.TypedRateLimitingInterface[string]
+	svcStore cache.Store
+}
+
+// CheckTemplate validates what config cannot (it does not import client-go): the
+// node label selector. The daemon adds it to --check-config.
+func CheckTemplate(cfg *config.Config) config.Diagnostics {
+	t := cfg.K8sServices
+	if t == nil || t.Nodes == "" {
+		return nil
+	}
+	if _, err := labels.Parse(t.Nodes); err != nil {
+		return config.Diagnostics{{Pos: t.Pos, Key: "nodes", Msg: fmt.Sprintf("bad label selector %q: %v", t.Nodes, err)}}
+	}
+	return nil
+}
+
+// NewServices builds the controller for the [k8s-services] template. The client
+// comes from [global] kubeconfig, else in-cluster, else $KUBECONFIG.
+func NewServices(g config.Global, t *config.K8sServices, opts ServicesOptions) (*Services, error) {
+	if t == nil {
+		return nil, fmt.Errorf("no [%s] section", config.K8sServicesSection)
+	}
+	if _, err := labels.Parse(t.Nodes); err != nil {
+		return nil, fmt.Errorf("[%s] nodes: bad label selector %q: %w", config.K8sServicesSection, t.Nodes, err)
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Identity == "" {
+		opts.Identity, _ = os.Hostname()
+	}
+	s := &Services{
+		t: t, opts: opts, log: opts.Log.With("system", "k8s-services"),
+		health: newHealth(), hub: newHub(), static: make(chan []*config.Service, 1),
+		want: map[string][]string{},
+	}
+	s.client = opts.client
+	if s.client == nil {
+		cfg, err := restConfig(g, URL{})
+		if err != nil {
+			return nil, fmt.Errorf("[%s]: %w", config.K8sServicesSection, err)
+		}
+		cfg = rest.CopyConfig(cfg)
+		cfg.UserAgent = "kubal/k8s-services"
+		cfg.ContentType = "application/vnd.kubernetes.protobuf"
+		cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+		h := s.health
+		cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &transport{next: rt, h: h} })
+		if s.client, err = kubernetes.NewForConfig(cfg); err != nil {
+			return nil, fmt.Errorf("[%s]: client: %w", config.K8sServicesSection, err)
+		}
+	}
+	m, err := newMetrics(opts.Registerer, config.K8sServicesSection)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	return s, nil
+}
+
+// SetStatic replaces the static services (after a reload of pybal.conf); the
+// controller re-checks every VIP against them.
+func (s *Services) SetStatic(static []*config.Service) {
+	select {
+	case <-s.static:
+	default:
+	}
+	s.static <- static
+}
+
+// servicesState is owned by Run's goroutine.
+type servicesState struct {
+	nodes, slices, svcs cache.Store
+	static              []*config.Service
+	contrib             map[string]sliceContrib          // EndpointSlice key -> its endpoints by node
+	byService           map[string]map[string]Endpoints  // namespace/name -> node -> endpoints
+	groups              map[string]*group                // groupKey -> node set
+	built               map[string]*built                // namespace/name -> last build
+	good                map[string][]declaredPort        // namespace/name -> last good ports
+	problems            map[string]string                // namespace/name -> problem in force
+	reported            map[string]string                // problems already sent as Events
+	owned               map[string]bool                  // Services owned at some point in this run
+	sources             map[string]*groupSource          // declared name -> its source (stable)
+	lastSig             string                           // of the last Desired delivered
+}
+
+type sliceContrib struct {
+	svc string
+	eps map[string]Endpoints
+}
+
+type built struct {
+	sig   string
+	ports []declaredPort
+	errs  []string
+}
+
+// group is the node set of one family of one Service.
+type group struct {
+	policy  Policy
+	weights map[string]int
+	set     source.Set
+}
+
+// Run watches until ctx is done, calling out with the full Desired set after the
+// caches synced and whenever it changes. out is called from Run's goroutine and
+// must not block for long (hand the value over and return). Node set changes reach
+// the Declared services' Sources directly, not through out.
+func (s *Services) Run(ctx context.Context, out func(Desired)) error {
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(s.log.Handler()))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d := newServiceDirty()
+
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.t.Nodes }))
+	factory := informers.NewSharedInformerFactory(s.client, 0)
+	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
+	sliceInf := factory.Discovery().V1().EndpointSlices().Informer()
+	svcInf := factory.Core().V1().Services().Informer()
+	for _, x := range []struct {
+		inf  cache.SharedIndexInformer
+		res  string
+		trim cache.TransformFunc
+	}{{nodeInf, resNodes, trimNode}, {sliceInf, resEndpointSlices, trimEndpointSlice}, {svcInf, resServices, trimService}} {
+		if err := s.setup(x.inf, x.res, x.trim, d); err != nil {
+			return err
+		}
+	}
+	resources := []string{resNodes, resEndpointSlices, resServices}
+	nodeFactory.StartWithContext(ctx)
+	factory.StartWithContext(ctx)
+	defer func() {
+		cancel()
+		nodeFactory.Shutdown()
+		factory.Shutdown()
+	}()
+	s.svcStore = svcInf.GetStore()
+
+	var rec record.EventRecorder
+	if !s.opts.ReadOnly {
+		b := record.NewBroadcaster(record.WithContext(ctx))
+		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.client.CoreV1().Events("")})
+		defer b.Shutdown()
+		rec = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubal", Host: s.opts.Identity})
+		s.queue = workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+		defer s.queue.ShutDown()
+		go s.statusWorker(ctx)
+	}
+
+	syncedCh := make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), nodeInf.HasSynced, sliceInf.HasSynced, svcInf.HasSynced) {
+			close(syncedCh)
+		}
+	}()
+	st := &servicesState{
+		nodes: nodeInf.GetStore(), slices: sliceInf.GetStore(), svcs: svcInf.GetStore(),
+		static:    s.opts.Static,
+		contrib:   map[string]sliceContrib{},
+		byService: map[string]map[string]Endpoints{},
+		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
+		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
+		sources: map[string]*groupSource{},
+	}
+	var (
+		inSync, failed bool
+		lastRun        time.Time
+		timer          = time.NewTimer(time.Hour)
+		armed          bool
+	)
+	timer.Stop()
+	defer timer.Stop()
+	s.m.connected.Set(0)
+	apply := func(full bool) {
+		defer func() { lastRun = time.Now() }()
+		svcs, sl, nodes, since := d.take()
+		s.apply(st, full, svcs, sl, nodes, out, rec)
+		if !since.IsZero() {
+			s.m.delay.Observe(time.Since(since).Seconds())
+		}
+		s.m.lastSync.SetToCurrentTime()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case st.static = <-s.static:
+			if inSync {
+				apply(true)
+			}
+		case <-syncedCh:
+			syncedCh = nil
+			inSync = true
+			s.m.connected.Set(1)
+			apply(true)
+		case <-d.poke:
+			if !inSync || armed {
+				break
+			}
+			if wait := coalesce - time.Since(lastRun); wait > 0 {
+				timer.Reset(wait)
+				armed = true
+				break
+			}
+			apply(false)
+		case <-timer.C:
+			armed = false
+			apply(false)
+		case <-s.health.notify:
+			err, answered := s.health.status(resources)
+			switch {
+			case err != nil:
+				s.m.connected.Set(0)
+				if !failed {
+					failed = true
+					s.log.Warn("k8s API server unreachable or refusing; keeping the declared services and their last known nodes", "err", err)
+					s.hub.fail(fmt.Errorf("[%s]: %w", config.K8sServicesSection, err))
+				}
+			case answered && inSync && failed:
+				failed = false
+				s.m.connected.Set(1)
+				s.log.Info("k8s API server reachable again; resyncing")
+				apply(true)
+				s.hub.fail(nil)
+			}
+		}
+	}
+}
+
+// setup wires one informer: memory trim, error handler, events.
+func (s *Services) setup(inf cache.SharedIndexInformer, res string, trim cache.TransformFunc, d *serviceDirty) error {
+	if err := inf.SetTransform(trim); err != nil {
+		return fmt.Errorf("[%s] %s informer: %w", config.K8sServicesSection, res, err)
+	}
+	err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		if isRoutineWatchEnd(err) || err == context.Canceled {
+			return
+		}
+		s.health.set(res, fmt.Errorf("%s list/watch: %w", res, err))
+	})
+	if err != nil {
+		return err
+	}
+	add := func(typ string, obj any) {
+		s.m.events.WithLabelValues(res, typ).Inc()
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		d.add(res, key)
+	}
+	_, err = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { add("add", obj) },
+		UpdateFunc: func(_, obj any) { add("update", obj) },
+		DeleteFunc: func(obj any) { add("delete", obj) },
+	})
+	return err
+}
+
+// apply folds the changed objects into the state and publishes what changed.
+func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeKeys []string, out func(Desired), rec record.EventRecorder) {
+	if full {
+		sliceKeys = append(st.slices.ListKeys(), slices.Collect(maps.Keys(st.contrib))...)
+	}
+	// EndpointSlices: per Service and node, the endpoints there.
+	touched := map[string]map[string]bool{} // namespace/name -> nodes
+	touch := func(svc, node string) {
+		if touched[svc] == nil {
+			touched[svc] = map[string]bool{}
+		}
+		touched[svc][node] = true
+	}
+	for _, k := range sliceKeys {
+		if old, ok := st.contrib[k]; ok {
+			for n, e := range old.eps {
+				st.byService[old.svc][n] = st.byService[old.svc][n].minus(e)
+				if st.byService[old.svc][n] == (Endpoints{}) {
+					delete(st.byService[old.svc], n)
+				}
+				touch(old.svc, n)
+			}
+			delete(st.contrib, k)
+		}
+		obj, ok, _ := st.slices.GetByKey(k)
+		es, isSlice := obj.(*discoveryv1.EndpointSlice)
+		if !ok || !isSlice || es.Labels[ServiceNameLabel] == "" {
+			continue
+		}
+		svc := es.Namespace + "/" + es.Labels[ServiceNameLabel]
+		c := sliceContrib{svc: svc, eps: EndpointsByNode([]*discoveryv1.EndpointSlice{es})}
+		st.contrib[k] = c
+		if st.byService[svc] == nil {
+			st.byService[svc] = map[string]Endpoints{}
+		}
+		for n, e := range c.eps {
+			st.byService[svc][n] = st.byService[svc][n].plus(e)
+			touch(svc, n)
+		}
+	}
+
+	changedGroups := map[string]bool{}
+	if full || len(svcKeys) > 0 {
+		s.reconcileServices(st, out, rec, changedGroups)
+	}
+	// Nodes: every group holds every selected node.
+	if full {
+		nodeKeys = st.nodes.ListKeys()
+		for _, g := range st.groups {
+			for h := range g.set {
+				nodeKeys = append(nodeKeys, h)
+			}
+		}
+	}
+	for key, g := range st.groups {
+		owner, _, _ := strings.Cut(key, "|")
+		changed := false
+		for _, n := range nodeKeys {
+			changed = s.updateNode(st, g, owner, n) || changed
+		}
+		for n := range touched[owner] {
+			changed = s.updateNode(st, g, owner, n) || changed
+		}
+		if changed || changedGroups[key] {
+			s.hub.publish(key, g.set.Clone())
+		}
+	}
+}
+
+// updateNode recomputes one node of one group; it reports a change.
+func (s *Services) updateNode(st *servicesState, g *group, owner, name string) bool {
+	old, had := g.set[name]
+	obj, ok, _ := st.nodes.GetByKey(name)
+	n, isNode := obj.(*corev1.Node)
+	if !ok || !isNode {
+		if had {
+			delete(g.set, name)
+			return true
+		}
+		return false
+	}
+	srv, _ := NodeServer(n, st.byService[owner][name], g.policy)
+	if w, ok := g.weights[name]; ok {
+		srv.Weight = w
+	}
+	if had && srv == old {
+		return false
+	}
+	g.set[name] = srv
+	return true
+}
+
+// reconcileServices recomputes VIPs and the declared services of every owned
+// Service (a build is reused while its inputs are unchanged), delivers Desired when
+// it changed, and queues status writes and Events.
+func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec record.EventRecorder, changedGroups map[string]bool) {
+	static := map[netip.Addr]string{}
+	staticNames := map[string]bool{}
+	for _, svc := range st.static {
+		if svc.IP.IsValid() {
+			static[svc.IP] = svc.Name
+		}
+		staticNames[svc.Name] = true
+	}
+	type ownedSvc struct {
+		svc  *corev1.Service
+		how  ownership
+		req  map[bool]netip.Addr
+		errs []string
+	}
+	var owned []*ownedSvc
+	var reqs []vipRequest
+	for _, obj := range st.svcs.List() {
+		svc, ok := obj.(*corev1.Service)
+		if !ok {
+			continue
+		}
+		how := owns(svc, s.t)
+		if how == notOwned {
+			continue
+		}
+		o := &ownedSvc{svc: svc, how: how}
+		key := svc.Namespace + "/" + svc.Name
+		req, err := requestedVIPs(svc)
+		if err != nil {
+			o.errs = append(o.errs, err.Error())
+		}
+		o.req = req
+		owned = append(owned, o)
+		current := map[bool]netip.Addr{}
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			if a, err := netip.ParseAddr(in.IP); err == nil {
+				current[a.Is6()] = a
+			}
+		}
+		for _, v6 := range families(svc) {
+			if how == ownedNodePort && !req[v6].IsValid() && err == nil {
+				// A NodePort Service has no status to keep an allocation in: it
+				// must name its VIP (which the workers carry on their loopback).
+				o.errs = append(o.errs, fmt.Sprintf("a NodePort Service needs annotation %s (%s)", AnnotationVIP, family(v6)))
+				continue
+			}
+			reqs = append(reqs, vipRequest{Owner: key, V6: v6, Order: svc.CreationTimestamp.UnixNano(),
+				Requested: req[v6], Current: current[v6], Seed: string(svc.UID)})
+		}
+	}
+	vips := allocateVIPs(s.t.VIPRanges, static, reqs)
+
+	seen := map[string]bool{}
+	var desired []Declared
+	problems := map[string]string{}
+	wantGroups := map[string]*group{}
+	for _, o := range owned {
+		svc := o.svc
+		key := svc.Namespace + "/" + svc.Name
+		seen[key] = true
+		st.owned[key] = true
+		var refused []string
+		assigned := map[bool]netip.Addr{}
+		for _, v6 := range families(svc) {
+			r, ok := vips[groupKey(key, v6)]
+			switch {
+			case !ok:
+			case r.Refuse != "":
+				refused = append(refused, r.Refuse)
+			default:
+				assigned[v6] = r.VIP
+			}
+		}
+		errs := slices.Clone(o.errs)
+		var ports []declaredPort
+		if len(errs) == 0 {
+			sig := fmt.Sprintf("%s|%v|%d", svc.ResourceVersion, assigned, o.how)
+			b := st.built[key]
+			if b == nil || b.sig != sig {
+				p, e := buildService(svc, o.how, s.t, assigned, s.opts.Checks)
+				b = &built{sig: sig, ports: p, errs: e}
+				st.built[key] = b
+			}
+			ports, errs = b.ports, b.errs
+		}
+		for _, p := range ports {
+			if staticNames[p.cfg.Name] {
+				errs = append(errs, fmt.Sprintf("name %s is a static pybal.conf service", p.cfg.Name))
+			}
+		}
+		var problem []string
+		switch {
+		case len(errs) > 0:
+			problem = append(problem, errs...)
+			ports = st.good[key] // keep the last good settings (none: not created)
+			if len(ports) > 0 {
+				problem = append(problem, "keeping the last good settings")
+			}
+		default:
+			st.good[key] = ports
+		}
+		problem = append(problem, refused...)
+		if len(problem) > 0 {
+			problems[key] = strings.Join(problem, "; ")
+		}
+		s.event(st, rec, svc, problems[key], len(errs) > 0)
+
+		// Node sets: one per family in use.
+		local := o.how == ownedLB && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+		weights, _ := parseWeights(svc.Annotations[AnnotationWeights])
+		for _, p := range ports {
+			if wantGroups[p.group] != nil {
+				continue
+			}
+			pol := Policy{IPv6: strings.HasSuffix(p.group, "|IPv6"), Taints: p.cfg.K8sTaints,
+				KeepCordon: p.cfg.K8sCordoned == CordonKeep, Gated: local, ServiceName: key}
+			if len(errs) > 0 && st.groups[p.group] != nil {
+				// Last good settings: the group keeps its policy and weights too.
+				pol, weights = st.groups[p.group].policy, st.groups[p.group].weights
+			}
+			wantGroups[p.group] = &group{policy: pol, weights: weights}
+		}
+		for _, p := range ports {
+			src := st.sources[p.cfg.Name]
+			if src == nil || src.key != p.group {
+				src = &groupSource{hub: s.hub, key: p.group, name: p.cfg.Name}
+				st.sources[p.cfg.Name] = src
+			}
+			desired = append(desired, Declared{Config: p.cfg, Source: src, Owner: key})
+		}
+
+		// Status: the assigned VIPs, in the Service's family order.
+		if o.how == ownedLB {
+			var ips []string
+			for _, v6 := range families(svc) {
+				if a, ok := assigned[v6]; ok && len(ports) > 0 {
+					ips = append(ips, a.String())
+				}
+			}
+			s.setStatus(key, ips)
+		}
+	}
+	// Services no longer owned (type changed, opt-in annotation removed) lose the
+	// status kubal wrote; deleted ones are gone with their status.
+	for key := range st.owned {
+		if seen[key] {
+			continue
+		}
+		delete(st.owned, key)
+		delete(st.built, key)
+		delete(st.good, key)
+		delete(st.reported, key)
+		if _, exists, _ := st.svcs.GetByKey(key); exists {
+			s.setStatus(key, nil)
+		}
+	}
+	for name, src := range st.sources {
+		if !slices.ContainsFunc(desired, func(d Declared) bool { return d.Source == source.Source(src) }) {
+			delete(st.sources, name)
+		}
+	}
+	// Groups: keep the sets of unchanged ones; new or changed ones start empty and
+	// are filled by the full node pass below.
+	for key, g := range wantGroups {
+		old := st.groups[key]
+		if old != nil && samePolicy(old.policy, g.policy) && maps.Equal(old.weights, g.weights) {
+			wantGroups[key] = old
+			continue
+		}
+		g.set = source.Set{}
+		owner, _, _ := strings.Cut(key, "|")
+		for _, n := range st.nodes.ListKeys() {
+			s.updateNode(st, g, owner, n)
+		}
+		changedGroups[key] = true
+	}
+	for key := range st.groups {
+		if wantGroups[key] == nil {
+			s.hub.remove(key)
+		}
+	}
+	st.groups = wantGroups
+	st.problems = problems
+
+	sort.Slice(desired, func(i, j int) bool { return desired[i].Config.Name < desired[j].Config.Name })
+	sig := desiredSig(desired, problems)
+	if sig != st.lastSig {
+		st.lastSig = sig
+		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
+		out(Desired{Services: desired, Problems: problems})
+	}
+}
+
+func samePolicy(a, b Policy) bool {
+	return a.IPv6 == b.IPv6 && a.KeepCordon == b.KeepCordon && a.Gated == b.Gated &&
+		a.ServiceName == b.ServiceName && slices.Equal(a.Taints, b.Taints)
+}
+
+func desiredSig(ds []Declared, problems map[string]string) string {
+	var b strings.Builder
+	for _, d := range ds {
+		fmt.Fprintf(&b, "%s\x00%s\x00%p\x00%s\x01", d.Config.Name, d.Owner, d.Source, d.Config.Options.Fingerprint())
+	}
+	keys := slices.Sorted(maps.Keys(problems))
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s\x00%s\x01", k, problems[k])
+	}
+	return b.String()
+}
+
+// event records a problem (or its end) on the Service, once per change.
+func (s *Services) event(st *servicesState, rec record.EventRecorder, svc *corev1.Service, problem string, invalid bool) {
+	key := svc.Namespace + "/" + svc.Name
+	prev, had := st.reported[key]
+	if had && prev == problem || !had && problem == "" {
+		return
+	}
+	st.reported[key] = problem
+	if problem != "" {
+		s.log.Warn("k8s-declared service has a problem", "service", key, "problem", problem)
+	} else {
+		s.log.Info("k8s-declared service problem fixed", "service", key)
+	}
+	if rec == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name,
+		UID: svc.UID, ResourceVersion: svc.ResourceVersion}
+	switch {
+	case problem == "":
+		rec.Event(ref, corev1.EventTypeNormal, ReasonAccepted, "kubal: problems fixed; the Service is load-balanced")
+	case invalid:
+		rec.Event(ref, corev1.EventTypeWarning, ReasonInvalid, "kubal: "+problem)
+	default:
+		rec.Event(ref, corev1.EventTypeWarning, ReasonVIPRefused, "kubal: "+problem)
+	}
+}
+
+// setStatus records the ingress IPs a Service should carry and queues a check.
+func (s *Services) setStatus(key string, ips []string) {
+	if s.queue == nil {
+		return
+	}
+	s.statusMu.Lock()
+	old, had := s.want[key]
+	s.want[key] = ips
+	s.statusMu.Unlock()
+	if had && slices.Equal(old, ips) {
+		return
+	}
+	s.queue.Add(key)
+}
+
+// statusWorker writes status.loadBalancer.ingress. It writes only when the Service's
+// status differs from what kubal computed, with the cached resourceVersion as a
+// precondition: two LVS hosts computing the same VIPs (allocation is deterministic,
+// and an allocation in status is kept) write the same value, at most once each, and
+// a write based on a stale object fails with a conflict and is retried on the new one.
+func (s *Services) statusWorker(ctx context.Context) {
+	for {
+		key, quit := s.queue.Get()
+		if quit {
+			return
+		}
+		err := s.writeStatus(ctx, key)
+		switch {
+		case err == nil:
+			s.queue.Forget(key)
+		case ctx.Err() != nil:
+		default:
+			s.log.Warn("cannot write Service status", "service", key, "err", err)
+			s.queue.AddRateLimited(key)
+		}
+		s.queue.Done(key)
+	}
+}
+
+func (s *Services) writeStatus(ctx context.Context, key string) error {
+	s.statusMu.Lock()
+	ips, ok := s.want[key]
+	s.statusMu.Unlock()
+	obj, exists, _ := s.svcStore.GetByKey(key)
+	svc, isSvc := obj.(*corev1.Service)
+	if !ok || !exists || !isSvc {
+		return nil
+	}
+	var cur []string
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		cur = append(cur, in.IP)
+	}
+	if slices.Equal(cur, ips) {
+		return nil
+	}
+	ingress := make([]map[string]string, len(ips))
+	for i, ip := range ips {
+		ingress[i] = map[string]string{"ip": ip}
+	}
+	var ing any = ingress
+	if len(ips) == 0 {
+		ing = nil
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": svc.ResourceVersion},
+		"status":   map[string]any{"loadBalancer": map[string]any{"ingress": ing}},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = s.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "kubal"}, "status")
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err == nil {
+		s.log.Info("Service status written", "service", key, "ingress", ips)
+	}
+	return err
+}
+
+// trimService keeps what ownership, VIPs, ports and status need.
+func trimService(obj any) (any, error) {
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	t := &corev1.Service{}
+	t.Name, t.Namespace, t.UID, t.ResourceVersion = svc.Name, svc.Namespace, svc.UID, svc.ResourceVersion
+	t.CreationTimestamp = svc.CreationTimestamp
+	for k, v := range svc.Annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			if t.Annotations == nil {
+				t.Annotations = map[string]string{}
+			}
+			t.Annotations[k] = v
+		}
+	}
+	sp := &svc.Spec
+	t.Spec = corev1.ServiceSpec{Type: sp.Type, Ports: sp.Ports, LoadBalancerClass: sp.LoadBalancerClass,
+		LoadBalancerIP: sp.LoadBalancerIP, IPFamilies: sp.IPFamilies, ExternalTrafficPolicy: sp.ExternalTrafficPolicy,
+		HealthCheckNodePort: sp.HealthCheckNodePort}
+	t.Status.LoadBalancer = svc.Status.LoadBalancer
+	return t, nil
+}
+
+// serviceDirty collects changed keys from informer handlers.
+type serviceDirty struct {
+	mu                  sync.Mutex
+	svcs, slices, nodes map[string]struct{}
+	since               time.Time
+	poke                chan struct{}
+}
+
+func newServiceDirty() *serviceDirty {
+	return &serviceDirty{svcs: map[string]struct{}{}, slices: map[string]struct{}{}, nodes: map[string]struct{}{}, poke: make(chan struct{}, 1)}
+}
+
+func (d *serviceDirty) add(res, key string) {
+	d.mu.Lock()
+	if d.since.IsZero() {
+		d.since = time.Now()
+	}
+	switch res {
+	case resServices:
+		d.svcs[key] = struct{}{}
+	case resEndpointSlices:
+		d.slices[key] = struct{}{}
+	default:
+		d.nodes[key] = struct{}{}
+	}
+	d.mu.Unlock()
+	select {
+	case d.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (d *serviceDirty) take() (svcs, sl, nodes []string, since time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	since, d.since = d.since, time.Time{}
+	svcs, sl, nodes = slices.Collect(maps.Keys(d.svcs)), slices.Collect(maps.Keys(d.slices)), slices.Collect(maps.Keys(d.nodes))
+	clear(d.svcs)
+	clear(d.slices)
+	clear(d.nodes)
+	return svcs, sl, nodes, since
+}
