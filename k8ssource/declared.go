@@ -60,9 +60,9 @@ func DeclaredName(namespace, name string, port int32, proto corev1.Protocol, v6 
 type ownership int
 
 const (
-	notOwned ownership = iota
-	ownedLB            // type LoadBalancer with our loadBalancerClass
-	ownedNodePort      // annotated NodePort (annotated-nodeports = yes)
+	notOwned      ownership = iota
+	ownedLB                 // type LoadBalancer with our loadBalancerClass
+	ownedNodePort           // annotated NodePort (annotated-nodeports = yes)
 )
 
 func owns(svc *corev1.Service, t *config.K8sServices) ownership {

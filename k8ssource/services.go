@@ -171,16 +171,16 @@ func (s *Services) SetStatic(static []*config.Service) {
 type servicesState struct {
 	nodes, slices, svcs cache.Store
 	static              []*config.Service
-	contrib             map[string]sliceContrib          // EndpointSlice key -> its endpoints by node
-	byService           map[string]map[string]Endpoints  // namespace/name -> node -> endpoints
-	groups              map[string]*group                // groupKey -> node set
-	built               map[string]*built                // namespace/name -> last build
-	good                map[string][]declaredPort        // namespace/name -> last good ports
-	problems            map[string]string                // namespace/name -> problem in force
-	reported            map[string]string                // problems already sent as Events
-	owned               map[string]bool                  // Services owned at some point in this run
-	sources             map[string]*groupSource          // declared name -> its source (stable)
-	lastSig             string                           // of the last Desired delivered
+	contrib             map[string]sliceContrib         // EndpointSlice key -> its endpoints by node
+	byService           map[string]map[string]Endpoints // namespace/name -> node -> endpoints
+	groups              map[string]*group               // groupKey -> node set
+	built               map[string]*built               // namespace/name -> last build
+	good                map[string][]declaredPort       // namespace/name -> last good ports
+	problems            map[string]string               // namespace/name -> problem in force
+	reported            map[string]string               // problems already sent as Events
+	owned               map[string]bool                 // Services owned at some point in this run
+	sources             map[string]*groupSource         // declared name -> its source (stable)
+	lastSig             string                          // of the last Desired delivered
 }
 
 type sliceContrib struct {
