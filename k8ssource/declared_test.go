@@ -60,10 +60,18 @@ func TestAllocateVIPs(t *testing.T) {
 			want: map[string]string{"ns/a|IPv4": "192.0.2.6"},
 		},
 		{
-			name: "status VIP taken by a request is reallocated",
+			name: "a VIP in use is not taken by a newer Service asking for it",
 			reqs: []vipRequest{
 				{Owner: "ns/a", Order: 20, Current: a("192.0.2.6"), Seed: "u1"},
 				{Owner: "ns/b", Order: 30, Requested: a("192.0.2.6"), Seed: "u2"},
+			},
+			want: map[string]string{"ns/a|IPv4": "192.0.2.6", "ns/b|IPv4": "refuse:VIP 192.0.2.6 is already used by Service ns/a"},
+		},
+		{
+			name: "an older Service's request wins over a newer one's status VIP, which is reallocated",
+			reqs: []vipRequest{
+				{Owner: "ns/a", Order: 20, Current: a("192.0.2.6"), Seed: "u1"},
+				{Owner: "ns/b", Order: 10, Requested: a("192.0.2.6"), Seed: "u2"},
 			},
 			want: map[string]string{"ns/b|IPv4": "192.0.2.6", "ns/a|IPv4": "alloc"},
 		},

@@ -529,7 +529,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		errs := slices.Clone(o.errs)
 		var ports []declaredPort
 		if len(errs) == 0 {
-			sig := fmt.Sprintf("%s|%v|%d", svc.ResourceVersion, assigned, o.how)
+			sig := buildSig(svc, assigned, o.how)
 			b := st.built[key]
 			if b == nil || b.sig != sig {
 				p, e := buildService(svc, o.how, s.t, assigned, s.opts.Checks)
@@ -646,6 +646,14 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 	}
 }
 
+// buildSig is what a build depends on: the trimmed Service without its status and
+// resourceVersion (a status write must not rebuild the service), and its VIPs.
+func buildSig(svc *corev1.Service, assigned map[bool]netip.Addr, how ownership) string {
+	spec, _ := json.Marshal(svc.Spec)
+	ann, _ := json.Marshal(svc.Annotations)
+	return fmt.Sprintf("%s|%s|%v|%d", spec, ann, assigned, how)
+}
+
 func samePolicy(a, b Policy) bool {
 	return a.IPv6 == b.IPv6 && a.KeepCordon == b.KeepCordon && a.Gated == b.Gated &&
 		a.ServiceName == b.ServiceName && slices.Equal(a.Taints, b.Taints)
@@ -722,6 +730,11 @@ func (s *Services) statusWorker(ctx context.Context) {
 		case err == nil:
 			s.queue.Forget(key)
 		case ctx.Err() != nil:
+		case apierrors.IsConflict(err):
+			// The other LVS host (or anyone) changed the Service since our cache saw
+			// it: retry on the newer object, which most likely has the same VIP.
+			s.log.Debug("Service status write conflicted; retrying on the newer object", "service", key)
+			s.queue.AddRateLimited(key)
 		default:
 			s.log.Warn("cannot write Service status", "service", key, "err", err)
 			s.queue.AddRateLimited(key)

@@ -52,10 +52,12 @@ const maxProbe = 1 << 16
 // write the same status, and never fight):
 //
 //  1. static pybal.conf VIPs are taken first;
-//  2. requested VIPs, oldest Service first: refused when outside the ranges (if any
-//     are configured) or already taken (by a static service or an older Service);
-//  3. a Service's current status VIP, if still inside a range and free, is kept;
-//  4. the rest, oldest first, get the first free address of a range of their family,
+//  2. oldest Service first, each claim on a specific address: a requested VIP
+//     (annotation, spec.loadBalancerIP) is refused when outside the ranges (if any
+//     are configured) or already taken (by a static service or an older Service's
+//     claim); a VIP in the Service's status (kubal allocated it earlier, here or on
+//     the other host) is kept while inside a range and free, so it never moves;
+//  3. the rest, oldest first, get the first free address of a range of their family,
 //     searching from a point derived from the Service's UID (so a new Service's
 //     address does not depend on which other Services are being allocated at the
 //     same moment, only on which addresses are taken).
@@ -78,27 +80,24 @@ func allocateVIPs(ranges []netip.Prefix, static map[netip.Addr]string, reqs []vi
 		return false
 	}
 	for _, r := range sorted {
-		if !r.Requested.IsValid() {
-			continue
-		}
-		a := r.Requested
+		// One pass in age order over every claim on a specific address: a request,
+		// or the address the Service already has in its status. The first claim
+		// wins, so a VIP in use never moves to a newer Service that asks for it.
 		switch {
-		case len(ranges) > 0 && !inRanges(a):
-			out[r.id()] = vipResult{Refuse: fmt.Sprintf("VIP %s is outside the vip-ranges %s", a, prefixes(ranges))}
-		case taken[a] != "":
-			out[r.id()] = vipResult{Refuse: fmt.Sprintf("VIP %s is already used by %s", a, taken[a])}
-		default:
-			taken[a] = "Service " + r.Owner
-			out[r.id()] = vipResult{VIP: a}
-		}
-	}
-	for _, r := range sorted {
-		if r.Requested.IsValid() || !r.Current.IsValid() {
-			continue
-		}
-		if a := r.Current; inRanges(a) && taken[a] == "" {
-			taken[a] = "Service " + r.Owner
-			out[r.id()] = vipResult{VIP: a}
+		case r.Requested.IsValid():
+			a := r.Requested
+			switch {
+			case len(ranges) > 0 && !inRanges(a):
+				out[r.id()] = vipResult{Refuse: fmt.Sprintf("VIP %s is outside the vip-ranges %s", a, prefixes(ranges))}
+			case taken[a] != "":
+				out[r.id()] = vipResult{Refuse: fmt.Sprintf("VIP %s is already used by %s", a, taken[a])}
+			default:
+				taken[a] = "Service " + r.Owner
+				out[r.id()] = vipResult{VIP: a}
+			}
+		case r.Current.IsValid() && inRanges(r.Current) && taken[r.Current] == "":
+			taken[r.Current] = "Service " + r.Owner
+			out[r.id()] = vipResult{VIP: r.Current}
 		}
 	}
 	for _, r := range sorted {
