@@ -274,7 +274,9 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 	apply := func(full bool) {
 		defer func() { lastRun = time.Now() }()
 		svcs, sl, nodes, since := d.take()
+		t0 := time.Now()
 		s.apply(st, full, svcs, sl, nodes, out, rec)
+		s.log.Debug("k8s-services pass", "full", full, "services", len(svcs), "slices", len(sl), "nodes", len(nodes), "took", time.Since(t0))
 		if !since.IsZero() {
 			s.m.delay.Observe(time.Since(since).Seconds())
 		}
@@ -404,12 +406,18 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 	}
 	// Nodes: every group holds every selected node.
 	if full {
-		nodeKeys = st.nodes.ListKeys()
+		// Every node in the cache or in a set, once (a node in 1,000 sets is still
+		// one key: this pass is groups x nodes).
+		all := map[string]bool{}
+		for _, k := range st.nodes.ListKeys() {
+			all[k] = true
+		}
 		for _, g := range st.groups {
 			for h := range g.set {
-				nodeKeys = append(nodeKeys, h)
+				all[h] = true
 			}
 		}
+		nodeKeys = slices.Collect(maps.Keys(all))
 	}
 	for key, g := range st.groups {
 		owner, _, _ := strings.Cut(key, "|")
