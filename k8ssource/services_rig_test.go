@@ -443,3 +443,59 @@ func TestK8sServicesRBAC(t *testing.T) {
 		}
 	}
 }
+
+// TestK8sServicesAPIServerDown: the API server dies; the declared services and their
+// node sets stay as they were (each Source reports Failed), and after a restart a
+// change made through the new API server arrives.
+func TestK8sServicesAPIServerDown(t *testing.T) {
+	f := newFixture(t)
+	ctx := f.ctx()
+	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	a := f.prefix + "a"
+	f.createNode(f.readyNode("a", "10.8.0.1"))
+	f.createNode(f.readyNode("b", "10.8.0.2"))
+	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
+		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := f.startServices(cfg.K8sServices, f.rig.Kubeconfig, "lvs1001", nil)
+	if _, err := f.c.CoreV1().Services(f.ns).Create(ctx, f.lbService("web", corev1.ServiceExternalTrafficPolicyCluster, class, nil,
+		corev1.ServicePort{Port: 80, Protocol: corev1.ProtocolTCP}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name := f.ns + ".web:80"
+	d := rec.wait(t, settle, "web declared", func(d Desired) bool { _, ok := find(d, name); return ok })
+	w, _ := find(d, name)
+	nodes := runSource(t, w.Source)
+	nodes.waitSet(t, settle, "both nodes", func(s source.Set) bool { return len(s) == 2 && hasServer(s, a, true, "") })
+	f.waitIngress("web", []string{w.Config.IP.String()})
+	rec.mu.Lock()
+	deliveries := rec.n
+	rec.mu.Unlock()
+	_, updates, _ := nodes.snapshot()
+
+	if err := f.rig.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	err = nodes.waitFailed(t, 20*time.Second, true)
+	t.Logf("the Source reported the outage: %v", err)
+	rec.mu.Lock()
+	after := rec.n
+	rec.mu.Unlock()
+	if _, u, _ := nodes.snapshot(); after != deliveries || u != updates {
+		t.Fatalf("the outage changed the declared services (%d -> %d deliveries) or the node set (%d -> %d updates)", deliveries, after, updates, u)
+	}
+
+	if err := f.rig.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.node("a", setReady(corev1.ConditionFalse))
+	nodes.waitSet(t, 40*time.Second, "a NotReady after the restart", func(s source.Set) bool { return hasServer(s, a, false, "not Ready") })
+	nodes.waitFailed(t, 10*time.Second, false)
+	rec.wait(t, settle, "web still declared", func(d Desired) bool { _, ok := find(d, name); return ok })
+}
