@@ -37,6 +37,11 @@ func TestK8sTemplate(t *testing.T) {
 				if _, ok := k.Options["class"]; ok {
 					t.Errorf("template-only key class in the service defaults")
 				}
+				cfg := &Config{Path: "k8s.conf", K8sServices: k}
+				wantSum := "[k8s-services]: Services of loadBalancerClass kubal.io/lvs and annotated NodePorts; nodes role=worker; vip-ranges 192.0.2.0/28,2001:db8::/120\n"
+				if sum := cfg.Summary(); !strings.Contains(sum, wantSum) {
+					t.Errorf("summary:\n%s\nwant the line %q", sum, wantSum)
+				}
 			},
 		},
 		{name: "no class", lines: "scheduler = rr\n", errs: []string{"k8s.conf:10: class: required key missing"}},

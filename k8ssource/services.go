@@ -592,12 +592,15 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 			desired = append(desired, Declared{Config: p.cfg, Source: src, Owner: key})
 		}
 
-		// Status: the assigned VIPs, in the Service's family order.
+		// Status: the VIPs in force (the last good ones while a bad annotation is
+		// refused), in the Service's family order.
 		if o.how == ownedLB {
 			var ips []string
 			for _, v6 := range families(svc) {
-				if a, ok := assigned[v6]; ok && len(ports) > 0 {
-					ips = append(ips, a.String())
+				for _, p := range ports {
+					if p.cfg.IP.Is6() == v6 && !slices.Contains(ips, p.cfg.IP.String()) {
+						ips = append(ips, p.cfg.IP.String())
+					}
 				}
 			}
 			s.setStatus(key, ips)
