@@ -25,6 +25,9 @@ type K8sServices struct {
 	Nodes string
 	// VIPRanges are the prefixes VIPs may come from (requested or allocated).
 	VIPRanges []netip.Prefix
+	// CriticalPods gate every node: a node is healthy only with a ready Pod of
+	// each (e.g. calico-node), in the form namespace/label-selector.
+	CriticalPods []CriticalPods
 	// Defaults is the section read as a service: the defaults every declared service
 	// starts from (Name is the section's; no IP, port, protocol or source).
 	Defaults *Service
@@ -35,9 +38,18 @@ type K8sServices struct {
 	rangesPos Pos
 }
 
+// CriticalPods names the Pods (typically a DaemonSet's) that must be ready on a node
+// for it to take traffic: `kube-system/k8s-app=calico-node`.
+type CriticalPods struct {
+	Namespace string
+	Selector  string // a label selector (checked by k8ssource.CheckTemplate)
+}
+
+func (c CriticalPods) String() string { return c.Namespace + "/" + c.Selector }
+
 // k8sTemplateKeys are the keys only the template section has.
 var k8sTemplateKeys = map[string]bool{
-	"class": true, "annotated-nodeports": true, "nodes": true, "vip-ranges": true,
+	"class": true, "annotated-nodeports": true, "nodes": true, "vip-ranges": true, "critical-pods": true,
 }
 
 // k8sPerServiceKeys are service keys each Kubernetes Service sets itself: not allowed
@@ -93,6 +105,16 @@ func (p *parser) k8sTemplate(s *iniSection, o Options, inherited map[string]bool
 			t.VIPRanges = append(t.VIPRanges, pfx)
 		}
 	}
+	if v, ok := o["critical-pods"]; ok {
+		for _, c := range p.flexList(o, "critical-pods", nil) {
+			ns, sel, ok := strings.Cut(c, "/")
+			if !ok || !validNamespace(ns) || strings.TrimSpace(sel) == "" {
+				p.errorf(v.Pos, "critical-pods", "%q is not namespace/label-selector (e.g. kube-system/k8s-app=calico-node)", c)
+				continue
+			}
+			t.CriticalPods = append(t.CriticalPods, CriticalPods{Namespace: ns, Selector: strings.TrimSpace(sel)})
+		}
+	}
 	// The defaults: read as a service without its own protocol/ip/port/config.
 	t.Defaults = p.serviceWith(s, t.Options, inherited, true)
 	return t
@@ -106,6 +128,19 @@ func validClass(c string) bool {
 	}
 	for _, r := range c {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-._/", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// validNamespace: a DNS-1123 label.
+func validNamespace(ns string) bool {
+	if ns == "" || len(ns) > 63 || ns[0] == '-' || ns[len(ns)-1] == '-' {
+		return false
+	}
+	for _, r := range ns {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
 			return false
 		}
 	}

@@ -22,7 +22,7 @@ func TestK8sTemplate(t *testing.T) {
 			name: "valid",
 			lines: "class = kubal.io/lvs\nnodes = role=worker\nvip-ranges = 192.0.2.0/28, 2001:db8::/120\n" +
 				"scheduler = mh\nscheduler-flags = mh-port\ndepool-threshold = 0.3\nconftool = eqiad/k8s/workers\n" +
-				"bgp-med = 10\nannotated-nodeports = yes\n",
+				"bgp-med = 10\nannotated-nodeports = yes\ncritical-pods = kube-system/k8s-app=calico-node\n",
 			checks: func(t *testing.T, k *K8sServices) {
 				if k.Class != "kubal.io/lvs" || k.Nodes != "role=worker" || !k.AnnotatedNodePorts {
 					t.Errorf("got %+v", k)
@@ -30,6 +30,9 @@ func TestK8sTemplate(t *testing.T) {
 				want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/28"), netip.MustParsePrefix("2001:db8::/120")}
 				if len(k.VIPRanges) != 2 || k.VIPRanges[0] != want[0] || k.VIPRanges[1] != want[1] {
 					t.Errorf("ranges %v", k.VIPRanges)
+				}
+				if len(k.CriticalPods) != 1 || k.CriticalPods[0].String() != "kube-system/k8s-app=calico-node" {
+					t.Errorf("critical pods %v", k.CriticalPods)
 				}
 				if k.Defaults.Scheduler != "mh" || k.Defaults.DepoolThreshold != 0.3 || k.Defaults.Conftool != "eqiad/k8s/workers" {
 					t.Errorf("defaults %+v", k.Defaults)
@@ -54,6 +57,7 @@ func TestK8sTemplate(t *testing.T) {
 		{name: "not a range", lines: "class = a.io/b\nscheduler = rr\nvip-ranges = ['x']\n", errs: []string{"\"x\" is not a CIDR prefix"}},
 		{name: "static VIP in range", lines: "class = a.io/b\nscheduler = rr\nvip-ranges = 10.0.0.0/30\n", warns: []string{"holds the VIP 10.0.0.1 of [svc]"}},
 		{name: "bad threshold", lines: "class = a.io/b\nscheduler = rr\ndepool-threshold = 2\n", errs: []string{"k8s.conf:13: depool-threshold: 2 is outside [0, 1]"}},
+		{name: "bad critical pods", lines: "class = a.io/b\nscheduler = rr\ncritical-pods = calico-node\n", errs: []string{`critical-pods: "calico-node" is not namespace/label-selector`}},
 		{name: "unknown key warned", lines: "class = a.io/b\nscheduler = rr\nschedular = rr\n", warns: []string{"unknown key in [k8s-services]"}},
 	}
 	for _, tc := range cases {

@@ -69,6 +69,8 @@ func resourceOf(path string) string {
 		return resNodes
 	case strings.HasSuffix(path, "/services"):
 		return resServices
+	case strings.HasSuffix(path, "/pods"):
+		return resPods
 	}
 	return ""
 }

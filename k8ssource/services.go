@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +38,10 @@ import (
 	"github.com/kubal/kubal/source"
 )
 
-const resServices = "service"
+const (
+	resServices = "service"
+	resPods     = "pod"
+)
 
 // Event reasons kubal records on a Kubernetes Service.
 const (
@@ -104,13 +108,19 @@ type Services struct {
 // node label selector. The daemon adds it to --check-config.
 func CheckTemplate(cfg *config.Config) config.Diagnostics {
 	t := cfg.K8sServices
-	if t == nil || t.Nodes == "" {
+	if t == nil {
 		return nil
 	}
+	var ds config.Diagnostics
 	if _, err := labels.Parse(t.Nodes); err != nil {
-		return config.Diagnostics{{Pos: t.Pos, Key: "nodes", Msg: fmt.Sprintf("bad label selector %q: %v", t.Nodes, err)}}
+		ds = append(ds, config.Diagnostic{Pos: t.Pos, Key: "nodes", Msg: fmt.Sprintf("bad label selector %q: %v", t.Nodes, err)})
 	}
-	return nil
+	for _, c := range t.CriticalPods {
+		if _, err := labels.Parse(c.Selector); err != nil {
+			ds = append(ds, config.Diagnostic{Pos: t.Pos, Key: "critical-pods", Msg: fmt.Sprintf("%s: bad label selector: %v", c, err)})
+		}
+	}
+	return ds
 }
 
 // NewServices builds the controller for the [k8s-services] template. The client
@@ -119,8 +129,8 @@ func NewServices(g config.Global, t *config.K8sServices, opts ServicesOptions) (
 	if t == nil {
 		return nil, fmt.Errorf("no [%s] section", config.K8sServicesSection)
 	}
-	if _, err := labels.Parse(t.Nodes); err != nil {
-		return nil, fmt.Errorf("[%s] nodes: bad label selector %q: %w", config.K8sServicesSection, t.Nodes, err)
+	if ds := CheckTemplate(&config.Config{K8sServices: t}); len(ds) > 0 {
+		return nil, fmt.Errorf("[%s]: %w", config.K8sServicesSection, ds)
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -181,6 +191,15 @@ type servicesState struct {
 	owned               map[string]bool                 // Services owned at some point in this run
 	sources             map[string]*groupSource         // declared name -> its source (stable)
 	lastSig             string                          // of the last Desired delivered
+	pods                []cache.Store                   // per critical-pods entry
+	podContrib          map[string]podContrib           // "<entry>|ns/name" -> what it counted
+	critical            []map[string]int                // per entry: node -> ready Pods
+}
+
+type podContrib struct {
+	entry int
+	node  string
+	ready bool
 }
 
 type sliceContrib struct {
@@ -222,17 +241,37 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 		res  string
 		trim cache.TransformFunc
 	}{{nodeInf, resNodes, trimNode}, {sliceInf, resEndpointSlices, trimEndpointSlice}, {svcInf, resServices, trimService}} {
-		if err := s.setup(x.inf, x.res, x.trim, d); err != nil {
+		if err := s.setup(x.inf, x.res, x.trim, d, ""); err != nil {
 			return err
 		}
 	}
 	resources := []string{resNodes, resEndpointSlices, resServices}
-	nodeFactory.StartWithContext(ctx)
-	factory.StartWithContext(ctx)
+	factories := []informers.SharedInformerFactory{nodeFactory, factory}
+	synced := []cache.InformerSynced{nodeInf.HasSynced, sliceInf.HasSynced, svcInf.HasSynced}
+	var podStores []cache.Store
+	for i, c := range s.t.CriticalPods {
+		// One label-selected informer per entry, in its namespace: only those Pods.
+		pf := informers.NewSharedInformerFactoryWithOptions(s.client, 0, informers.WithNamespace(c.Namespace),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = c.Selector }))
+		inf := pf.Core().V1().Pods().Informer()
+		if err := s.setup(inf, resPods, trimPod, d, strconv.Itoa(i)+"|"); err != nil {
+			return err
+		}
+		factories = append(factories, pf)
+		synced = append(synced, inf.HasSynced)
+		podStores = append(podStores, inf.GetStore())
+	}
+	if len(podStores) > 0 {
+		resources = append(resources, resPods)
+	}
+	for _, f := range factories {
+		f.StartWithContext(ctx)
+	}
 	defer func() {
 		cancel()
-		nodeFactory.Shutdown()
-		factory.Shutdown()
+		for _, f := range factories {
+			f.Shutdown()
+		}
 	}()
 	s.svcStore = svcInf.GetStore()
 
@@ -249,7 +288,7 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 
 	syncedCh := make(chan struct{})
 	go func() {
-		if cache.WaitForCacheSync(ctx.Done(), nodeInf.HasSynced, sliceInf.HasSynced, svcInf.HasSynced) {
+		if cache.WaitForCacheSync(ctx.Done(), synced...) {
 			close(syncedCh)
 		}
 	}()
@@ -261,6 +300,10 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
 		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
 		sources: map[string]*groupSource{},
+		pods:    podStores, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(podStores)),
+	}
+	for i := range st.critical {
+		st.critical[i] = map[string]int{}
 	}
 	var (
 		inSync, failed bool
@@ -273,7 +316,8 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 	s.m.connected.Set(0)
 	apply := func(full bool) {
 		defer func() { lastRun = time.Now() }()
-		svcs, sl, nodes, since := d.take()
+		svcs, sl, nodes, pods, since := d.take()
+		nodes = append(nodes, s.applyPods(st, full, pods)...)
 		t0 := time.Now()
 		s.apply(st, full, svcs, sl, nodes, out, rec)
 		s.log.Debug("k8s-services pass", "full", full, "services", len(svcs), "slices", len(sl), "nodes", len(nodes), "took", time.Since(t0))
@@ -330,7 +374,7 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 }
 
 // setup wires one informer: memory trim, error handler, events.
-func (s *Services) setup(inf cache.SharedIndexInformer, res string, trim cache.TransformFunc, d *serviceDirty) error {
+func (s *Services) setup(inf cache.SharedIndexInformer, res string, trim cache.TransformFunc, d *serviceDirty, prefix string) error {
 	if err := inf.SetTransform(trim); err != nil {
 		return fmt.Errorf("[%s] %s informer: %w", config.K8sServicesSection, res, err)
 	}
@@ -349,7 +393,7 @@ func (s *Services) setup(inf cache.SharedIndexInformer, res string, trim cache.T
 		if err != nil {
 			return
 		}
-		d.add(res, key)
+		d.add(res, prefix+key)
 	}
 	_, err = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { add("add", obj) },
@@ -449,6 +493,12 @@ func (s *Services) updateNode(st *servicesState, g *group, owner, name string) b
 	srv, _ := NodeServer(n, st.byService[owner][name], g.policy)
 	if w, ok := g.weights[name]; ok {
 		srv.Weight = w
+	}
+	for i, c := range s.t.CriticalPods {
+		if st.critical[i][name] == 0 {
+			// A health signal, like NotReady: held to the depool threshold.
+			srv.Down = strings.TrimPrefix(srv.Down+"; "+criticalName(c)+" not ready on "+name, "; ")
+		}
 	}
 	if had && srv == old {
 		return false
@@ -824,12 +874,14 @@ func trimService(obj any) (any, error) {
 type serviceDirty struct {
 	mu                  sync.Mutex
 	svcs, slices, nodes map[string]struct{}
+	pods                map[string]struct{}
 	since               time.Time
 	poke                chan struct{}
 }
 
 func newServiceDirty() *serviceDirty {
-	return &serviceDirty{svcs: map[string]struct{}{}, slices: map[string]struct{}{}, nodes: map[string]struct{}{}, poke: make(chan struct{}, 1)}
+	return &serviceDirty{svcs: map[string]struct{}{}, slices: map[string]struct{}{}, nodes: map[string]struct{}{},
+		pods: map[string]struct{}{}, poke: make(chan struct{}, 1)}
 }
 
 func (d *serviceDirty) add(res, key string) {
@@ -842,6 +894,8 @@ func (d *serviceDirty) add(res, key string) {
 		d.svcs[key] = struct{}{}
 	case resEndpointSlices:
 		d.slices[key] = struct{}{}
+	case resPods:
+		d.pods[key] = struct{}{}
 	default:
 		d.nodes[key] = struct{}{}
 	}
@@ -852,13 +906,101 @@ func (d *serviceDirty) add(res, key string) {
 	}
 }
 
-func (d *serviceDirty) take() (svcs, sl, nodes []string, since time.Time) {
+func (d *serviceDirty) take() (svcs, sl, nodes, pods []string, since time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	since, d.since = d.since, time.Time{}
 	svcs, sl, nodes = slices.Collect(maps.Keys(d.svcs)), slices.Collect(maps.Keys(d.slices)), slices.Collect(maps.Keys(d.nodes))
+	pods = slices.Collect(maps.Keys(d.pods))
 	clear(d.svcs)
 	clear(d.slices)
 	clear(d.nodes)
-	return svcs, sl, nodes, since
+	clear(d.pods)
+	return svcs, sl, nodes, pods, since
+}
+
+// applyPods folds changed critical Pods into the per-node counts and returns the
+// nodes whose count changed (every node set holding them is recomputed).
+func (s *Services) applyPods(st *servicesState, full bool, keys []string) []string {
+	if full {
+		keys = slices.Collect(maps.Keys(st.podContrib))
+		for i, store := range st.pods {
+			for _, k := range store.ListKeys() {
+				keys = append(keys, strconv.Itoa(i)+"|"+k)
+			}
+		}
+	}
+	var nodes []string
+	for _, key := range keys {
+		if old, ok := st.podContrib[key]; ok {
+			if old.ready {
+				st.critical[old.entry][old.node]--
+				if st.critical[old.entry][old.node] <= 0 {
+					delete(st.critical[old.entry], old.node)
+				}
+			}
+			nodes = append(nodes, old.node)
+			delete(st.podContrib, key)
+		}
+		idx, k, _ := strings.Cut(key, "|")
+		i, err := strconv.Atoi(idx)
+		if err != nil || i < 0 || i >= len(st.pods) {
+			continue
+		}
+		obj, ok, _ := st.pods[i].GetByKey(k)
+		pod, isPod := obj.(*corev1.Pod)
+		if !ok || !isPod || pod.Spec.NodeName == "" {
+			continue
+		}
+		c := podContrib{entry: i, node: pod.Spec.NodeName, ready: podReady(pod)}
+		st.podContrib[key] = c
+		if c.ready {
+			st.critical[i][c.node]++
+		}
+		nodes = append(nodes, c.node)
+	}
+	return nodes
+}
+
+// podReady: Running, Ready, not being deleted.
+func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// criticalName is how a reason names a critical-pods entry: the value of a
+// single-label selector ("calico-node" for k8s-app=calico-node), else the selector.
+func criticalName(c config.CriticalPods) string {
+	sel, err := labels.Parse(c.Selector)
+	if err == nil {
+		if reqs, _ := sel.Requirements(); len(reqs) == 1 && reqs[0].Values().Len() == 1 {
+			return c.Namespace + "/" + reqs[0].Values().List()[0]
+		}
+	}
+	return c.String()
+}
+
+// trimPod keeps what podReady reads.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	t := &corev1.Pod{}
+	t.Name, t.Namespace, t.UID, t.ResourceVersion, t.DeletionTimestamp = p.Name, p.Namespace, p.UID, p.ResourceVersion, p.DeletionTimestamp
+	t.Spec.NodeName = p.Spec.NodeName
+	t.Status.Phase = p.Status.Phase
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			t.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
+		}
+	}
+	return t, nil
 }

@@ -499,3 +499,87 @@ func TestK8sServicesAPIServerDown(t *testing.T) {
 	nodes.waitFailed(t, 10*time.Second, false)
 	rec.wait(t, settle, "web still declared", func(d Desired) bool { _, ok := find(d, name); return ok })
 }
+
+// TestK8sServicesCriticalPods: with critical-pods, a node is healthy only with a
+// ready Pod of the selector on it, and the reason names it; run as the ServiceAccount
+// with rbac-critical-pods.yaml.
+func TestK8sServicesCriticalPods(t *testing.T) {
+	f := newFixture(t)
+	applyServicesRBAC(t, f.c)
+	applyManifest(t, f.c, filepath.Join("..", "configs", "k8s", "rbac-critical-pods.yaml"))
+	t.Cleanup(func() {
+		_ = f.c.RbacV1().ClusterRoleBindings().Delete(context.Background(), "kubal-critical-pods", metav1.DeleteOptions{})
+	})
+	ctx := f.ctx()
+	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	a, b := f.prefix+"a", f.prefix+"b"
+	f.createNode(f.readyNode("a", "10.9.0.1"))
+	f.createNode(f.readyNode("b", "10.9.0.2"))
+	// calico-node "DaemonSet" Pods (no scheduler or kubelet here: bound and given a
+	// status through the API; no controller-manager: the default ServiceAccount
+	// admission needs is made by hand).
+	if _, err := f.c.CoreV1().ServiceAccounts(f.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := f.c.CoreV1().Pods(f.ns)
+	mkPod := func(name, node string, ready corev1.ConditionStatus) {
+		t.Helper()
+		p, err := pods.Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"k8s-app": "calico-node"}},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "calico/node"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}}
+		if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkPod("calico-a", a, corev1.ConditionTrue)
+	mkPod("calico-b", b, corev1.ConditionFalse)
+
+	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
+		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\ncritical-pods = "+f.ns+"/k8s-app=calico-node\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	saKubeconfig := filepath.Join(dir, "sa.kubeconfig")
+	if err := f.rig.WriteKubeconfig(saKubeconfig, "lvs", saToken.Token); err != nil {
+		t.Fatal(err)
+	}
+	rec := f.startServices(cfg.K8sServices, saKubeconfig, "lvs1001", nil)
+	if _, err := f.c.CoreV1().Services(f.ns).Create(ctx, f.lbService("web", corev1.ServiceExternalTrafficPolicyCluster, class, nil,
+		corev1.ServicePort{Port: 80, Protocol: corev1.ProtocolTCP}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name := f.ns + ".web:80"
+	d := rec.wait(t, settle, "web declared", func(d Desired) bool { _, ok := find(d, name); return ok })
+	w, _ := find(d, name)
+	nodes := runSource(t, w.Source)
+	reason := f.ns + "/calico-node not ready on " + b
+	nodes.waitSet(t, settle, "a eligible, b without a ready calico-node", func(s source.Set) bool {
+		return hasServer(s, a, true, "") && hasServer(s, b, false, reason) && why(s[b]) == reason
+	})
+
+	p, err := pods.Get(ctx, "calico-b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status.Conditions[0].Status = corev1.ConditionTrue
+	if _, err := pods.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nodes.waitSet(t, settle, "b eligible once calico-node is ready", func(s source.Set) bool { return hasServer(s, b, true, "") })
+	if err := pods.Delete(ctx, "calico-a", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	nodes.waitSet(t, settle, "a without calico-node", func(s source.Set) bool {
+		return hasServer(s, a, false, f.ns+"/calico-node not ready on "+a) && hasServer(s, b, true, "")
+	})
+}
