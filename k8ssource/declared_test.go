@@ -397,3 +397,45 @@ func FuzzAnnotations(f *testing.F) {
 		}
 	})
 }
+
+// TestOwnership: which Services the template owns, and an annotated NodePort's IPVS
+// port (the node port: DR keeps the destination port).
+func TestOwnership(t *testing.T) {
+	tmpl := testTemplate(t, "annotated-nodeports = yes\n")
+	other := "example.com/lb"
+	lb := lbService(corev1.ServiceExternalTrafficPolicyCluster, nil)
+	otherLB := lbService(corev1.ServiceExternalTrafficPolicyCluster, nil)
+	otherLB.Spec.LoadBalancerClass = &other
+	noClass := lbService(corev1.ServiceExternalTrafficPolicyCluster, nil)
+	noClass.Spec.LoadBalancerClass = nil
+	np := lbService(corev1.ServiceExternalTrafficPolicyCluster, map[string]string{AnnotationClass: "kubal.io/lvs", AnnotationVIP: "192.0.2.50"},
+		corev1.ServicePort{Port: 80, NodePort: 30080, Protocol: corev1.ProtocolTCP})
+	np.Spec.Type, np.Spec.LoadBalancerClass = corev1.ServiceTypeNodePort, nil
+	npOther := np.DeepCopy()
+	npOther.Annotations[AnnotationClass] = other
+	cluster := lbService(corev1.ServiceExternalTrafficPolicyCluster, nil)
+	cluster.Spec.Type = corev1.ServiceTypeClusterIP
+	for _, tc := range []struct {
+		name string
+		svc  *corev1.Service
+		want ownership
+	}{
+		{"LoadBalancer of the class", lb, ownedLB}, {"another class", otherLB, notOwned}, {"no class", noClass, notOwned},
+		{"annotated NodePort", np, ownedNodePort}, {"NodePort annotated for another class", npOther, notOwned},
+		{"ClusterIP", cluster, notOwned},
+	} {
+		if got := owns(tc.svc, tmpl); got != tc.want {
+			t.Errorf("%s: owns = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	if got := owns(np, testTemplate(t, "")); got != notOwned {
+		t.Errorf("annotated NodePort owned without annotated-nodeports = yes")
+	}
+	ps, errs := buildService(np, ownedNodePort, tmpl, map[bool]netip.Addr{false: netip.MustParseAddr("192.0.2.50")}, nil)
+	if len(errs) > 0 || len(ps) != 1 {
+		t.Fatal(errs)
+	}
+	if c := ps[0].cfg; c.Port != 30080 || c.Name != "shop.web:80" || c.Monitors[0] != "IdleConnection" || c.Options.Has("idleconnection.port") {
+		t.Errorf("NodePort: %s port %d monitors %v options %s", c.Name, c.Port, c.Monitors, c.Options.Fingerprint())
+	}
+}

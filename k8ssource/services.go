@@ -670,8 +670,12 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 			s.setStatus(key, nil)
 		}
 	}
-	for name, src := range st.sources {
-		if !slices.ContainsFunc(desired, func(d Declared) bool { return d.Source == source.Source(src) }) {
+	inUse := make(map[string]bool, len(desired))
+	for _, d := range desired {
+		inUse[d.Config.Name] = true
+	}
+	for name := range st.sources {
+		if !inUse[name] {
 			delete(st.sources, name)
 		}
 	}
