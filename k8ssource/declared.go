@@ -198,6 +198,7 @@ func parseWeights(raw string) (map[string]int, error) {
 type declaredPort struct {
 	cfg   *config.Service
 	group string // the node set it uses: namespace/name|family
+	fp    string // cfg.Options.Fingerprint(), computed once
 }
 
 // groupKey names the node set of one family of one Service.
@@ -262,7 +263,7 @@ func buildService(svc *corev1.Service, how ownership, t *config.K8sServices, vip
 			for _, d := range derrs {
 				errs = append(errs, d.String())
 			}
-			out = append(out, declaredPort{cfg: cfg, group: groupKey(owner, v6)})
+			out = append(out, declaredPort{cfg: cfg, group: groupKey(owner, v6), fp: cfg.Options.Fingerprint()})
 		}
 	}
 	if len(errs) > 0 {

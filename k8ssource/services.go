@@ -194,6 +194,7 @@ type servicesState struct {
 	pods                []cache.Store                   // per critical-pods entry
 	podContrib          map[string]podContrib           // "<entry>|ns/name" -> what it counted
 	critical            []map[string]int                // per entry: node -> ready Pods
+	sigs                map[string]cachedSig            // namespace/name -> inputSig at a resourceVersion
 }
 
 type podContrib struct {
@@ -299,8 +300,8 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 		byService: map[string]map[string]Endpoints{},
 		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
 		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
-		sources: map[string]*groupSource{},
-		pods:    podStores, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(podStores)),
+		sources: map[string]*groupSource{}, sigs: map[string]cachedSig{},
+		pods: podStores, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(podStores)),
 	}
 	for i := range st.critical {
 		st.critical[i] = map[string]int{}
@@ -565,6 +566,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 
 	seen := map[string]bool{}
 	var desired []Declared
+	fps := map[string]string{}
 	problems := map[string]string{}
 	wantGroups := map[string]*group{}
 	for _, o := range owned {
@@ -587,7 +589,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		errs := slices.Clone(o.errs)
 		var ports []declaredPort
 		if len(errs) == 0 {
-			sig := buildSig(svc, assigned, o.how)
+			sig := st.inputSig(svc) + fmt.Sprintf("|%v|%d", assigned, o.how)
 			b := st.built[key]
 			if b == nil || b.sig != sig {
 				p, e := buildService(svc, o.how, s.t, assigned, s.opts.Checks)
@@ -640,6 +642,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 				st.sources[p.cfg.Name] = src
 			}
 			desired = append(desired, Declared{Config: p.cfg, Source: src, Owner: key})
+			fps[p.cfg.Name] = p.fp
 		}
 
 		// Status: the VIPs in force (the last good ones while a bad annotation is
@@ -666,6 +669,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		delete(st.built, key)
 		delete(st.good, key)
 		delete(st.reported, key)
+		delete(st.sigs, key)
 		if _, exists, _ := st.svcs.GetByKey(key); exists {
 			s.setStatus(key, nil)
 		}
@@ -703,7 +707,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 	st.problems = problems
 
 	sort.Slice(desired, func(i, j int) bool { return desired[i].Config.Name < desired[j].Config.Name })
-	sig := desiredSig(desired, problems)
+	sig := desiredSig(desired, fps, problems)
 	if sig != st.lastSig {
 		st.lastSig = sig
 		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
@@ -711,23 +715,33 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 	}
 }
 
-// buildSig is what a build depends on: the trimmed Service without its status and
-// resourceVersion (a status write must not rebuild the service), and its VIPs.
-func buildSig(svc *corev1.Service, assigned map[bool]netip.Addr, how ownership) string {
+// inputSig is what a build depends on in the Service: its trimmed spec and kubal
+// annotations, not its status or resourceVersion (a status write must not rebuild
+// the service). Cached per resourceVersion: a pass over 1,000 Services marshals only
+// the changed ones.
+func (st *servicesState) inputSig(svc *corev1.Service) string {
+	key := svc.Namespace + "/" + svc.Name
+	if c, ok := st.sigs[key]; ok && c.rv == svc.ResourceVersion {
+		return c.sig
+	}
 	spec, _ := json.Marshal(svc.Spec)
 	ann, _ := json.Marshal(svc.Annotations)
-	return fmt.Sprintf("%s|%s|%v|%d", spec, ann, assigned, how)
+	sig := string(spec) + "|" + string(ann)
+	st.sigs[key] = cachedSig{rv: svc.ResourceVersion, sig: sig}
+	return sig
 }
+
+type cachedSig struct{ rv, sig string }
 
 func samePolicy(a, b Policy) bool {
 	return a.IPv6 == b.IPv6 && a.KeepCordon == b.KeepCordon && a.Gated == b.Gated &&
 		a.ServiceName == b.ServiceName && slices.Equal(a.Taints, b.Taints)
 }
 
-func desiredSig(ds []Declared, problems map[string]string) string {
+func desiredSig(ds []Declared, fps map[string]string, problems map[string]string) string {
 	var b strings.Builder
 	for _, d := range ds {
-		fmt.Fprintf(&b, "%s\x00%s\x00%p\x00%s\x01", d.Config.Name, d.Owner, d.Source, d.Config.Options.Fingerprint())
+		fmt.Fprintf(&b, "%s\x00%s\x00%p\x00%s\x01", d.Config.Name, d.Owner, d.Source, fps[d.Config.Name])
 	}
 	keys := slices.Sorted(maps.Keys(problems))
 	for _, k := range keys {

@@ -33,6 +33,8 @@ const (
 	perfSvcClass  = "kubal.io/perf"
 	perfSvcLabel  = "kubal-perf-svc"
 	perfSvcEvents = 200
+	// perfSvcApplies new Services are created (and deleted) one at a time.
+	perfSvcApplies = 20
 )
 
 func perfSvcNode(i int) string { return fmt.Sprintf("perfsvc-node-%03d", i) }
@@ -242,6 +244,43 @@ func BenchmarkK8sServices(b *testing.B) {
 			l, a := change(perfSvcEvents + k)
 			iso, isoAck = append(iso, l), append(isoAck, a)
 		}
+		// A new Service among the 1,000 (kubectl apply): from before the create to
+		// the Desired holding it (its VIP allocated, its build checked).
+		var applyLat []time.Duration
+		for k := range perfSvcApplies {
+			name := fmt.Sprintf("new-%d-%d", time.Now().UnixNano()%1e6, k)
+			svc := &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Namespace: perfSvcNS, Name: name},
+				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: ptr(perfSvcClass),
+					Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}},
+			}
+			t0 := time.Now()
+			if _, err := c.CoreV1().Services(perfSvcNS).Create(ctxAPI, svc, metav1.CreateOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			want := perfSvcNS + "." + name + ":80"
+		wait:
+			for {
+				select {
+				case d = <-desired:
+					if _, ok := find(d, want); ok {
+						applyLat = append(applyLat, time.Since(t0))
+						break wait
+					}
+				case <-time.After(10 * time.Second):
+					b.Fatalf("%s not in Desired after 10 s", want)
+				}
+			}
+			if err := c.CoreV1().Services(perfSvcNS).Delete(ctxAPI, name, metav1.DeleteOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			for { // its removal, so the next create is measured alone
+				d = <-desired
+				if _, ok := find(d, want); !ok {
+					break
+				}
+			}
+		}
 		cancel()
 		<-done
 		q := func(ds []time.Duration, f float64) time.Duration {
@@ -251,11 +290,13 @@ func BenchmarkK8sServices(b *testing.B) {
 		}
 		b.Logf("%d Services (%d declared) on %d nodes: full Desired %s, every Source's node set %s; Go heap +%.1f MB after GC; "+
 			"EndpointSlice write start -> Source Update: back to back p50 %s p99 %s max %s, from the write's ack p50 %s p99 %s; "+
-			"isolated p50 %s p99 %s max %s, from the ack p50 %s p99 %s (n=%d each); loadavg %s",
+			"isolated p50 %s p99 %s max %s, from the ack p50 %s p99 %s (n=%d each); a new Service -> in Desired p50 %s max %s (n=%d); loadavg %s",
 			perfSvcs, len(d.Services), perfSvcNodes, tDesired.Round(time.Millisecond), tSets.Round(time.Millisecond), mb(heap),
 			q(lat, .5), q(lat, .99), q(lat, 1), q(ack, .5), q(ack, .99),
-			q(iso, .5), q(iso, .99), q(iso, 1), q(isoAck, .5), q(isoAck, .99), perfSvcEvents, loadavg())
+			q(iso, .5), q(iso, .99), q(iso, 1), q(isoAck, .5), q(isoAck, .99), perfSvcEvents,
+			q(applyLat, .5), q(applyLat, 1), len(applyLat), loadavg())
 		b.ReportMetric(float64(q(iso, .99).Microseconds())/1000, "isolated-p99-ms")
+		b.ReportMetric(float64(q(applyLat, 1).Microseconds())/1000, "apply-max-ms")
 		b.ReportMetric(tDesired.Seconds(), "desired-s")
 		b.ReportMetric(tSets.Seconds(), "all-sets-s")
 		b.ReportMetric(mb(heap), "heap-MB")
