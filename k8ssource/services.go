@@ -87,7 +87,23 @@ type ServicesOptions struct {
 }
 
 // Services is the controller of Kubernetes-declared services: one set of informers
-// (Services, EndpointSlices, the selected Nodes) for all of them.
+// (Services, EndpointSlices, the selected Nodes, critical Pods) for all of them.
+//
+// How the daemon uses it (the daemon owns the service actors; the controller only
+// says what should exist):
+//
+//	ctrl, err := k8ssource.NewServices(cfg.Global, cfg.K8sServices, k8ssource.ServicesOptions{
+//		Static: cfg.Services, Checks: []func(*config.Service) config.Diagnostics{monitor.Validate},
+//		Log: log, Registerer: reg, ReadOnly: dryRun})
+//	go ctrl.Run(ctx, func(d k8ssource.Desired) { /* keep the latest, wake the main loop */ })
+//
+// For each Declared: an actor named Config.Name, built like a pybal.conf service
+// whose source is Declared.Source (behind source.NewGuard), whose admin store follows
+// Config.Conftool as for any section, with Deps.Health = true. A Declared whose Source
+// (compared by identity: it is stable while the Service's node set is) and plan.Key are
+// unchanged is reconfigured in place; one that disappears is stopped. Problems go to
+// /alerts. On reload: the same template -> ctrl.SetStatic(cfg.Services); a changed
+// template -> a new controller.
 type Services struct {
 	t      *config.K8sServices
 	opts   ServicesOptions
