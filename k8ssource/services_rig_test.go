@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 
 // desiredRecorder keeps the Desired sets a controller delivers.
 type desiredRecorder struct {
+	ctrl *Services // the controller it records
 	mu   sync.Mutex
 	last *Desired
 	n    int
@@ -94,6 +96,7 @@ func (f *fixture) startServices(t *config.K8sServices, kubeconfig, identity stri
 		f.t.Fatal(err)
 	}
 	rec := newDesiredRecorder()
+	rec.ctrl = c
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, rec.out) }()
@@ -354,6 +357,17 @@ func TestK8sServices(t *testing.T) {
 	})
 	f.waitIngress("thief", []string{vip})
 	f.waitEvent("thief", ReasonAccepted, "problems fixed")
+
+	// A reload of pybal.conf adds a static service on the thief's VIP: the static
+	// one wins, the Service is refused; the reload undone, it is back.
+	reloaded := append(slices.Clone(static), &config.Service{Name: "new_443", IP: netip.MustParseAddr(vip), Port: 443, Protocol: "tcp"})
+	primary.ctrl.SetStatic(reloaded)
+	primary.wait(t, settle, "thief refused after the reload", func(d Desired) bool {
+		_, ok := find(d, f.ns+".thief:8080")
+		return !ok && strings.Contains(d.Problems[f.ns+"/thief"], "VIP "+vip+" is already used by static service [new_443]")
+	})
+	primary.ctrl.SetStatic(static)
+	primary.wait(t, settle, "thief back", func(d Desired) bool { _, ok := find(d, f.ns+".thief:8080"); return ok })
 
 	// Leaving kubal's ownership (type LoadBalancer -> ClusterIP): status cleared.
 	patch = []byte(`{"spec":{"type":"ClusterIP","loadBalancerClass":null,"externalTrafficPolicy":null}}`)
