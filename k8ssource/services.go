@@ -3,6 +3,7 @@ package k8ssource
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -396,7 +397,7 @@ func (s *Services) setup(inf cache.SharedIndexInformer, res string, trim cache.T
 		return fmt.Errorf("[%s] %s informer: %w", config.K8sServicesSection, res, err)
 	}
 	err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		if isRoutineWatchEnd(err) || err == context.Canceled {
+		if isRoutineWatchEnd(err) || errors.Is(err, context.Canceled) {
 			return
 		}
 		s.health.set(res, fmt.Errorf("%s list/watch: %w", res, err))
