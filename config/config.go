@@ -14,8 +14,11 @@ import (
 type Config struct {
 	Path     string
 	Global   Global
-	Services []*Service  // in file order; the section name is the pool name
-	Warnings Diagnostics // unknown keys and other non-fatal findings
+	Services []*Service // in file order; the section name is the pool name
+	// K8sServices is the [k8s-services] template of Kubernetes-declared services
+	// (nil: none).
+	K8sServices *K8sServices
+	Warnings    Diagnostics // unknown keys and other non-fatal findings
 }
 
 // Service returns the service (pool) with the given section name.

@@ -21,6 +21,8 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte(conf(nil)))
 	f.Add([]byte("[DEFAULT]\na = %(b)s\nb = %(a)s%%\n[s]\nc = %(a)s\n"))
+	f.Add([]byte(conf(nil) + "[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\nvip-ranges = 10.0.0.0/30, 2001:db8::/120\n" +
+		"critical-pods = kube-system/k8s-app=calico-node\nmonitors = ['IdleConnection']\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("f.conf", data)
 		var errs Diagnostics
@@ -43,6 +45,9 @@ func FuzzParse(f *testing.F) {
 		_ = cfg.Summary()
 		if err != nil {
 			return
+		}
+		if k := cfg.K8sServices; k != nil && (k.Class == "" || k.Defaults == nil || k.Defaults.Scheduler == "") {
+			t.Fatalf("invalid [k8s-services] accepted: %+v", k)
 		}
 		for _, s := range cfg.Services {
 			if !s.IP.IsValid() || s.Port == 0 || (s.Protocol != "tcp" && s.Protocol != "udp") ||

@@ -87,15 +87,25 @@ func Parse(file string, data []byte, with ...Option) (*Config, error) {
 		globalPos, hasGlobal = s.pos, true
 	}
 	for i, s := range ini.sections {
-		if s.name == "global" {
-			continue
+		switch s.name {
+		case "global":
+		case K8sServicesSection:
+			cfg.K8sServices = p.k8sTemplate(s, opts[i], inherited[i])
+		default:
+			cfg.Services = append(cfg.Services, p.service(s, opts[i], inherited[i]))
 		}
-		cfg.Services = append(cfg.Services, p.service(s, opts[i], inherited[i]))
 	}
 	p.crossCheck(cfg, globalPos, hasGlobal)
 	for _, svc := range cfg.Services {
 		for _, check := range checks.serviceChecks {
 			p.external(svc.Pos, check(svc))
+		}
+	}
+	if t := cfg.K8sServices; t != nil && t.Defaults != nil {
+		// The template's monitor options are checked like a section's: a declared
+		// service inherits them.
+		for _, check := range checks.serviceChecks {
+			p.external(t.Pos, check(t.Defaults))
 		}
 	}
 	for _, check := range checks.configChecks {
@@ -589,6 +599,12 @@ func (p *parser) checkDefaultKeys(s *iniSection) {
 // ---- services ----
 
 func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *Service {
+	return p.serviceWith(s, o, inherited, false)
+}
+
+// serviceWith reads a service section; template: the [k8s-services] defaults, where
+// the keys each Kubernetes Service sets (protocol, ip, port, config) are not required.
+func (p *parser) serviceWith(s *iniSection, o Options, inherited map[string]bool, template bool) *Service {
 	svc := &Service{
 		Name:            s.name,
 		Pos:             s.pos,
@@ -612,7 +628,7 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 		p.warnf(s.pos, "", "section [%s] is read as a service: only [global] (lower case) holds global settings", s.name)
 	}
 	for _, key := range []string{"protocol", "ip", "port", "scheduler", "config"} {
-		if !o.Has(key) {
+		if !o.Has(key) && !(template && key != "scheduler") {
 			p.errorf(s.pos, key, "required key missing in [%s]", s.name)
 		}
 	}
@@ -657,7 +673,11 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 		}
 		svc.DepoolThreshold = t
 	}
-	svc.Monitors = p.monitors(s, o)
+	if template && !o.Has("monitors") {
+		// Each Kubernetes Service then gets the default monitors of its traffic policy.
+	} else {
+		svc.Monitors = p.monitors(s, o)
+	}
 
 	// Forwarding: PyBal's production `tunneling = true` or kubal's `forwarding`.
 	tunneling := p.bool(o, "tunneling", false)
@@ -732,7 +752,7 @@ func (p *parser) service(s *iniSection, o Options, inherited map[string]bool) *S
 			p.errorf(o["k8s-taints"].Pos, "k8s-taints", "%q is not a taint key (list keys only, e.g. node.kubernetes.io/unreachable)", taint)
 		}
 	}
-	if !strings.HasPrefix(svc.ConfigURL, "k8s://") {
+	if !strings.HasPrefix(svc.ConfigURL, "k8s://") && !template {
 		for _, key := range []string{"k8s-cordoned", "k8s-taints"} {
 			if v, ok := o[key]; ok && !inherited[key] {
 				p.warnf(v.Pos, key, "has no effect: the servers do not come from k8s://")
@@ -910,6 +930,20 @@ func (p *parser) crossCheck(cfg *Config, globalPos Pos, hasGlobal bool) {
 	for _, s := range cfg.Services {
 		if s.Conftool != "" && len(g.EtcdEndpoints) == 0 && !strings.HasPrefix(s.ConfigURL, "etcd://") {
 			p.errorf(s.Options["conftool"].Pos, "conftool", "needs etcd: set etcd-endpoints in [global]")
+		}
+	}
+	if t := cfg.K8sServices; t != nil {
+		if v, ok := t.Options["conftool"]; ok && len(g.EtcdEndpoints) == 0 {
+			p.errorf(v.Pos, "conftool", "needs etcd: set etcd-endpoints in [global]")
+		}
+		// A VIP range must not hold a static service's VIP: allocation would hand it
+		// out (it skips it, but an SRE reading the ranges would not expect the clash).
+		for _, s := range cfg.Services {
+			for _, r := range t.VIPRanges {
+				if s.IP.IsValid() && r.Contains(s.IP) {
+					p.warnf(t.rangesPos, "vip-ranges", "%s holds the VIP %s of [%s] (line %d): it is never allocated", r, s.IP, s.Name, s.Pos.Line)
+				}
+			}
 		}
 	}
 	p.noEffect(cfg, hasGlobal)

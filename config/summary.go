@@ -39,6 +39,24 @@ func (c *Config) Summary() string {
 		b.WriteString("; dry-run")
 	}
 	b.WriteString("\n")
+	if t := c.K8sServices; t != nil {
+		ranges := make([]string, len(t.VIPRanges))
+		for i, r := range t.VIPRanges {
+			ranges[i] = r.String()
+		}
+		fmt.Fprintf(&b, "[%s]: Services of loadBalancerClass %s", K8sServicesSection, t.Class)
+		if t.AnnotatedNodePorts {
+			b.WriteString(" and annotated NodePorts")
+		}
+		nodes := t.Nodes
+		if nodes == "" {
+			nodes = "all"
+		}
+		if len(ranges) == 0 {
+			ranges = []string{"none (every Service requests its VIP)"}
+		}
+		fmt.Fprintf(&b, "; nodes %s; vip-ranges %s\n", nodes, strings.Join(ranges, ","))
+	}
 	if len(c.Services) == 0 {
 		return b.String()
 	}

@@ -67,6 +67,10 @@ func resourceOf(path string) string {
 		return resEndpointSlices
 	case strings.HasSuffix(path, "/nodes"):
 		return resNodes
+	case strings.HasSuffix(path, "/services"):
+		return resServices
+	case strings.HasSuffix(path, "/pods"):
+		return resPods
 	}
 	return ""
 }

@@ -189,7 +189,8 @@ func (r *Rig) StartAPIServer(ctx context.Context) error {
 		"--service-account-signing-key-file="+filepath.Join(r.dir, "sa.key"),
 		"--token-auth-file="+filepath.Join(r.dir, "tokens.csv"),
 		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range=10.96.0.0/24",
+		// Room for the 1,000 LoadBalancer Services of BenchmarkK8sServices.
+		"--service-cluster-ip-range=10.96.0.0/20",
 		"--profiling=false")
 	if err != nil {
 		return err
