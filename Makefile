@@ -53,6 +53,7 @@ fuzz:
 	$(GO) test ./api        -run '^$$' -fuzz '^FuzzReadPaths$$'        -fuzztime $(FUZZTIME)
 	$(GO) test ./conftool   -run '^$$' -fuzz '^FuzzDecodeEntry$$'      -fuzztime $(FUZZTIME)
 	$(GO) test ./k8ssource  -run '^$$' -fuzz '^FuzzWeightAnnotation$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./k8ssource  -run '^$$' -fuzz '^FuzzAnnotations$$'      -fuzztime $(FUZZTIME)
 	$(GO) test ./bgp        -run '^$$' -fuzz '^FuzzConfigAcceptedByNew$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./daemon     -run '^$$' -fuzz '^FuzzModel$$'            -fuzztime $(FUZZTIME)
 

@@ -11,12 +11,14 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +34,7 @@ import (
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/conftool"
 	"github.com/kubal/kubal/ipvs"
+	"github.com/kubal/kubal/k8ssource"
 	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/plan"
 	"github.com/kubal/kubal/service"
@@ -72,8 +75,14 @@ type Daemon struct {
 	// The HTTP listeners; the main loop replaces them on a reload that changes them.
 	listeners *api.Listeners
 
-	cfg      atomic.Pointer[config.Config]
-	startCfg *config.Config // restart-only settings come from it
+	cfg      atomic.Pointer[config.Config] // static + declared services: what runs
+	static   *config.Config                // pybal.conf as last loaded
+	startCfg *config.Config                // restart-only settings come from it
+
+	// Kubernetes-declared services ([k8s-services]): the controller's latest set.
+	declared    atomic.Pointer[k8ssource.Desired]
+	declaredCh  chan struct{}
+	declaredCtl *k8ssource.Services
 
 	services *service.Group
 
@@ -81,10 +90,6 @@ type Daemon struct {
 	listenErr   error
 	reloadErr   error
 	restartKeys []string
-
-	dirtyMu sync.Mutex
-	dirty   map[string]bool
-	changed chan struct{}
 
 	reloadCh chan chan error
 	monitors *monitor.Manager
@@ -105,23 +110,15 @@ type Daemon struct {
 // New loads and validates the config. A bad config returns every error
 // (config.Diagnostics) and starts nothing.
 func New(opts Options) (*Daemon, error) {
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	if opts.DryRunOutput == nil {
-		opts.DryRunOutput = os.Stdout
-	}
+	opts.Log = cmp.Or(opts.Log, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	opts.DryRunOutput = cmp.Or(opts.DryRunOutput, io.Writer(os.Stdout))
+	opts.Clock = cmp.Or(opts.Clock, clock.WithTicker(clock.RealClock{}))
+	opts.ReadyTimeout = cmp.Or(opts.ReadyTimeout, 60*time.Second)
 	if opts.Resolve == nil {
 		opts.Resolve = service.LookupHost
 	}
 	// 100k unresolvable names must not mean 100k lookups at once.
 	opts.Resolve = service.Bounded(opts.Resolve, 32)
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
-	if opts.ReadyTimeout == 0 {
-		opts.ReadyTimeout = 60 * time.Second
-	}
 	cfg, err := LoadConfig(opts.ConfigPath)
 	if err != nil {
 		return nil, err
@@ -133,10 +130,8 @@ func New(opts Options) (*Daemon, error) {
 		opts:     opts,
 		log:      opts.Log,
 		reg:      prometheus.NewRegistry(),
-		startCfg: cfg,
+		startCfg: cfg, static: cfg, declaredCh: make(chan struct{}, 1),
 		services: service.NewGroup(opts.Log),
-		dirty:    map[string]bool{},
-		changed:  make(chan struct{}, 1),
 		reloadCh: make(chan chan error),
 		planner:  plan.NewPlanner(cfg),
 	}
@@ -239,6 +234,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	defer func() { d.listeners.Shutdown() }() // the main loop's: no lock needed
 
+	if err := d.startDeclared(runCtx, cfg); err != nil {
+		return err
+	}
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)
 	d.metrics.reloadTime.SetToCurrentTime()
@@ -253,8 +251,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		case ch := <-d.reloadCh:
 			ch <- d.reload()
-		case <-d.changed:
+		case <-d.services.Changed():
 			d.converge(false)
+		case <-d.declaredCh: // Kubernetes-declared services changed
+			cfg := d.declared.Load().With(d.static)
+			d.cfg.Store(cfg)
+			d.applyServices(cfg)
 		case <-tick.C():
 			d.checkReady()
 		}
@@ -278,31 +280,20 @@ func (d *Daemon) shutdown(stopSpeaker context.CancelFunc) {
 	d.services.Stop()
 }
 
-// markDirty records that a service published a new State; the main loop converges it.
-func (d *Daemon) markDirty(name string) {
-	d.dirtyMu.Lock()
-	d.dirty[name] = true
-	d.dirtyMu.Unlock()
-	select {
-	case d.changed <- struct{}{}:
-	default:
-	}
-}
-
 // applyServices makes the running services match cfg (service.Group.Sync): a changed
 // virtual service, source or admin store gets a new actor; the rest are reconfigured.
 func (d *Daemon) applyServices(cfg *config.Config) {
-	key := func(svc *config.Service) string { return plan.Key(svc).String() + "|" + sourceKey(svc, cfg.Global) }
+	key := func(svc *config.Service) string { return plan.Key(svc).String() + "|" + d.sourceKey(svc, cfg.Global) }
 	d.services.Sync(d.ctx, cfg.Services, key, func(svc *config.Service) (*service.Service, error) {
 		src, store, err := d.build(cfg.Global, svc)
 		if err != nil {
 			return nil, err
 		}
-		defer d.markDirty(svc.Name)
+		defer d.services.MarkDirty(svc.Name)
 		return service.New(svc, service.Deps{
 			Source: src, Store: store, Monitors: d.monitors, Resolve: d.opts.Resolve, Clock: d.opts.Clock, Log: d.log,
 			Health:  scheme(svc.ConfigURL) == "k8s",
-			Changed: func() { d.markDirty(svc.Name) },
+			Changed: func() { d.services.MarkDirty(svc.Name) },
 		}), nil
 	})
 	d.converge(true)
@@ -312,10 +303,7 @@ func (d *Daemon) applyServices(cfg *config.Config) {
 // replans everything. The cost of one change is that of its pool.
 func (d *Daemon) converge(all bool) {
 	cfg := d.Config()
-	d.dirtyMu.Lock()
-	dirty := d.dirty
-	d.dirty = map[string]bool{}
-	d.dirtyMu.Unlock()
+	dirty := d.services.TakeDirty()
 	if all {
 		d.planner.SetConfig(cfg)
 	}
@@ -396,6 +384,11 @@ func (d *Daemon) reload() error {
 		d.log.Warn(w.String())
 	}
 	keys := config.RestartNeeded(d.startCfg, cfg)
+	if !reflect.DeepEqual(d.startCfg.K8sServices, cfg.K8sServices) {
+		keys = append(keys, "["+config.K8sServicesSection+"]")
+	} else if d.declaredCtl != nil {
+		d.declaredCtl.SetStatic(cfg.Services) // re-checks every VIP against them
+	}
 	if len(keys) > 0 {
 		d.log.Warn("config reloaded, but these [global] settings only take effect after a restart", "keys", keys)
 	}
@@ -406,6 +399,7 @@ func (d *Daemon) reload() error {
 	d.mu.Lock()
 	d.listeners, d.listenErr = ls, err
 	d.mu.Unlock()
+	d.static, cfg = cfg, d.declared.Load().With(cfg)
 	d.cfg.Store(cfg)
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)

@@ -22,8 +22,8 @@ func scheme(u string) string {
 
 // sourceKey identifies what a service's source and admin store are built from: a
 // change means a new actor.
-func sourceKey(svc *config.Service, g config.Global) string {
-	return svc.ConfigURL + "|" + svc.Conftool + "|" + g.ConftoolPrefix + "|" + strings.Join(g.EtcdEndpoints, ",")
+func (d *Daemon) sourceKey(svc *config.Service, g config.Global) string {
+	return fmt.Sprintf("%s|%s|%s|%s|%p", svc.ConfigURL, svc.Conftool, g.ConftoolPrefix, strings.Join(g.EtcdEndpoints, ","), d.declared.Load().Source(svc.Name))
 }
 
 // build returns a service's source, behind a guard that holds an update removing most
@@ -35,17 +35,18 @@ func (d *Daemon) build(g config.Global, svc *config.Service) (*source.Guard, adm
 	var cli *clientv3.Client
 	var prefix string
 	var err error
-	switch scheme(svc.ConfigURL) {
-	case "file", "http", "https":
+	switch src = d.declared.Load().Source(svc.Name); {
+	case src != nil: // a Kubernetes-declared service: its source is the controller's
+	case scheme(svc.ConfigURL) == "file", scheme(svc.ConfigURL) == "http", scheme(svc.ConfigURL) == "https":
 		src, err = source.New(svc.ConfigURL, log)
-	case "etcd":
+	case scheme(svc.ConfigURL) == "etcd":
 		var endpoint string
 		if endpoint, prefix, err = conftool.ParseURL(svc.ConfigURL); err == nil {
 			if cli, err = d.etcd.Client(g, []string{endpoint}); err == nil {
 				src = conftool.NewSource(cli, prefix, log, d.etcd.Metrics())
 			}
 		}
-	case "k8s":
+	case scheme(svc.ConfigURL) == "k8s":
 		// The source labels its series with service=<pool> and reuses them across reloads.
 		src, err = k8ssource.New(svc.ConfigURL, g, svc, log, d.reg)
 	default:

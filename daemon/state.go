@@ -81,6 +81,9 @@ func (d *Daemon) Alerts() []api.Alert {
 			warn("IPVS %s: not in the kernel yet, retrying: %s", k, service.FirstLine(errs[k].Error()))
 		}
 	}
+	for _, msg := range d.declared.Load().Alerts() {
+		warn("%s", msg)
+	}
 	for _, svc := range d.Config().Services {
 		s := d.service(svc.Name)
 		if s == nil {

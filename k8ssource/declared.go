@@ -338,3 +338,41 @@ func dedupe(ss []string) []string {
 	}
 	return out
 }
+
+// With returns static plus the declared services: the config the services, the plan
+// and the API run on. static is not modified; a nil d returns static.
+func (d *Desired) With(static *config.Config) *config.Config {
+	if d == nil || len(d.Services) == 0 {
+		return static
+	}
+	cfg := *static
+	cfg.Services = slices.Clone(static.Services)
+	for _, dc := range d.Services {
+		cfg.Services = append(cfg.Services, dc.Config)
+	}
+	return &cfg
+}
+
+// Source is the source of the declared service named name, nil when there is none.
+func (d *Desired) Source(name string) source.Source {
+	if d != nil {
+		for _, dc := range d.Services {
+			if dc.Config.Name == name {
+				return dc.Source
+			}
+		}
+	}
+	return nil
+}
+
+// Alerts are the refused or held-back Services, one line each, sorted.
+func (d *Desired) Alerts() []string {
+	if d == nil {
+		return nil
+	}
+	var out []string
+	for _, svc := range slices.Sorted(maps.Keys(d.Problems)) {
+		out = append(out, fmt.Sprintf("Kubernetes Service %s: %s", svc, d.Problems[svc]))
+	}
+	return out
+}

@@ -16,6 +16,10 @@ type Group struct {
 
 	mu      sync.RWMutex
 	members map[string]*member
+
+	dirtyMu sync.Mutex
+	dirty   map[string]bool // services that published a State since TakeDirty
+	changed chan struct{}
 }
 
 type member struct {
@@ -26,7 +30,33 @@ type member struct {
 }
 
 // NewGroup returns an empty group.
-func NewGroup(log *slog.Logger) *Group { return &Group{log: log, members: map[string]*member{}} }
+func NewGroup(log *slog.Logger) *Group {
+	return &Group{log: log, members: map[string]*member{}, dirty: map[string]bool{}, changed: make(chan struct{}, 1)}
+}
+
+// MarkDirty records that the named service published a new State; it never blocks
+// (a service's Deps.Changed calls it).
+func (g *Group) MarkDirty(name string) {
+	g.dirtyMu.Lock()
+	g.dirty[name] = true
+	g.dirtyMu.Unlock()
+	select {
+	case g.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Changed signals (coalesced) that TakeDirty has something.
+func (g *Group) Changed() <-chan struct{} { return g.changed }
+
+// TakeDirty returns and forgets the services marked dirty.
+func (g *Group) TakeDirty() map[string]bool {
+	g.dirtyMu.Lock()
+	defer g.dirtyMu.Unlock()
+	d := g.dirty
+	g.dirty = map[string]bool{}
+	return d
+}
 
 // Get returns the named service, nil when it is not running.
 func (g *Group) Get(name string) *Service {

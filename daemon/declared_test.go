@@ -1,0 +1,113 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubal/kubal/integration/k8s"
+	"github.com/kubal/kubal/ipvs"
+)
+
+// Issue 14 through the daemon, against a real kube-apiserver: a LoadBalancer Service
+// of kubal's class becomes a running pool (in /pools, IPVS with the nodes) without a
+// reload or restart, and leaves when the Service is deleted.
+func TestKubernetesDeclaredServiceRunsWithoutReload(t *testing.T) {
+	apiserver, _, err := k8s.Binaries()
+	if err != nil || apiserver == "" {
+		k8s.SkipOrFail(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rig, err := k8s.Start(ctx)
+	if err != nil {
+		k8s.SkipOrFail(t, err)
+	}
+	t.Cleanup(func() { rig.Close() })
+	c, err := rig.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"node-a", "node-b"} {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"lvs": "yes"}}}
+		created, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status = corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
+			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.7.0.%d", i+1)}},
+		}
+		if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := rig.WriteKubeconfig(kc, "admin", k8s.AdminToken); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "pybal.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `[global]
+bgp = no
+kubeconfig = %s
+state-file = %s/state.json
+
+[k8s-services]
+class = kubal.io/lvs
+nodes = lvs=yes
+vip-ranges = ['192.0.2.0/28']
+scheduler = wrr
+monitors = []
+`, kc, dir), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := ipvs.NewFake()
+	d, _ := startDaemonWith(t, conf, fake)
+
+	class := "kubal.io/lvs"
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyCluster,
+			Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}
+	start := time.Now()
+	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const name = "default.web:80"
+	var key ipvs.ServiceKey
+	took := eventually(t, 20*time.Second, "the declared service in /pools and IPVS", func() bool {
+		if !slices.Contains(d.Pools(), name) {
+			return false
+		}
+		for k, p := range fake.Table() {
+			if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) && len(p.Destinations) == 2 {
+				key = k
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("Service created -> programmed in IPVS after %v (since the API write: %v)", took, time.Since(start))
+	eventually(t, 10*time.Second, "status.loadBalancer.ingress", func() bool {
+		s, err := c.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
+		return err == nil && len(s.Status.LoadBalancer.Ingress) == 1 && s.Status.LoadBalancer.Ingress[0].IP == key.Addr.String()
+	})
+	if err := c.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the deleted Service's pool and IPVS service gone", func() bool {
+		_, inKernel := fake.Table()[key]
+		return !slices.Contains(d.Pools(), name) && !inKernel
+	})
+}
