@@ -554,7 +554,6 @@ func TestRemovePooledDownFix11(t *testing.T) {
 	h.wantPooled("a", "c")
 }
 
-
 func TestReconfigure(t *testing.T) {
 	t.Run("removed monitor's results are dropped and servers come up", func(t *testing.T) {
 		h := newHarness(t, 0.5, pf, idle)
