@@ -13,6 +13,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -262,6 +263,11 @@ func (s *Service) takeIntent() {
 	}
 	if (in.Err == nil) != (s.applied.Err == nil) && in.Err != nil {
 		s.log.Warn("admin store failing; keeping the last known admin overrides", "store", s.deps.Store.String(), "err", in.Err)
+	}
+	if in.Loaded && !s.applied.Loaded {
+		for _, host := range slices.Sorted(maps.Keys(in.Overrides)) {
+			s.log.Info("admin override in force", "host", host, "override", in.Overrides[host].String(), "store", s.deps.Store.String())
+		}
 	}
 	changed := !in.Loaded || !s.applied.Loaded || !reflect.DeepEqual(in.Overrides, s.applied.Overrides)
 	s.applied = *in

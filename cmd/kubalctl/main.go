@@ -408,7 +408,24 @@ func (c *cli) status(ctx context.Context, args []string) int {
 		pools = ps.Pools
 	}
 	printTable(c.stdout, pools)
+	c.printAlerts(ctx, pools)
 	return exitOK
+}
+
+// printAlerts lists every current problem of the pools shown (all of kubal's when no
+// pool was named), not only the worst one that /alerts (check_pybal) shows.
+func (c *cli) printAlerts(ctx context.Context, pools []api.PoolStatus) {
+	resp, code := c.do(ctx, http.MethodGet, "/v1/alerts", nil)
+	var as api.AlertsStatus
+	if code != exitOK || json.Unmarshal(resp, &as) != nil {
+		return // an older kubal: the table is still right
+	}
+	for _, a := range as.Alerts {
+		if len(pools) == 1 && a.Pool != "" && a.Pool != pools[0].Name {
+			continue
+		}
+		fmt.Fprintf(c.stdout, "%s: %s\n", strings.ToUpper(a.Level), oneLine(a.Msg))
+	}
 }
 
 func printTable(w io.Writer, pools []api.PoolStatus) {
