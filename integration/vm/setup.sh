@@ -94,5 +94,6 @@ fi
 ln -sfn "$(basename "$base")" "$cache/base.cpio.gz"
 # Drop base images of older setup.sh/init.sh versions.
 find "$cache" -maxdepth 1 -name 'base-*.cpio.gz' ! -name "$(basename "$base")" -delete
-cp "$kdir/boot/vmlinuz-$kver" "$cache/vmlinuz.tmp" && mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
+tmpk=$(mktemp "$cache/vmlinuz.XXXXXX") # unique: setups may run side by side
+cp "$kdir/boot/vmlinuz-$kver" "$tmpk" && chmod 644 "$tmpk" && mv "$tmpk" "$cache/vmlinuz"
 echo "vm setup: ok (kernel $kver, $(du -h "$base" | cut -f1) base initramfs in $cache)"
