@@ -18,6 +18,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kubal/kubal/config"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 func validGlobal() config.Global {
@@ -270,7 +272,7 @@ func gauge(g prometheus.Gauge) float64 {
 func TestRunUnreachablePeerAndShutdown(t *testing.T) {
 	g := validGlobal()
 	g.BGPLocalIPs = []string{"127.0.0.1"}
-	g.BGPLocalPort = freePort(t)
+	g.BGPLocalPort = testutil.FreePort(t)
 	g.BGPPeerAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.2")}
 	s, err := New(g, nil, prometheus.NewRegistry())
 	if err != nil {
@@ -322,22 +324,12 @@ func TestRunUnreachablePeerAndShutdown(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Shutdown before Run: Run never starts GoBGP (the port stays free) and returns
 // when its ctx ends.
 func TestShutdownBeforeRun(t *testing.T) {
 	g := validGlobal()
 	g.BGPLocalIPs = []string{"127.0.0.1"}
-	g.BGPLocalPort = freePort(t)
+	g.BGPLocalPort = testutil.FreePort(t)
 	s, err := New(g, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -480,7 +472,7 @@ func TestDetachQuietAndNoBFDSeriesWithoutBFD(t *testing.T) {
 		t.Run(fmt.Sprintf("bfd=%v", bfd), func(t *testing.T) {
 			g := validGlobal()
 			g.BGPLocalIPs = []string{"127.0.0.1"}
-			g.BGPLocalPort = freePort(t)
+			g.BGPLocalPort = testutil.FreePort(t)
 			g.BGPPeerAddresses = []netip.Addr{netip.MustParseAddr("127.0.0.2")}
 			g.BGPGracefulRestart = true
 			g.BGPBFD = bfd

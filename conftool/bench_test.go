@@ -18,6 +18,8 @@ import (
 
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/source"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 const benchServers = 10000
@@ -175,8 +177,8 @@ func startEtcdProcess(b *testing.B, fsync bool) string {
 	if out, err := exec.Command(gotool, "build", "-o", bin, "github.com/kubal/kubal/conftool/internal/etcdserver").CombinedOutput(); err != nil {
 		b.Skipf("cannot build the etcd server binary: %v\n%s", err, out)
 	}
-	client := fmt.Sprintf("127.0.0.1:%d", freePort(b))
-	args := []string{"-dir", filepath.Join(dir, "data"), "-client", client, "-peer", fmt.Sprintf("127.0.0.1:%d", freePort(b))}
+	client := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(b))
+	args := []string{"-dir", filepath.Join(dir, "data"), "-client", client, "-peer", fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(b))}
 	if !fsync {
 		args = append(args, "-nofsync")
 	}

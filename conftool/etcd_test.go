@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/source"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Real etcd servers for the tests: go.etcd.io/etcd/server/v3/embed, in-process, on
@@ -34,16 +35,6 @@ type member struct {
 	e         *embed.Etcd
 }
 
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func newMembers(tb testing.TB, n int) []*member {
 	tb.Helper()
 	ms := make([]*member, n)
@@ -52,8 +43,8 @@ func newMembers(tb testing.TB, n int) []*member {
 		m := &member{
 			name:      fmt.Sprintf("m%d", i),
 			dir:       tb.TempDir(),
-			clientURL: url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(tb))},
-			peerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(tb))},
+			clientURL: url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb))},
+			peerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb))},
 		}
 		ms[i] = m
 		cluster = append(cluster, m.name+"="+m.peerURL.String())

@@ -17,6 +17,8 @@ import (
 
 	"github.com/kubal/kubal/api"
 	"github.com/kubal/kubal/ipvs"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // startEtcd runs a real single-member etcd on loopback.
@@ -24,8 +26,8 @@ func startEtcd(t *testing.T) string {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
-	client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))}
+	peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 	cfg.InitialCluster = cfg.Name + "=" + peer.String()
@@ -73,7 +75,7 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 	primary, _ := startDaemon(t, r)
 	// The backup LVS: same pools, its own admin port and state file.
 	backupConf := r.conf + ".backup"
-	bc := regexp.MustCompile(`admin_port = \d+`).ReplaceAllString(etcdConf, fmt.Sprintf("admin_port = %d", freePort(t)))
+	bc := regexp.MustCompile(`admin_port = \d+`).ReplaceAllString(etcdConf, fmt.Sprintf("admin_port = %d", testutil.FreePort(t)))
 	bc = strings.Replace(bc, "state.json", "backup-state.json", 1)
 	if err := os.WriteFile(backupConf, []byte(bc), 0o644); err != nil {
 		t.Fatal(err)
@@ -82,7 +84,7 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 	backup, _ := startDaemonWith(t, backupConf, backupIPVS)
 
 	for _, d := range []*Daemon{primary, backup} {
-		eventually(t, 10*time.Second, "etcd servers pooled", func() bool {
+		testutil.Eventually(t, 10*time.Second, "etcd servers pooled", func() bool {
 			snap, _ := d.Snapshot("web_80")
 			n := 0
 			for _, s := range snap.Servers {
@@ -97,7 +99,7 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 	if _, err := primary.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.23", Op: api.OpDepool, Actor: "sre", Reason: "kernel upgrade"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "backup LVS sees the depool", func() bool {
+	testutil.Eventually(t, 2*time.Second, "backup LVS sees the depool", func() bool {
 		s := server(t, backup, "127.0.0.23")
 		return !s.Enabled && !s.Pooled
 	})
@@ -120,7 +122,7 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 	if err != nil || len(audit.Kvs) != 1 || !strings.Contains(string(audit.Kvs[0].Value), "kernel upgrade") {
 		t.Errorf("audit records: %v %v", audit, err)
 	}
-	eventually(t, 2*time.Second, "backup IPVS follows", func() bool {
+	testutil.Eventually(t, 2*time.Second, "backup IPVS follows", func() bool {
 		for _, p := range backupIPVS.Table() {
 			return len(p.Destinations) == 3
 		}
@@ -132,7 +134,7 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 	if _, err := cli.Put(ctx, prefix+"127.0.0.22", `{"pooled": yes`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "malformed value in alerts", func() bool {
+	testutil.Eventually(t, 2*time.Second, "malformed value in alerts", func() bool {
 		a := primary.Alerts()
 		return len(a) == 1 && strings.Contains(a[0].Msg, "127.0.0.22") && strings.Contains(a[0].Msg, prefix+"127.0.0.22")
 	})
@@ -142,11 +144,11 @@ func TestConftoolDepoolSeenByBackupLVS(t *testing.T) {
 	if _, err := cli.Put(ctx, prefix+"127.0.0.22", `{"pooled": "yes", "weight": 10}`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "alert cleared", func() bool { return len(primary.Alerts()) == 0 })
+	testutil.Eventually(t, 2*time.Second, "alert cleared", func() bool { return len(primary.Alerts()) == 0 })
 
 	// Weight through the API lands in etcd too.
 	if _, err := primary.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpWeight, Weight: 3, Actor: "sre"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "backup sees the weight", func() bool { return server(t, backup, "127.0.0.21").Weight == 3 })
+	testutil.Eventually(t, 2*time.Second, "backup sees the weight", func() bool { return server(t, backup, "127.0.0.21").Weight == 3 })
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/kubal/kubal/api"
 	"github.com/kubal/kubal/ipvs"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // The defects of issue 12, each through the daemon's public surface (New, Run, Apply,
@@ -25,7 +27,7 @@ import (
 // the threshold counts real health.
 func firstChecks(t *testing.T, d *Daemon) {
 	t.Helper()
-	eventually(t, 5*time.Second, "first checks", func() bool {
+	testutil.Eventually(t, 5*time.Second, "first checks", func() bool {
 		snap, _ := d.Snapshot("web_80")
 		for _, sv := range snap.Servers {
 			if len(sv.Monitors) == 0 {
@@ -72,7 +74,7 @@ func TestCoreConftoolOverlayDepoolIsInForce(t *testing.T) {
 	rewriteConf(t, r, "[global]\n", fmt.Sprintf("[global]\netcd-endpoints = ['%s']\n", endpoint))
 	rewriteConf(t, r, "depool-threshold", "conftool = dc1/ingress/web\ndepool-threshold")
 	d, _ := startDaemon(t, r)
-	eventually(t, 10*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 10*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	firstChecks(t, d)
 	out, err := d.Apply(context.Background(), api.Action{Pool: "web_80", Host: "127.0.0.23", Op: api.OpDepool, Actor: "sre"})
 	if err != nil {
@@ -81,7 +83,7 @@ func TestCoreConftoolOverlayDepoolIsInForce(t *testing.T) {
 	if out.New.Enabled || out.New.Pooled {
 		t.Errorf("acknowledged depool not in force in the answer: %+v", out.New)
 	}
-	eventually(t, 2*time.Second, "depooled in IPVS", func() bool { return len(r.ipvsDests()) == 3 })
+	testutil.Eventually(t, 2*time.Second, "depooled in IPVS", func() bool { return len(r.ipvsDests()) == 3 })
 }
 
 // 2. A reload that switches a service's source scheme (file:// -> etcd://) returns and
@@ -92,7 +94,7 @@ func TestCoreReloadSourceSchemeChangeDoesNotHang(t *testing.T) {
 	prefix := "/conftool/v1/pools/dc1/ingress/web/"
 	putKeys(t, endpoint, prefix, "127.0.0.21", "127.0.0.22")
 	d, _ := startDaemon(t, r)
-	eventually(t, 10*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 10*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	rewriteConf(t, r, "config = file://"+r.list, "config = etcd://"+endpoint+prefix)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -106,7 +108,7 @@ func TestCoreReloadSourceSchemeChangeDoesNotHang(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("the daemon does not answer after the reload")
 	}
-	eventually(t, 10*time.Second, "the etcd servers", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the etcd servers", func() bool {
 		return equal(r.ipvsDests(), "127.0.0.21 w10", "127.0.0.22 w10")
 	})
 }
@@ -116,7 +118,7 @@ func TestCoreReloadSourceSchemeChangeDoesNotHang(t *testing.T) {
 func TestCoreCutOffAdminWriteIsInForce(t *testing.T) {
 	r := newRig(t)
 	d, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	firstChecks(t, d)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the client is gone before the daemon answers
@@ -124,7 +126,7 @@ func TestCoreCutOffAdminWriteIsInForce(t *testing.T) {
 	if err != nil && !strings.Contains(err.Error(), "stored") {
 		t.Errorf("error does not say what was stored: %v", err)
 	}
-	eventually(t, 2*time.Second, "the stored depool is in force", func() bool { return !server(t, d, "127.0.0.23").Enabled })
+	testutil.Eventually(t, 2*time.Second, "the stored depool is in force", func() bool { return !server(t, d, "127.0.0.23").Enabled })
 	// 4 x 0.5 = 2 must stay: one more depool is allowed, a third is refused.
 	bg := context.Background()
 	if _, err := d.Apply(bg, api.Action{Pool: "web_80", Host: "127.0.0.22", Op: api.OpDepool, Actor: "sre"}); err != nil {
@@ -139,7 +141,7 @@ func TestCoreCutOffAdminWriteIsInForce(t *testing.T) {
 func TestCoreWeightZeroHoldsTheThreshold(t *testing.T) {
 	r := newRig(t)
 	d, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	firstChecks(t, d)
 	var refused int
 	for _, h := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"} {
@@ -153,7 +155,7 @@ func TestCoreWeightZeroHoldsTheThreshold(t *testing.T) {
 	if refused != 2 {
 		t.Errorf("%d of 4 weight-0 writes refused, want 2 (threshold 0.5)", refused)
 	}
-	eventually(t, 2*time.Second, "2 weighted destinations", func() bool {
+	testutil.Eventually(t, 2*time.Second, "2 weighted destinations", func() bool {
 		weighted := 0
 		for _, s := range r.ipvsDests() {
 			if !strings.HasSuffix(s, " w0") {
@@ -173,7 +175,7 @@ func TestCoreThresholdAcrossHosts(t *testing.T) {
 	conf := rewriteConf(t, r, "config = file://"+r.list, "config = etcd://"+endpoint+prefix)
 	primary, _ := startDaemon(t, r)
 	backupConf := r.conf + ".backup"
-	bc := regexp.MustCompile(`admin_port = \d+`).ReplaceAllString(conf, fmt.Sprintf("admin_port = %d", freePort(t)))
+	bc := regexp.MustCompile(`admin_port = \d+`).ReplaceAllString(conf, fmt.Sprintf("admin_port = %d", testutil.FreePort(t)))
 	bc = strings.Replace(bc, "state.json", "backup-state.json", 1)
 	if err := os.WriteFile(backupConf, []byte(bc), 0o644); err != nil {
 		t.Fatal(err)
@@ -185,7 +187,7 @@ func TestCoreThresholdAcrossHosts(t *testing.T) {
 	if _, err := primary.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpDepool, Actor: "sre"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "backup sees it", func() bool { return !server(t, backup, "127.0.0.21").Enabled })
+	testutil.Eventually(t, 2*time.Second, "backup sees it", func() bool { return !server(t, backup, "127.0.0.21").Enabled })
 	// 3 up of 4, threshold 2: one more depool may pass, not two.
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -219,7 +221,7 @@ func TestCoreReloadDuringAdminWrites(t *testing.T) {
 	prefix := "/conftool/v1/pools/dc1/ingress/web/"
 	putKeys(t, endpoint, prefix, "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24")
 	d, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for i := range 40 {
@@ -264,7 +266,7 @@ func TestCoreReloadDuringAdminWrites(t *testing.T) {
 func TestOverrideVisibleAndCleared(t *testing.T) {
 	r := newRig(t)
 	d, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	ctx := context.Background()
 	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.24", Op: api.OpWeight, Weight: 7, Actor: "sre", Reason: "canary"}); err != nil {
 		t.Fatal(err)
@@ -286,7 +288,7 @@ func TestOverrideVisibleAndCleared(t *testing.T) {
 	if out.New.Weight != 3 || out.New.Override != "" {
 		t.Errorf("after clear: %+v", out.New)
 	}
-	eventually(t, 2*time.Second, "list weight in IPVS", func() bool {
+	testutil.Eventually(t, 2*time.Second, "list weight in IPVS", func() bool {
 		return equal(r.ipvsDests(), "127.0.0.21 w10", "127.0.0.22 w10", "127.0.0.23 w10", "127.0.0.24 w3")
 	})
 }
@@ -298,7 +300,7 @@ func TestReloadStartsAdminListener(t *testing.T) {
 	conf := rewriteConf(t, r, "admin-token-file = "+r.dir+"/tokens\n", "")
 	port := regexp.MustCompile(`admin_port = (\d+)`).FindStringSubmatch(conf)[1]
 	d, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	url := "http://127.0.0.1:" + port + "/healthz"
 	if resp, err := http.Get(url); err == nil {
 		resp.Body.Close()

@@ -22,6 +22,8 @@ import (
 	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/logging"
 	"github.com/kubal/kubal/pool"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // backend is a real HTTP server on 127.0.0.x whose health can be flipped.
@@ -47,16 +49,6 @@ func startBackend(t *testing.T, ip string, port int) *backend {
 	return b
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 type rig struct {
 	dir      string
 	conf     string
@@ -68,7 +60,7 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	r := &rig{dir: t.TempDir(), port: freePort(t), fake: ipvs.NewFake()}
+	r := &rig{dir: t.TempDir(), port: testutil.FreePort(t), fake: ipvs.NewFake()}
 	for _, ip := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"} {
 		r.backends = append(r.backends, startBackend(t, ip, r.port))
 	}
@@ -112,7 +104,7 @@ monitors = ['ProxyFetch']
 proxyfetch.url = ['http://web.example.org/healthz']
 proxyfetch.interval = 1
 proxyfetch.timeout = 1
-`, r.dir, freePort(t), r.dir, r.port, r.list, threshold)
+`, r.dir, testutil.FreePort(t), r.dir, r.port, r.list, threshold)
 	if err := os.WriteFile(r.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -169,18 +161,6 @@ func (r *rig) ipvsDests() []string {
 	return out
 }
 
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func server(t *testing.T, d *Daemon, host string) pool.ServerState {
 	t.Helper()
 	snap, ok := d.Snapshot("web_80")
@@ -198,12 +178,12 @@ func TestDaemonEndToEnd(t *testing.T) {
 	d, _ := startDaemon(t, r)
 
 	all := []string{"127.0.0.21 w10", "127.0.0.22 w10", "127.0.0.23 w10", "127.0.0.24 w5"}
-	eventually(t, 5*time.Second, "all servers in IPVS", func() bool { return equal(r.ipvsDests(), all...) })
-	eventually(t, 5*time.Second, "ready", func() bool { return d.Ready() == nil })
+	testutil.Eventually(t, 5*time.Second, "all servers in IPVS", func() bool { return equal(r.ipvsDests(), all...) })
+	testutil.Eventually(t, 5*time.Second, "ready", func() bool { return d.Ready() == nil })
 
 	// A failing health check depools within one interval (+ slack).
 	r.backends[1].status.Store(503)
-	took := eventually(t, 3*time.Second, "127.0.0.22 depooled", func() bool {
+	took := testutil.Eventually(t, 3*time.Second, "127.0.0.22 depooled", func() bool {
 		return equal(r.ipvsDests(), "127.0.0.21 w10", "127.0.0.23 w10", "127.0.0.24 w5")
 	})
 	t.Logf("health failure to IPVS change: %v", took)
@@ -214,7 +194,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	// Threshold 0.5 of 4 = 2: a second and third failure leave 2 up, so the third stays pooled.
 	r.backends[2].status.Store(503)
 	r.backends[3].status.Store(503)
-	eventually(t, 3*time.Second, "threshold holds", func() bool {
+	testutil.Eventually(t, 3*time.Second, "threshold holds", func() bool {
 		s3, s4 := server(t, d, "127.0.0.23"), server(t, d, "127.0.0.24")
 		return !s3.Up && !s4.Up && len(r.ipvsDests()) == 2
 	})
@@ -225,28 +205,28 @@ func TestDaemonEndToEnd(t *testing.T) {
 	for _, b := range r.backends {
 		b.status.Store(200)
 	}
-	eventually(t, 3*time.Second, "all repooled", func() bool { return equal(r.ipvsDests(), all...) })
+	testutil.Eventually(t, 3*time.Second, "all repooled", func() bool { return equal(r.ipvsDests(), all...) })
 
 	// The server list changes: removal and a weight change within ~1 s.
 	r.writeList(t, `{"127.0.0.21": {"weight": 3}, "127.0.0.22": {}, "127.0.0.23": {}}`)
-	eventually(t, 3*time.Second, "list change applied", func() bool {
+	testutil.Eventually(t, 3*time.Second, "list change applied", func() bool {
 		return equal(r.ipvsDests(), "127.0.0.21 w3", "127.0.0.22 w10", "127.0.0.23 w10")
 	})
 
 	// A broken list keeps the last good servers.
 	r.writeList(t, `{broken`)
-	eventually(t, 3*time.Second, "source failure alert", func() bool { return len(d.Alerts()) == 1 })
+	testutil.Eventually(t, 3*time.Second, "source failure alert", func() bool { return len(d.Alerts()) == 1 })
 	if !equal(r.ipvsDests(), "127.0.0.21 w3", "127.0.0.22 w10", "127.0.0.23 w10") {
 		t.Errorf("a broken list changed the pool: %v", r.ipvsDests())
 	}
 	r.writeList(t, `{"127.0.0.21": {"weight": 3}, "127.0.0.22": {}, "127.0.0.23": {}}`)
-	eventually(t, 3*time.Second, "source recovered", func() bool { return len(d.Alerts()) == 0 })
+	testutil.Eventually(t, 3*time.Second, "source recovered", func() bool { return len(d.Alerts()) == 0 })
 }
 
 func TestReloadKeepsRunningConfigOnError(t *testing.T) {
 	r := newRig(t)
 	d, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 
 	if err := os.WriteFile(r.conf, []byte("[web_80]\nprotocol = sctp\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -289,9 +269,9 @@ func TestReloadKeepsRunningConfigOnError(t *testing.T) {
 func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 	r := newRig(t)
 	d, stop := startDaemon(t, r)
-	eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
+	testutil.Eventually(t, 5*time.Second, "pooled", func() bool { return len(r.ipvsDests()) == 4 })
 	// The threshold counts servers up by their monitors: wait for the first checks.
-	eventually(t, 5*time.Second, "first checks", func() bool {
+	testutil.Eventually(t, 5*time.Second, "first checks", func() bool {
 		snap, _ := d.Snapshot("web_80")
 		for _, sv := range snap.Servers {
 			if len(sv.Monitors) == 0 {
@@ -313,7 +293,7 @@ func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 	if took := time.Since(start); took > 100*time.Millisecond {
 		t.Errorf("depool visible after %v, want < 100 ms", took)
 	}
-	eventually(t, time.Second, "depooled in IPVS", func() bool { return len(r.ipvsDests()) == 3 })
+	testutil.Eventually(t, time.Second, "depooled in IPVS", func() bool { return len(r.ipvsDests()) == 3 })
 
 	// Threshold: 4 servers x 0.5 = 2 must stay up and enabled; one is disabled now, so
 	// a second depool leaves 2 (allowed) and a third would leave 1 (refused, 409).
@@ -331,7 +311,7 @@ func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A re-enabled server is pooled once its monitors are up again (SPEC §14 #5).
-	eventually(t, 5*time.Second, "re-pooled", func() bool { return server(t, d, "127.0.0.22").Pooled })
+	testutil.Eventually(t, 5*time.Second, "re-pooled", func() bool { return server(t, d, "127.0.0.22").Pooled })
 	if _, err := d.Apply(ctx, api.Action{Pool: "web_80", Host: "127.0.0.21", Op: api.OpWeight, Weight: 0, Actor: "sre"}); err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +322,7 @@ func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 	// Restart: the depool and the weight survive (state file).
 	stop()
 	d2, _ := startDaemon(t, r)
-	eventually(t, 5*time.Second, "restarted daemon applied the state file", func() bool {
+	testutil.Eventually(t, 5*time.Second, "restarted daemon applied the state file", func() bool {
 		return equal(r.ipvsDests(), "127.0.0.21 w0", "127.0.0.22 w10", "127.0.0.24 w5")
 	})
 	if s := server(t, d2, "127.0.0.23"); s.Enabled || !strings.Contains(s.Why, "disk") {
@@ -367,7 +347,7 @@ func TestReadyAfterTimeoutWhenASourceNeverSyncs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead := fmt.Sprintf("http://127.0.0.1:%d/servers.json", freePort(t))
+	dead := fmt.Sprintf("http://127.0.0.1:%d/servers.json", testutil.FreePort(t))
 	if err := os.WriteFile(r.conf, []byte(strings.Replace(string(conf), "file://"+r.list, dead, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +365,7 @@ func TestReadyAfterTimeoutWhenASourceNeverSyncs(t *testing.T) {
 	if ready.Load() {
 		t.Fatal("ready before the timeout with an unsynced source")
 	}
-	eventually(t, 5*time.Second, "ready after the timeout", ready.Load)
+	testutil.Eventually(t, 5*time.Second, "ready after the timeout", ready.Load)
 	if err := d.Ready(); err == nil || !strings.Contains(err.Error(), "web_80") {
 		t.Errorf("/readyz: %v, want the unsynced pool named", err)
 	}

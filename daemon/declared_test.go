@@ -15,6 +15,8 @@ import (
 
 	"github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/ipvs"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Issue 14 through the daemon, against a real kube-apiserver: a LoadBalancer Service
@@ -86,7 +88,7 @@ monitors = []
 	}
 	const name = "default.web:80"
 	var key ipvs.ServiceKey
-	took := eventually(t, 20*time.Second, "the declared service in /pools and IPVS", func() bool {
+	took := testutil.Eventually(t, 20*time.Second, "the declared service in /pools and IPVS", func() bool {
 		if !slices.Contains(d.Pools(), name) {
 			return false
 		}
@@ -99,14 +101,14 @@ monitors = []
 		return false
 	})
 	t.Logf("Service created -> programmed in IPVS after %v (since the API write: %v)", took, time.Since(start))
-	eventually(t, 10*time.Second, "status.loadBalancer.ingress", func() bool {
+	testutil.Eventually(t, 10*time.Second, "status.loadBalancer.ingress", func() bool {
 		s, err := c.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
 		return err == nil && len(s.Status.LoadBalancer.Ingress) == 1 && s.Status.LoadBalancer.Ingress[0].IP == key.Addr.String()
 	})
 	if err := c.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "the deleted Service's pool and IPVS service gone", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the deleted Service's pool and IPVS service gone", func() bool {
 		_, inKernel := fake.Table()[key]
 		return !slices.Contains(d.Pools(), name) && !inKernel
 	})

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 func TestAddresses(t *testing.T) {
@@ -64,7 +66,7 @@ func TestAddressesRunRetries(t *testing.T) {
 	a.Set([]VIP{{Addr: netip.MustParseAddr("10.0.0.1")}})
 	time.Sleep(50 * time.Millisecond)
 	f.SetFailure(nil)
-	waitFor(t, func() bool { return len(f.Get("lo")) == 1 })
+	testutil.Eventually(t, 5*time.Second, "condition", func() bool { return len(f.Get("lo")) == 1 })
 	cancel()
 	<-done
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/kubal/kubal/plan"
 	"github.com/kubal/kubal/service"
 	"github.com/kubal/kubal/source"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // BenchmarkOneFlap is issue 12's "cost of one change is independent of table size": one
@@ -278,7 +280,7 @@ func newFlapRig(b *testing.B, services, servers int) *flapRig {
 	}
 
 	// Steady state: every server up with a monitor result, every pool in the backend.
-	waitUntil(b, "every service synced and watched", func() bool {
+	testutil.Eventually(b, 5*time.Minute, "every service synced and watched", func() bool {
 		for _, s := range c.services {
 			if !s.State().Settled {
 				return false
@@ -293,7 +295,7 @@ func newFlapRig(b *testing.B, services, servers int) *flapRig {
 			watcher.report(svc.Name + "/" + h)(monitor.Result{Up: true})
 		}
 	}
-	waitUntil(b, "every result applied and every pool in the backend", func() bool {
+	testutil.Eventually(b, 5*time.Minute, "every result applied and every pool in the backend", func() bool {
 		for _, svc := range cfg.Services {
 			st := c.services[svc.Name].State()
 			for _, sv := range st.Snapshot.Servers {
@@ -376,15 +378,4 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func waitUntil(b *testing.B, what string, cond func() bool) {
-	b.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

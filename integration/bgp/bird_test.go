@@ -19,6 +19,8 @@ import (
 
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 const (
@@ -103,7 +105,7 @@ func TestBIRDSeesAttributes(t *testing.T) {
 	waitMetrics(t, reg, []string{"pybal_bgp_enabled{} 1"}, "pybal_bgp_enabled")
 	// BIRD (connect delay 1 s) usually connects first, so this side is passive.
 	var states []string
-	if _, ok := waitFor(5*time.Second, func() bool {
+	if _, ok := testutil.Poll(5*time.Second, time.Millisecond, func() bool {
 		states = gathered(t, reg, "pybal_bgp_session_state_count")
 		return len(states) == 1 && strings.Contains(states[0], `state="ESTABLISHED"`) &&
 			strings.Contains(states[0], `local_ip="10.0.0.1"`) && strings.Contains(states[0], `remote_ip="`+r.addr.String()+`"`)
@@ -194,12 +196,12 @@ func TestKill9WithBFD(t *testing.T) {
 	vip := pfx("192.0.2.40")
 	p := startSpeakerd(t, g, vip)
 	r.mustHave(vip, 10*time.Second)
-	if _, ok := waitFor(10*time.Second, func() bool { return r.bfdUp() }); !ok {
+	if _, ok := testutil.Poll(10*time.Second, time.Millisecond, func() bool { return r.bfdUp() }); !ok {
 		t.Fatalf("BFD session never came up at BIRD\n%s", r.debug())
 	}
 
 	d := p.vanish(t, r)
-	gone, ok := waitFor(3*time.Second, func() bool { return !r.has(vip) })
+	gone, ok := testutil.Poll(3*time.Second, time.Millisecond, func() bool { return !r.has(vip) })
 	if !ok {
 		t.Fatalf("route still at BIRD 3 s after kill -9 with BFD\n%s", r.debug())
 	}
@@ -226,7 +228,7 @@ func TestKill9WithoutBFDWaitsForHoldTime(t *testing.T) {
 	if !r.has(vip) {
 		t.Fatalf("route gone within 2 s of kill -9 without BFD: the failure was not silent\n%s", r.debug())
 	}
-	if _, ok := waitFor(hold+2*time.Second-time.Since(killed), func() bool { return !r.has(vip) }); !ok {
+	if _, ok := testutil.Poll(hold+2*time.Second-time.Since(killed), time.Millisecond, func() bool { return !r.has(vip) }); !ok {
 		t.Fatalf("route still at BIRD %s after kill -9 (hold time %s)\n%s", time.Since(killed), hold, r.debug())
 	}
 	t.Logf("kill -9 (no BFD, hold %s) -> route gone at BIRD: %s", hold, time.Since(killed).Round(time.Millisecond))
@@ -319,7 +321,7 @@ func (r *router) bfdUp() bool {
 func waitMetrics(t *testing.T, reg *prometheus.Registry, want []string, names ...string) {
 	t.Helper()
 	var got []string
-	if _, ok := waitFor(10*time.Second, func() bool {
+	if _, ok := testutil.Poll(10*time.Second, time.Millisecond, func() bool {
 		got = gathered(t, reg, names...)
 		for _, w := range want {
 			if !slices.Contains(got, w) {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/kubal/kubal/daemon"
 	"github.com/kubal/kubal/logging"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Issue 19: `kubal -n` with a production config (bgp = yes, vip-addresses = yes)
@@ -73,7 +75,7 @@ monitors = []
 				return
 			}
 			// BIRD connects within a second and retries; give it several attempts.
-			if _, ok := waitFor(6*time.Second, func() bool { return strings.Contains(r.protoState(), "Established") || r.has(vip) }); ok {
+			if _, ok := testutil.Poll(6*time.Second, time.Millisecond, func() bool { return strings.Contains(r.protoState(), "Established") || r.has(vip) }); ok {
 				t.Fatalf("a dry run opened a BGP session:\n%s", r.debug())
 			}
 			addrs, err := exec.Command("ip", "-o", "addr", "show", "dev", "lo").CombinedOutput()

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/kubal/kubal/bgp"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Benchmarks against BIRD (numbers in docs/perf/bgp.md):
@@ -142,7 +144,7 @@ func BenchmarkBFDFailover(b *testing.B) {
 		b.StopTimer()
 		p := startSpeakerd(b, g, vip)
 		r.mustHave(vip, 20*time.Second)
-		if _, ok := waitFor(10*time.Second, r.bfdUp); !ok {
+		if _, ok := testutil.Poll(10*time.Second, time.Millisecond, r.bfdUp); !ok {
 			b.Fatalf("BFD not up\n%s", r.debug())
 		}
 		b.StartTimer()
@@ -157,7 +159,7 @@ func BenchmarkBFDFailover(b *testing.B) {
 			b.Fatalf("tc qdisc del: %v: %s", err, out)
 		}
 		// BIRD's BFD and BGP are now down; let them settle before the next run.
-		if _, ok := waitFor(10*time.Second, func() bool { return !r.bfdUp() }); !ok {
+		if _, ok := testutil.Poll(10*time.Second, time.Millisecond, func() bool { return !r.bfdUp() }); !ok {
 			b.Fatal("BFD still up")
 		}
 	}

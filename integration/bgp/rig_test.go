@@ -36,6 +36,8 @@ import (
 
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 const envInNetns = "KUBAL_BGP_IN_NETNS"
@@ -359,24 +361,9 @@ func (r *router) count() int {
 	return total
 }
 
-// waitFor polls cond every ms until it holds or timeout passes; it returns the time
-// it took and whether cond held.
-func waitFor(timeout time.Duration, cond func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start), true
-		}
-		if time.Since(start) > timeout {
-			return time.Since(start), false
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func (r *router) mustHave(p netip.Prefix, timeout time.Duration) time.Duration {
 	r.t.Helper()
-	d, ok := waitFor(timeout, func() bool { return r.has(p) })
+	d, ok := testutil.Poll(timeout, time.Millisecond, func() bool { return r.has(p) })
 	if !ok {
 		r.t.Fatalf("%s: route %s not in BIRD after %s\n%s", r.name, p, timeout, r.debug())
 	}
@@ -385,7 +372,7 @@ func (r *router) mustHave(p netip.Prefix, timeout time.Duration) time.Duration {
 
 func (r *router) mustNotHave(p netip.Prefix, timeout time.Duration) time.Duration {
 	r.t.Helper()
-	d, ok := waitFor(timeout, func() bool { return !r.has(p) })
+	d, ok := testutil.Poll(timeout, time.Millisecond, func() bool { return !r.has(p) })
 	if !ok {
 		r.t.Fatalf("%s: route %s still in BIRD after %s\n%s", r.name, p, timeout, r.debug())
 	}

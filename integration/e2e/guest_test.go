@@ -24,6 +24,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Scenario parameters (the issue's bounds are asserted against these).
@@ -157,7 +159,7 @@ func guest(t *testing.T) {
 	s.startBird()
 	// Both backends must answer before kubal's monitors look at them.
 	for _, n := range nodes {
-		if _, ok := waitFor(30*time.Second, func() bool { return httpOK("http://" + n.addr + ":15021/healthz/ready") }); !ok {
+		if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool { return httpOK("http://" + n.addr + ":15021/healthz/ready") }); !ok {
 			t.Fatalf("backend %s never answered", n.name)
 		}
 	}
@@ -270,7 +272,7 @@ func (s *scenario) stopAll() {
 func (s *scenario) startBird() {
 	s.start("bird", nil, "/sbin/ip", "netns", "exec", "bird", "/usr/sbin/bird", "-f", "-c", filepath.Join(workDir, "bird.conf"), "-s", filepath.Join(workDir, "bird.ctl"))
 	var err error
-	if _, ok := waitFor(30*time.Second, func() bool {
+	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		s.bird, err = dialBird(filepath.Join(workDir, "bird.ctl"))
 		return err == nil
 	}); !ok {
@@ -299,7 +301,7 @@ func (s *scenario) step1() {
 	t := s.t
 	s.backup = s.start("backup", nil, "/payload/kubal", "-n", "-c", filepath.Join(workDir, "backup.conf"))
 	t0 := s.startKubal()
-	_, ok := waitFor(90*time.Second, func() bool { return len(s.ipvs()) == 3 || !s.kubal.alive() })
+	_, ok := testutil.Poll(90*time.Second, 50*time.Millisecond, func() bool { return len(s.ipvs()) == 3 || !s.kubal.alive() })
 	dIPVS := time.Since(t0)
 	if !s.kubal.alive() {
 		t.Fatalf("step 1: kubal exited at start")
@@ -307,7 +309,7 @@ func (s *scenario) step1() {
 	if !ok {
 		t.Fatalf("step 1: IPVS never held the three nodes: %v", s.ipvs())
 	}
-	_, ok = waitFor(60*time.Second, s.routeAtBird)
+	_, ok = testutil.Poll(60*time.Second, 50*time.Millisecond, s.routeAtBird)
 	dBGP := time.Since(t0)
 	if !ok {
 		t.Fatalf("step 1: BIRD never learned %s/32\n%s", vip, s.birdDebug())
@@ -321,14 +323,14 @@ func (s *scenario) step1() {
 		t.Errorf("step 1: BIRD's route lacks AS path 64600 / next hop 10.0.0.1:\n%s", route)
 	}
 	if !s.bfdUp() {
-		if _, ok := waitFor(30*time.Second, s.bfdUp); !ok {
+		if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, s.bfdUp); !ok {
 			t.Fatalf("step 1: BFD session not up at BIRD\n%s", s.birdDebug())
 		}
 	}
 	// The client loop starts once the VIP is served.
 	p := s.startPiped("client", []string{envRole + "=client"}, "/sbin/ip", "netns", "exec", "client", "/payload/e2e.test")
 	_ = p
-	dLoop, ok := waitFor(30*time.Second, func() bool {
+	dLoop, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		_, _, per := s.loop.snapshot()
 		return len(per) == 3
 	})
@@ -346,7 +348,7 @@ func (s *scenario) step2() {
 	t := s.t
 	_, fail0, _ := s.loop.snapshot()
 	must(t, os.WriteFile(filepath.Join(workDir, "down-node2"), nil, 0o644))
-	d, ok := waitFor(30*time.Second, func() bool { _, in := s.ipvs()["10.0.0.12"]; return !in })
+	d, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool { _, in := s.ipvs()["10.0.0.12"]; return !in })
 	if !ok {
 		t.Fatalf("step 2: node2 never depooled: %v", s.ipvs())
 	}
@@ -373,7 +375,7 @@ func (s *scenario) step3() {
 	t0 := time.Now()
 	s.setReady("node3", false)
 	apiDone := time.Since(t0)
-	d, ok := waitFor(30*time.Second, func() bool { _, in := s.ipvs()["10.0.0.13"]; return !in })
+	d, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool { _, in := s.ipvs()["10.0.0.13"]; return !in })
 	if !ok {
 		t.Fatalf("step 3: node3 never depooled after NotReady: %v", s.ipvs())
 	}
@@ -409,7 +411,7 @@ func (s *scenario) step4() {
 		t.Fatalf("step 4: node1 left IPVS after a refused depool")
 	}
 	must(t, os.Remove(filepath.Join(workDir, "down-node2")))
-	dRec, ok := waitFor(30*time.Second, func() bool { _, in := s.ipvs()["10.0.0.12"]; return in })
+	dRec, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool { _, in := s.ipvs()["10.0.0.12"]; return in })
 	if !ok {
 		t.Fatalf("step 4: node2 never repooled: %v", s.ipvs())
 	}
@@ -418,7 +420,7 @@ func (s *scenario) step4() {
 	if code != 0 {
 		t.Fatalf("step 4: depool after node2 recovered: exit %d: %s", code, out)
 	}
-	dIPVS, ok := waitFor(10*time.Second, func() bool { _, in := s.ipvs()["10.0.0.11"]; return !in })
+	dIPVS, ok := testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool { _, in := s.ipvs()["10.0.0.11"]; return !in })
 	if !ok {
 		t.Fatalf("step 4: node1 still in IPVS after the depool: %v", s.ipvs())
 	}
@@ -434,7 +436,7 @@ func (s *scenario) step4() {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil || v.Pooled != "no" {
 		t.Fatalf("step 4: etcd %snode1 = %s, want pooled: no", conftoolKey, resp.Kvs[0].Value)
 	}
-	_, ok = waitFor(20*time.Second, func() bool { st := s.poolState(backupAPI, "node1"); return st.Enabled != nil && !*st.Enabled })
+	_, ok = testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { st := s.poolState(backupAPI, "node1"); return st.Enabled != nil && !*st.Enabled })
 	dBackup := time.Since(t0)
 	if !ok {
 		t.Fatalf("step 4: the backup kubal never saw node1 disabled: %+v", s.poolState(backupAPI, "node1"))
@@ -446,7 +448,7 @@ func (s *scenario) step4() {
 		t.Fatalf("step 4: pool node1: exit %d: %s", code, out)
 	}
 	s.setReady("node3", true)
-	if _, ok := waitFor(30*time.Second, func() bool { return len(s.ipvs()) == 3 }); !ok {
+	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool { return len(s.ipvs()) == 3 }); !ok {
 		t.Fatalf("step 4: pool never back to 3 nodes: %v", s.ipvs())
 	}
 }
@@ -462,7 +464,7 @@ func (s *scenario) step5() {
 		t.Fatalf("step 5: kubal did not exit within 30 s of SIGTERM")
 	}
 	dStop := time.Since(t0)
-	dWithdraw, ok := waitFor(10*time.Second, func() bool { return !s.routeAtBird() })
+	dWithdraw, ok := testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool { return !s.routeAtBird() })
 	if !ok {
 		t.Errorf("step 5: route still at BIRD after kubal stopped")
 	}
@@ -472,7 +474,7 @@ func (s *scenario) step5() {
 	time.Sleep(500 * time.Millisecond) // traffic keeps flowing with no kubal at all
 	t1 := s.startKubal()
 	var dBGP, dReady time.Duration
-	_, ok = waitFor(60*time.Second, func() bool {
+	_, ok = testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool {
 		if dReady == 0 && httpOK(primaryAPI+"/readyz") {
 			dReady = time.Since(t1)
 		}
@@ -501,7 +503,7 @@ func (s *scenario) step5() {
 // process's socket never reaches BIRD: only BFD can tell.
 func (s *scenario) step6() {
 	t := s.t
-	if _, ok := waitFor(30*time.Second, s.bfdUp); !ok {
+	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, s.bfdUp); !ok {
 		t.Fatalf("step 6: BFD not up before the kill\n%s", s.birdDebug())
 	}
 	_, fail0, _ := s.loop.snapshot()
@@ -510,7 +512,7 @@ func (s *scenario) step6() {
 	}
 	t0 := time.Now()
 	s.kubal.signal(syscall.SIGKILL, 10*time.Second)
-	_, ok := waitFor(10*time.Second, func() bool { return !s.routeAtBird() })
+	_, ok := testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool { return !s.routeAtBird() })
 	d := time.Since(t0) // from the SIGKILL
 	if out, err := exec.Command("/usr/sbin/tc", "qdisc", "del", "dev", "vbird", "root").CombinedOutput(); err != nil {
 		t.Errorf("step 6: tc del: %v: %s", err, out)
@@ -529,10 +531,10 @@ func (s *scenario) step6() {
 	}
 	// Back up for step 7; IPVS was left in place, traffic never stopped.
 	s.startKubal()
-	if _, ok := waitFor(60*time.Second, s.routeAtBird); !ok {
+	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, s.routeAtBird); !ok {
 		t.Fatalf("step 6: BGP not back after the restart\n%s", s.birdDebug())
 	}
-	if _, ok := waitFor(60*time.Second, func() bool { return httpOK(primaryAPI+"/readyz") && len(s.ipvs()) == 3 }); !ok {
+	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") && len(s.ipvs()) == 3 }); !ok {
 		t.Fatalf("step 6: kubal not ready with 3 nodes after the restart: %v", s.ipvs())
 	}
 	_, fail, _ := s.loop.snapshot()
@@ -555,7 +557,7 @@ func (s *scenario) step7() {
 	must(t, os.WriteFile(conf, []byte(bad), 0o644))
 	t0 := time.Now()
 	_ = s.kubal.cmd.Process.Signal(syscall.SIGHUP)
-	dA, ok := waitFor(20*time.Second, func() bool { return strings.Contains(s.alerts(), "config reload failed") })
+	dA, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return strings.Contains(s.alerts(), "config reload failed") })
 	alertA := s.alerts()
 	if !ok {
 		t.Errorf("step 7a: /alerts does not report the failed reload: %q", alertA)
@@ -565,7 +567,7 @@ func (s *scenario) step7() {
 	}
 	must(t, os.WriteFile(conf, []byte(s.conf), 0o644))
 	_ = s.kubal.cmd.Process.Signal(syscall.SIGHUP)
-	dA2, ok := waitFor(20*time.Second, func() bool { return !strings.Contains(s.alerts(), "config reload failed") })
+	dA2, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return !strings.Contains(s.alerts(), "config reload failed") })
 	if !ok {
 		t.Errorf("step 7a: the alert did not clear after a good reload: %q", s.alerts())
 	}
@@ -577,7 +579,7 @@ func (s *scenario) step7() {
 	_, err := s.etcd.Put(ctx, conftoolKey+"node2", `{"pooled": "no", "weight": `)
 	cancel()
 	must(t, err)
-	dB, okMetric := waitFor(20*time.Second, func() bool { return metricAbove(s.metrics(), "kubal_conftool_malformed_values_total", 0) })
+	dB, okMetric := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return metricAbove(s.metrics(), "kubal_conftool_malformed_values_total", 0) })
 	time.Sleep(time.Second)
 	alertB := s.alerts()
 	if !okMetric {
@@ -595,7 +597,7 @@ func (s *scenario) step7() {
 	cancel()
 	must(t, err)
 	// Fixing the key clears the alert.
-	if dFix, ok := waitFor(20*time.Second, func() bool {
+	if dFix, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool {
 		a := s.alerts()
 		return !strings.Contains(a, "conftool") && !strings.Contains(a, "malformed")
 	}); ok {
@@ -623,7 +625,7 @@ func (s *scenario) step7() {
 	t2 := time.Now()
 	s.control("start")
 	dUp := time.Since(t2)
-	dClear, ok := waitFor(60*time.Second, func() bool { return !strings.Contains(s.alerts(), "source") })
+	dClear, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return !strings.Contains(s.alerts(), "source") })
 	if !ok {
 		t.Errorf("step 7c: the source alert did not clear after the API server came back: %q", s.alerts())
 	}
@@ -823,19 +825,6 @@ func firstLineOf(s string) string {
 		return s[:i]
 	}
 	return s
-}
-
-func waitFor(timeout time.Duration, cond func() bool) (time.Duration, bool) {
-	t0 := time.Now()
-	for {
-		if cond() {
-			return time.Since(t0), true
-		}
-		if time.Since(t0) > timeout {
-			return time.Since(t0), false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }

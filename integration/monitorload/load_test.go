@@ -23,6 +23,8 @@ import (
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/monitor"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -212,18 +214,6 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[i]
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func runLoad(t *testing.T) {
 	nIdle := envInt("KUBAL_MONITOR_LOAD_IDLE", 10_000)
 	nFetch := envInt("KUBAL_MONITOR_LOAD_FETCH", 2_000)
@@ -261,7 +251,7 @@ func runLoad(t *testing.T) {
 			return true
 		}
 	}
-	took := waitFor(t, "all idle monitors up", 60*time.Second, upAll(idle))
+	took := testutil.Eventually(t, 60*time.Second, "all idle monitors up", upAll(idle))
 	if n := c.query(t, "conns"); n != nIdle {
 		t.Fatalf("backend holds %d connections, want %d", n, nIdle)
 	}
@@ -276,7 +266,7 @@ func runLoad(t *testing.T) {
 	// close() in the backend to the down report here.
 	rstEvents1, rstMissed1, rstLat1 := rstPhase(t, c, idle, byAddr, nRST)
 	// Let the RST monitors reconnect (backoff ~2.7s) before phase 2.
-	waitFor(t, "RST monitors reconnected", 30*time.Second, upAll(idle))
+	testutil.Eventually(t, 30*time.Second, "RST monitors reconnected", upAll(idle))
 
 	// Phase 2: ProxyFetch monitors, one per server address, nFetch/interval checks/s.
 	fetchSvc := service("web_80", "proxyfetch.url", "['http://health.example.org/healthz/ready']",
@@ -290,7 +280,7 @@ func runLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "all ProxyFetch monitors up", 3*fetchInterval+10*time.Second, upAll(fetch))
+	testutil.Eventually(t, 3*fetchInterval+10*time.Second, "all ProxyFetch monitors up", upAll(fetch))
 	if m.Probes() != nIdle+nFetch {
 		t.Fatalf("%d probes, want %d", m.Probes(), nIdle+nFetch)
 	}
@@ -339,7 +329,7 @@ func runLoad(t *testing.T) {
 	}
 	c.send("status 503")
 	flip, _ := strconv.ParseInt(strings.Fields(c.expect(t, "status"))[1], 10, 64)
-	waitFor(t, "all ProxyFetch monitors down", 2*fetchInterval+5*time.Second, func() bool {
+	testutil.Eventually(t, 2*fetchInterval+5*time.Second, "all ProxyFetch monitors down", func() bool {
 		for _, tg := range fetch {
 			if tg.downAt.Load() == 0 {
 				return false

@@ -13,6 +13,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kubal/kubal/ipvs"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 var webKey = ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr(vip), Port: 80}
@@ -114,7 +116,7 @@ func TestDR(t *testing.T) {
 
 	k := startKubal(t, webPool(map[string]int{"rs1": 1, "rs2": 1}, nil))
 	defer func() { k.stop() }()
-	waitFor(t, "two destinations", func() bool { return len(dests(t)) == 2 })
+	testutil.Eventually(t, 15*time.Second, "two destinations", func() bool { return len(dests(t)) == 2 })
 
 	t.Run("traffic reaches every real server", func(t *testing.T) {
 		got := spread(t, 20)
@@ -125,7 +127,7 @@ func TestDR(t *testing.T) {
 
 	t.Run("depool moves new connections off", func(t *testing.T) {
 		k.r.Set(webPool(map[string]int{"rs1": 1}, nil))
-		waitFor(t, "rs2 removed", func() bool { _, ok := dests(t)["10.0.0.4:80"]; return !ok })
+		testutil.Eventually(t, 15*time.Second, "rs2 removed", func() bool { _, ok := dests(t)["10.0.0.4:80"]; return !ok })
 		if got := spread(t, 20); got["rs1"] != 20 {
 			t.Errorf("after depooling rs2: %v; want all on rs1", got)
 		}
@@ -133,7 +135,7 @@ func TestDR(t *testing.T) {
 
 	t.Run("weight 0 is a real 0", func(t *testing.T) {
 		k.r.Set(webPool(map[string]int{"rs1": 1, "rs2": 0, "rs3": 3}, nil))
-		waitFor(t, "rs2 at weight 0", func() bool { return dests(t)["10.0.0.4:80"] == "0" })
+		testutil.Eventually(t, 15*time.Second, "rs2 at weight 0", func() bool { return dests(t)["10.0.0.4:80"] == "0" })
 		if got := spread(t, 20); got["rs2"] != 0 || got["rs1"]+got["rs3"] != 20 {
 			t.Errorf("with rs2 at weight 0: %v; want none on rs2", got)
 		}
@@ -142,7 +144,7 @@ func TestDR(t *testing.T) {
 	t.Run("drain keeps an established connection", func(t *testing.T) {
 		drain := func(p *ipvs.Pool) { p.Drain = true; p.DrainTimeout = time.Minute }
 		k.r.Set(webPool(map[string]int{"rs1": 1, "rs2": 1}, drain))
-		waitFor(t, "rs1 and rs2 only", func() bool { d := dests(t); return len(d) == 2 && d["10.0.0.4:80"] == "1" })
+		testutil.Eventually(t, 15*time.Second, "rs1 and rs2 only", func() bool { d := dests(t); return len(d) == 2 && d["10.0.0.4:80"] == "1" })
 		ka := httpClient(true)
 		first, err := get(ka)
 		if err != nil {
@@ -151,7 +153,7 @@ func TestDR(t *testing.T) {
 		other := map[string]string{"rs1": "rs2", "rs2": "rs1"}[first]
 		addr := map[string]string{"rs1": "10.0.0.3:80", "rs2": "10.0.0.4:80"}[first]
 		k.r.Set(webPool(map[string]int{other: 1}, drain))
-		waitFor(t, first+" at weight 0", func() bool { return dests(t)[addr] == "0" })
+		testutil.Eventually(t, 15*time.Second, first+" at weight 0", func() bool { return dests(t)[addr] == "0" })
 		time.Sleep(500 * time.Millisecond) // several drain polls: still there while busy
 		if _, ok := dests(t)[addr]; !ok {
 			t.Fatalf("%s removed while a connection was established", first)
@@ -168,16 +170,16 @@ func TestDR(t *testing.T) {
 		// Closing it lets the destination go (FIN_WAIT timeout is 2 s here), long
 		// before the one-minute drain timeout.
 		ka.Transport.(interface{ CloseIdleConnections() }).CloseIdleConnections()
-		waitFor(t, first+" removed once idle", func() bool { _, ok := dests(t)[addr]; return !ok })
+		testutil.Eventually(t, 15*time.Second, first+" removed once idle", func() bool { _, ok := dests(t)[addr]; return !ok })
 	})
 
 	t.Run("drift repair after ipvsadm -d", func(t *testing.T) {
 		k.r.Set(webPool(map[string]int{"rs1": 1, "rs2": 1}, nil))
-		waitFor(t, "rs1 and rs2", func() bool { return len(dests(t)) == 2 })
+		testutil.Eventually(t, 15*time.Second, "rs1 and rs2", func() bool { return len(dests(t)) == 2 })
 		before := k.counter(t, "kubal_ipvs_drift_repairs_total")
 		run(t, "ip", "netns", "exec", director.name, "ipvsadm", "-d", "-t", vip+":80", "-r", "10.0.0.3")
 		run(t, "ip", "netns", "exec", director.name, "ipvsadm", "-e", "-t", vip+":80", "-r", "10.0.0.4", "-w", "9")
-		waitFor(t, "rs1 restored and rs2 reset", func() bool { d := dests(t); return d["10.0.0.3:80"] == "1" && d["10.0.0.4:80"] == "1" })
+		testutil.Eventually(t, 15*time.Second, "rs1 restored and rs2 reset", func() bool { d := dests(t); return d["10.0.0.3:80"] == "1" && d["10.0.0.4:80"] == "1" })
 		if got := k.counter(t, "kubal_ipvs_drift_repairs_total") - before; got != 2 {
 			t.Errorf("drift repairs counted: %v, want 2", got)
 		}
@@ -194,7 +196,7 @@ func TestDR(t *testing.T) {
 	t.Run("restart with a client loop loses nothing", func(t *testing.T) {
 		pools := webPool(map[string]int{"rs1": 1, "rs2": 1}, nil)
 		k.r.Set(pools)
-		waitFor(t, "rs1 and rs2", func() bool { return len(dests(t)) == 2 })
+		testutil.Eventually(t, 15*time.Second, "rs1 and rs2", func() bool { return len(dests(t)) == 2 })
 		var ok, failed atomic.Int64
 		var firstErr atomic.Value
 		stop := make(chan struct{})

@@ -243,15 +243,3 @@ func ipvsadmTable(t *testing.T, ns string) []string {
 	}
 	return res
 }
-
-// waitFor polls cond until it holds or 15 s pass (TCG is slow).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}

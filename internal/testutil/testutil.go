@@ -1,0 +1,46 @@
+// Package testutil holds the helpers every package's tests share: waiting for a
+// condition and finding a free port. (Tests only; no production code imports it.)
+package testutil
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// Poll calls cond every interval until it holds or timeout passes, and returns how
+// long that took and whether cond held.
+func Poll(timeout, interval time.Duration, cond func() bool) (time.Duration, bool) {
+	start := time.Now()
+	for {
+		if cond() {
+			return time.Since(start), true
+		}
+		if time.Since(start) > timeout {
+			return time.Since(start), false
+		}
+		time.Sleep(interval)
+	}
+}
+
+// Eventually is Poll every 10 ms that fails t, naming what, when cond does not hold
+// within timeout. It returns how long cond took.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	took, ok := Poll(timeout, 10*time.Millisecond, cond)
+	if !ok {
+		t.Fatalf("%s: not within %v", what, timeout)
+	}
+	return took
+}
+
+// FreePort returns a TCP port that is free on 127.0.0.1 now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
