@@ -1216,7 +1216,7 @@ func keyOf(k ServiceKey, d Destination) destKey {
 }
 
 func compareKeys(a, b ServiceKey) int {
-	return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+	return cmp.Or(cmp.Compare(a.FWMark, b.FWMark), cmp.Compare(a.Protocol, b.Protocol), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 }
 
 func sortedKeys[V any](m map[ServiceKey]V) []ServiceKey {

@@ -96,6 +96,7 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 	if c.keepalive {
 		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: c.kaIdle, Interval: c.kaInterval, Count: c.kaCount}
 	}
+	d = markedDialer(d, c.mark())
 	timeout := ic.connectTimeout
 	buf := make([]byte, 64)
 	for {

@@ -119,8 +119,10 @@ func (m *Manager) Probes() int {
 // report may call stop. A probe that cannot be set up (bad options, no address)
 // is an error; a probe that fails is a down result.
 func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(Result)) (stop func(), err error) {
-	v := newValidator(svc, name)
-	parse, ok := parsers[name]
+	base, forwarded := splitForwarded(name)
+	v := newValidator(svc, base)
+	v.forwarded = forwarded
+	parse, ok := parsers[base]
 	if !ok {
 		return nil, fmt.Errorf("service %s: unknown monitor %q (known: %v)", svc.Name, name, Names())
 	}

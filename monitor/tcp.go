@@ -25,15 +25,18 @@ func (c *tcpConfig) key() string { return c.common.key() }
 
 func (c *tcpConfig) newRunner(e *env) runner {
 	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &TCP{addr: c.target()}}
+		check: &TCP{addr: c.target(), mark: c.mark()}}
 }
 
 // TCP is the connect check.
-type TCP struct{ addr string }
+type TCP struct {
+	addr string
+	mark uint32 // SO_MARK of a forwarded probe
+}
 
 // Check connects and closes.
 func (t *TCP) Check(ctx context.Context) Result {
-	d := net.Dialer{KeepAlive: -1}
+	d := markedDialer(net.Dialer{KeepAlive: -1}, t.mark)
 	conn, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		_, msg := connectError(err)

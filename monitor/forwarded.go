@@ -1,0 +1,139 @@
+package monitor
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+
+	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/ipvs"
+)
+
+// Forwarded probes (`<monitor>.path = forwarded`, ProxyFetch, IdleConnection and TCP):
+// besides the usual probe of the server's own address, a second probe of the same
+// monitor connects to the service's VIP with its socket marked (SO_MARK) with
+// ipvs.ProbeMark(service, server). The local IPVS finds the helper firewall-mark
+// service of that mark (plan.ProbePools) before the VIP's own service and sends the
+// probe to that one server through the service's forwarding method: the packets
+// reach the server as the traffic does, addressed to the VIP. A server whose VIP is
+// missing (DR: not on its loopback; tunnel: no tunnel interface) fails this probe
+// while it passes the direct one.
+
+// PathDirect and PathForwarded are the values of `<monitor>.path`.
+const (
+	PathDirect    = "direct"
+	PathForwarded = "forwarded"
+)
+
+// forwardedSuffix names the forwarded probe of a monitor: "ProxyFetch/forwarded".
+const forwardedSuffix = "/forwarded"
+
+// ForwardedReason is the reason of a server whose direct probe passes and whose
+// forwarded probe fails.
+const ForwardedReason = "answers on its own address but not on the VIP (forwarded path)"
+
+// forwardable are the monitors that can probe through the VIP.
+var forwardable = map[string]bool{"ProxyFetch": true, "IdleConnection": true, "TCP": true}
+
+// ForwardedName is the monitor name of name's forwarded probe, as the coordinator,
+// /pools and the metrics show it.
+func ForwardedName(name string) string { return name + forwardedSuffix }
+
+// splitForwarded parses a ForwardedName: the monitor and whether it is forwarded.
+func splitForwarded(name string) (base string, forwarded bool) {
+	return strings.CutSuffix(name, forwardedSuffix)
+}
+
+// Watched lists every monitor the service runs: its monitors, then the forwarded
+// probe of each whose path is forwarded. The service watches each name.
+func Watched(svc *config.Service) []string {
+	out := append([]string(nil), svc.Monitors...)
+	for _, name := range svc.Monitors {
+		if IsForwarded(svc, name) {
+			out = append(out, ForwardedName(name))
+		}
+	}
+	return out
+}
+
+// IsForwarded reports whether the service's monitor name asks for a forwarded probe.
+func IsForwarded(svc *config.Service, name string) bool {
+	return forwardable[name] && strings.TrimSpace(svc.Monitor(name).String("path", PathDirect)) == PathForwarded
+}
+
+// HasForwarded reports whether any monitor of the service asks for forwarded probes.
+func HasForwarded(svc *config.Service) bool {
+	for _, name := range svc.Monitors {
+		if IsForwarded(svc, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// ForwardedVerdict is the result shown for a forwarded probe given the current result
+// of the direct probe of the same monitor: a failure while the direct probe passes is
+// ForwardedReason (then the probe's own error).
+func ForwardedVerdict(direct, forwarded Result) Result {
+	if forwarded.Up || !direct.Up || strings.HasPrefix(forwarded.Reason, ForwardedReason) {
+		return forwarded
+	}
+	r := forwarded
+	r.Reason = ForwardedReason
+	if forwarded.Reason != "" {
+		r.Reason += ": " + forwarded.Reason
+	}
+	return r
+}
+
+// forward is where a forwarded probe connects, and the mark that steers it.
+type forward struct {
+	vip  netip.Addr
+	mark uint32
+}
+
+// path reads `<monitor>.path`; forwarded is whether this watch is the forwarded probe.
+func (v *validator) path(forwarded bool) {
+	if !v.mo.Has("path") {
+		if forwarded {
+			v.errf("path", "a forwarded probe needs %s.path = %s", v.name, PathForwarded)
+		}
+		return
+	}
+	switch p := strings.TrimSpace(v.mo.String("path", "")); {
+	case p != PathDirect && p != PathForwarded:
+		v.errf("path", "%q is not %s or %s", p, PathDirect, PathForwarded)
+	case p == PathForwarded && !forwardable[v.name]:
+		v.errf("path", "%s probes cannot be forwarded (only ProxyFetch, IdleConnection and TCP)", v.name)
+	case p == PathForwarded && v.svc.Protocol != "tcp":
+		v.errf("path", "forwarded probes need a tcp service, not %q", v.svc.Protocol)
+	}
+}
+
+// markedDialer sets SO_MARK on the sockets of d (needs CAP_NET_ADMIN, which kubal has
+// for IPVS); mark 0 leaves d as it is.
+func markedDialer(d net.Dialer, mark uint32) net.Dialer {
+	if mark == 0 {
+		return d
+	}
+	d.Control = func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = setMark(int(fd), int(mark))
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set SO_MARK %d on the forwarded probe's socket: %w", mark, serr)
+		}
+		return nil
+	}
+	return d
+}
+
+// probeMark is the mark of svc's forwarded probes to the server at addr.
+func probeMark(svc *config.Service, addr netip.Addr) uint32 {
+	return ipvs.ProbeMark(ipvs.ServiceKey{Protocol: ipvs.Protocol(svc.Protocol), Addr: svc.IP, Port: svc.Port}, addr)
+}
