@@ -334,6 +334,20 @@ func (d *Daemon) converge(all bool) {
 			d.ipvs.Update(p)
 		}
 	}
+	// Forwarded-probe helper services (plan.ProbePools): after a Set they are in
+	// want.Pools; otherwise their changes go one by one.
+	upd, rm, conflicts := d.planner.ProbeChanges()
+	for _, c := range conflicts {
+		d.log.Error(c)
+	}
+	if !all {
+		for _, p := range upd {
+			d.ipvs.Update(p)
+		}
+		for _, k := range rm {
+			d.ipvs.Remove(k)
+		}
+	}
 	if all {
 		want := d.planner.Desired()
 		d.ipvs.Set(want.Pools)

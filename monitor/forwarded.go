@@ -112,12 +112,21 @@ func (v *validator) path(forwarded bool) {
 	}
 }
 
-// markedDialer sets SO_MARK on the sockets of d (needs CAP_NET_ADMIN, which kubal has
-// for IPVS); mark 0 leaves d as it is.
-func markedDialer(d net.Dialer, mark uint32) net.Dialer {
-	if mark == 0 {
-		return d
+// forwardDialer readies d for the forwarded probe of the server at addr (fwd nil: d
+// as it is). The socket is marked (SO_MARK; kubal has CAP_NET_ADMIN for IPVS), and
+// bound to the source address the kernel would use toward the server: left to
+// itself, the kernel would pick the VIP as source when the host holds the VIP, and
+// the server's answer would go to its own VIP.
+func forwardDialer(d net.Dialer, fwd *forward, addr netip.Addr) (net.Dialer, error) {
+	if fwd == nil {
+		return d, nil
 	}
+	src, err := sourceFor(addr)
+	if err != nil {
+		return d, err
+	}
+	d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	mark := fwd.mark
 	d.Control = func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
@@ -130,7 +139,18 @@ func markedDialer(d net.Dialer, mark uint32) net.Dialer {
 		}
 		return nil
 	}
-	return d
+	return d, nil
+}
+
+// sourceFor is the local address of the route to addr (a connected UDP socket sends
+// nothing: it only looks the route up).
+func sourceFor(addr netip.Addr) (netip.Addr, error) {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 9)))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("forwarded probe: no route to the server %s: %w", addr, err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
 }
 
 // probeMark is the mark of svc's forwarded probes to the server at addr.

@@ -96,12 +96,15 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 	if c.keepalive {
 		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: c.kaIdle, Interval: c.kaInterval, Count: c.kaCount}
 	}
-	d = markedDialer(d, c.mark())
 	timeout := ic.connectTimeout
 	buf := make([]byte, 64)
 	for {
 		d.Timeout = timeout
-		conn, err := d.DialContext(ctx, "tcp", c.target())
+		var conn net.Conn
+		fd, err := c.dialer(d) // a forwarded probe's source follows route changes
+		if err == nil {
+			conn, err = fd.DialContext(ctx, "tcp", c.target())
+		}
 		if ctx.Err() != nil {
 			if conn != nil {
 				conn.Close()

@@ -3,6 +3,7 @@ package monitor
 import (
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -247,13 +248,8 @@ func (c common) target() string {
 	return netip.AddrPortFrom(c.addr, c.port).String()
 }
 
-// mark is the SO_MARK of the probe's sockets (0: none).
-func (c common) mark() uint32 {
-	if c.fwd == nil {
-		return 0
-	}
-	return c.fwd.mark
-}
+// dialer readies d for this probe: as it is, or marked and bound for a forwarded one.
+func (c common) dialer(d net.Dialer) (net.Dialer, error) { return forwardDialer(d, c.fwd, c.addr) }
 
 // secondsText formats a duration as PyBal prints its int seconds ("5").
 func secondsText(d time.Duration) string {

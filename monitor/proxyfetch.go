@@ -158,7 +158,7 @@ func (p *ProxyFetch) fetch(ctx context.Context, fu fetchURL) Result {
 func (p *ProxyFetch) get(ctx context.Context, fu fetchURL) Result {
 	c := p.cfg
 	deadline, _ := ctx.Deadline()
-	ctx = context.WithValue(ctx, dialKey{}, &dialTarget{addr: c.target(), mark: c.mark(), tls: fu.tls, deadline: deadline})
+	ctx = context.WithValue(ctx, dialKey{}, &dialTarget{addr: c.target(), c: &c.common, tls: fu.tls, deadline: deadline})
 	// The URL is parsed once and the header map is shared read-only (RoundTrip
 	// must not modify a request): nothing is re-parsed per check.
 	req := (&http.Request{
@@ -264,7 +264,7 @@ type dialTarget struct {
 	addr     string
 	tls      *tls.Config
 	deadline time.Time
-	mark     uint32 // SO_MARK of a forwarded probe
+	c        *common // readies the dialer (forwarded probes)
 }
 
 type dialKey struct{}
@@ -278,7 +278,10 @@ func newTransport() *http.Transport {
 		if dt == nil {
 			return nil, nil, errors.New("monitor: request without a dial target")
 		}
-		d := markedDialer(net.Dialer{Deadline: dt.deadline, Timeout: 30 * time.Second, KeepAlive: -1}, dt.mark)
+		d, err := dt.c.dialer(net.Dialer{Deadline: dt.deadline, Timeout: 30 * time.Second, KeepAlive: -1})
+		if err != nil {
+			return nil, dt, err
+		}
 		conn, err := d.DialContext(ctx, "tcp", dt.addr)
 		return conn, dt, err
 	}

@@ -25,18 +25,21 @@ func (c *tcpConfig) key() string { return c.common.key() }
 
 func (c *tcpConfig) newRunner(e *env) runner {
 	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &TCP{addr: c.target(), mark: c.mark()}}
+		check: &TCP{addr: c.target(), cfg: c}}
 }
 
 // TCP is the connect check.
 type TCP struct {
 	addr string
-	mark uint32 // SO_MARK of a forwarded probe
+	cfg  *tcpConfig
 }
 
 // Check connects and closes.
 func (t *TCP) Check(ctx context.Context) Result {
-	d := markedDialer(net.Dialer{KeepAlive: -1}, t.mark)
+	d, err := t.cfg.dialer(net.Dialer{KeepAlive: -1})
+	if err != nil {
+		return Result{Reason: err.Error()}
+	}
 	conn, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		_, msg := connectError(err)
