@@ -107,8 +107,8 @@ func (v *validator) path(forwarded bool) {
 		v.errf("path", "%q is not %s or %s", p, PathDirect, PathForwarded)
 	case p == PathForwarded && !forwardable[v.name]:
 		v.errf("path", "%s probes cannot be forwarded (only ProxyFetch, IdleConnection and TCP)", v.name)
-	case p == PathForwarded && v.svc.Protocol != "tcp":
-		v.errf("path", "forwarded probes need a tcp service, not %q", v.svc.Protocol)
+	case p == PathForwarded && v.svc.Protocol == "udp":
+		v.errf("path", "forwarded probes need a tcp service, not udp")
 	}
 }
 
