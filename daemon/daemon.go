@@ -379,6 +379,9 @@ func (d *Daemon) checkReady() {
 	switch {
 	case err == nil:
 		d.log.Info("all sources synced; ready", "services", len(d.Config().Services))
+		// The plan is complete: forwarded-probe helpers it does not want (an option
+		// removed while kubal was down) are kubal's leftovers.
+		d.ipvs.Sweep(ipvs.IsProbeHelper)
 	case d.opts.Clock.Since(d.started) > d.opts.ReadyTimeout:
 		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", err)
 	default:

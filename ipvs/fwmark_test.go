@@ -94,3 +94,36 @@ func TestReconcilerFWMarkPools(t *testing.T) {
 		t.Errorf("after Remove: %s", strings.Join(got, "\n"))
 	}
 }
+
+// After a restart with the option removed, the kernel holds helpers nobody desires:
+// Sweep(IsProbeHelper) deletes them, and only them (a foreign firewall-mark service
+// and the desired pools stay).
+func TestSweepProbeHelpers(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake()
+	left := FWMarkKey(ProbeMarkBase|7, false)
+	kept := FWMarkKey(ProbeMarkBase|8, false)
+	foreign := FWMarkKey(42, false)
+	for _, k := range []ServiceKey{left, kept, foreign} {
+		must(t, f.AddService(ctx, Service{ServiceKey: k, Scheduler: "rr"}))
+		must(t, f.AddDestination(ctx, k, Destination{Addr: netip.MustParseAddr("10.0.0.3"), Weight: 1}))
+	}
+	r, _, _ := newTestReconciler(t, f)
+	r.Update(Pool{Service: Service{ServiceKey: kept, Scheduler: "rr"}, Destinations: []Destination{{Addr: netip.MustParseAddr("10.0.0.3"), Weight: 1}}})
+	mustPass(t, r, false)
+	if _, ok := f.Table()[left]; !ok {
+		t.Fatal("a leftover was deleted without Sweep")
+	}
+	r.Sweep(IsProbeHelper)
+	mustPass(t, r, false)
+	tab := f.Table()
+	if _, ok := tab[left]; ok {
+		t.Error("leftover helper not swept")
+	}
+	if _, ok := tab[kept]; !ok {
+		t.Error("desired helper swept")
+	}
+	if _, ok := tab[foreign]; !ok {
+		t.Error("foreign firewall-mark service swept")
+	}
+}

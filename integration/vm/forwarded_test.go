@@ -156,7 +156,7 @@ func (l *clientLoop) failedAfter(t time.Time) (n int, errs []string) {
 // an interval with the forwarded reason while its direct ProxyFetch still passes, and
 // the client loop sees no failed request after the depool; restoring the VIP brings it
 // back; a restart adopts the helpers (same marks, no duplicates); removing the option
-// (reload) removes them.
+// (reload, or while kubal is down) removes them.
 func TestForwardedProbe(t *testing.T) {
 	topology(t)
 	bin := os.Getenv("KUBAL_VM_KUBAL")
@@ -316,5 +316,26 @@ ProxyFetch.timeout = %d
 	waitForLong(t, k, "the helpers to be removed", 30*time.Second, func() bool { return len(fwmarkServices(t)) == 0 })
 	if got := fwdDests(t); !slices.Equal(got, all) {
 		t.Errorf("after removing the option the service has %v, want %v", got, all)
+	}
+
+	// 5. The option goes while kubal is down: the restarted kubal sweeps the leftover
+	// helpers once its plan is complete (and leaves a foreign firewall-mark service).
+	writeConf("ProxyFetch.path = forwarded\n")
+	if err := k.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitForLong(t, k, "the helpers to come back", 30*time.Second, func() bool { return len(fwmarkServices(t)) == len(realSrv) })
+	k.stop(t)
+	writeConf("")
+	run(t, "ip", "netns", "exec", director.name, "ipvsadm", "-A", "-f", "42", "-s", "rr")
+	defer run(t, "ip", "netns", "exec", director.name, "ipvsadm", "-D", "-f", "42")
+	k = startKubalProcess(t, bin, conf)
+	waitForLong(t, k, "the leftover helpers to be swept", 60*time.Second, func() bool {
+		got := fwmarkServices(t)
+		_, foreign := got["42"]
+		return len(got) == 1 && foreign
+	})
+	if got := fwdDests(t); !slices.Equal(got, all) {
+		t.Errorf("after the sweep the service has %v, want %v", got, all)
 	}
 }
