@@ -47,12 +47,14 @@ func fwmarkServices(t *testing.T) map[string][]string {
 }
 
 // fwdDests is the director's destinations of the test's VIP service.
-func fwdDests(t *testing.T) []string {
+func fwdDests(t *testing.T) []string { return fwdDestsOf(t, fwdPort) }
+
+func fwdDestsOf(t *testing.T, port int) []string {
 	var out []string
 	in := false
 	for _, l := range ipvsadmTable(t, director.name) {
 		if !strings.HasPrefix(l, "->") {
-			in = strings.HasPrefix(l, fmt.Sprintf("TCP %s:%d ", vip, fwdPort))
+			in = strings.HasPrefix(l, fmt.Sprintf("TCP %s:%d ", vip, port))
 			continue
 		}
 		if in {
@@ -73,11 +75,13 @@ type v1Server struct {
 	} `json:"monitors"`
 }
 
-func fwdServer(host string) (v1Server, error) {
+func fwdServer(host string) (v1Server, error) { return fwdServerOf(fwdPort, host) }
+
+func fwdServerOf(port int, host string) (v1Server, error) {
 	var out struct {
 		Servers []v1Server `json:"servers"`
 	}
-	code, body, err := apiGet(fmt.Sprintf("/v1/pools/fwd_%d", fwdPort))
+	code, body, err := apiGet(fmt.Sprintf("/v1/pools/fwd_%d", port))
 	if err != nil || code != http.StatusOK {
 		return v1Server{}, fmt.Errorf("/v1/pools: %d %v %s", code, err, body)
 	}
@@ -103,7 +107,7 @@ type clientLoop struct {
 	done     chan struct{}
 }
 
-func startClientLoop() *clientLoop {
+func startClientLoop(port int) *clientLoop {
 	l := &clientLoop{stop: make(chan struct{}), done: make(chan struct{})}
 	c := httpClient(false)
 	c.Timeout = 2 * time.Second
@@ -115,7 +119,7 @@ func startClientLoop() *clientLoop {
 				return
 			default:
 			}
-			resp, err := c.Get(fmt.Sprintf("http://%s:%d/", vip, fwdPort))
+			resp, err := c.Get(fmt.Sprintf("http://%s:%d/", vip, port))
 			if err == nil {
 				_, err = io.ReadAll(resp.Body)
 				resp.Body.Close()
@@ -150,16 +154,13 @@ func (l *clientLoop) failedAfter(t time.Time) (n int, errs []string) {
 	return n, errs
 }
 
-// TestForwardedProbe is issue 15 for DR with real IPVS and the real kubal binary: a
-// service with `ProxyFetch.path = forwarded` gets one firewall-mark helper service
-// per real server; removing the VIP from one real server's loopback depools it within
-// an interval with the forwarded reason while its direct ProxyFetch still passes, and
-// the client loop sees no failed request after the depool; restoring the VIP brings it
-// back; a restart adopts the helpers (same marks, no duplicates); removing the option
-// (reload, or while kubal is down) removes them.
-func TestForwardedProbe(t *testing.T) {
+// forwardedRig readies the director (the VIP on lo, accept_local), HTTP servers on
+// port in every real server, a server list and a config writer for the service
+// fwd_<port> with the forwarding method; write(extra) appends extra config lines.
+func forwardedRig(t *testing.T, port int, forwarding string) (bin, conf string, write func(extra string)) {
+	t.Helper()
 	topology(t)
-	bin := os.Getenv("KUBAL_VM_KUBAL")
+	bin = os.Getenv("KUBAL_VM_KUBAL")
 	if bin == "" {
 		t.Fatal("KUBAL_VM_KUBAL is not set: run through integration/vm/run-tests.sh, which builds kubal and ships it into the VM")
 	}
@@ -172,12 +173,12 @@ func TestForwardedProbe(t *testing.T) {
 	// The real servers serve fwdPort too, on any local address (the VIP included).
 	for _, h := range realSrv {
 		var ln net.Listener
-		if err := inNS(h.name, func() (err error) { ln, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", fwdPort)); return err }); err != nil {
+		if err := inNS(h.name, func() (err error) { ln, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port)); return err }); err != nil {
 			t.Fatalf("listener in %s: %v", h.name, err)
 		}
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, h.name) })}
 		go srv.Serve(ln)
-		defer srv.Close()
+		t.Cleanup(func() { srv.Close() })
 	}
 
 	dir := t.TempDir()
@@ -189,7 +190,7 @@ func TestForwardedProbe(t *testing.T) {
 	if err := os.WriteFile(list, []byte(lines.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf := filepath.Join(dir, "pybal.conf")
+	conf = filepath.Join(dir, "pybal.conf")
 	writeConf := func(path string) {
 		cfg := fmt.Sprintf(`[global]
 bgp = no
@@ -204,16 +205,29 @@ ip = %s
 port = %d
 scheduler = rr
 config = file://%s
+forwarding = %s
 depool-threshold = .5
 monitors = ["ProxyFetch"]
 ProxyFetch.url = ["http://fwd.test/"]
 ProxyFetch.interval = %d
 ProxyFetch.timeout = %d
-%s`, director.addr, filepath.Join(dir, "state.json"), fwdPort, vip, fwdPort, list, fwdInterval, fwdInterval, path)
+%s`, director.addr, filepath.Join(dir, "state.json"), port, vip, port, list, forwarding, fwdInterval, fwdInterval, path)
 		if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return bin, conf, writeConf
+}
+
+// TestForwardedProbe is issue 15 for DR with real IPVS and the real kubal binary: a
+// service with `ProxyFetch.path = forwarded` gets one firewall-mark helper service
+// per real server; removing the VIP from one real server's loopback depools it within
+// an interval with the forwarded reason while its direct ProxyFetch still passes, and
+// the client loop sees no failed request after the depool; restoring the VIP brings it
+// back; a restart adopts the helpers (same marks, no duplicates); removing the option
+// (reload, or while kubal is down) removes them.
+func TestForwardedProbe(t *testing.T) {
+	bin, conf, writeConf := forwardedRig(t, fwdPort, "dr")
 	writeConf("ProxyFetch.path = forwarded\n")
 
 	all := []string{}
@@ -246,7 +260,7 @@ ProxyFetch.timeout = %d
 	// 1. rs2 loses the VIP on its loopback: depooled within an interval (plus the
 	// probe's timeout: a blackholed probe fails by timing out), with the reason, while
 	// its direct ProxyFetch passes; no failed request after the depool.
-	loop := startClientLoop()
+	loop := startClientLoop(fwdPort)
 	time.Sleep(2 * time.Second)
 	broken := realSrv[1]
 	run(t, "ip", "-n", broken.name, "addr", "del", vip+"/32", "dev", "lo")
@@ -338,4 +352,86 @@ ProxyFetch.timeout = %d
 	if got := fwdDests(t); !slices.Equal(got, all) {
 		t.Errorf("after the sweep the service has %v, want %v", got, all)
 	}
+}
+
+// fwdTunPort is the tunnel-mode forwarded-probe service.
+const fwdTunPort = 8082
+
+// TestForwardedProbeTunnel is issue 15 for a tunnel-mode (IPIP) service: the helpers
+// tunnel too, and a real server whose tunnel interface is down (IPIP packets
+// dropped) is depooled within an interval with the forwarded reason while its direct
+// ProxyFetch passes; the client loop sees no failure after the depool; the interface
+// back up, the server returns.
+func TestForwardedProbeTunnel(t *testing.T) {
+	bin, conf, writeConf := forwardedRig(t, fwdTunPort, "tunnel")
+	// LVS-TUN real servers: the IPIP device up (the VIP is on their lo already), and
+	// no reverse-path filter on it.
+	for _, h := range realSrv {
+		run(t, "ip", "-n", h.name, "link", "set", "tunl0", "up")
+		run(t, "ip", "netns", "exec", h.name, "sysctl", "-q", "-w", "net.ipv4.conf.tunl0.rp_filter=0")
+	}
+	writeConf("ProxyFetch.path = forwarded\n")
+	var all []string
+	for _, h := range realSrv {
+		all = append(all, fmt.Sprintf("%s:%d", h.addr, fwdTunPort))
+	}
+	tunnelHelpers := func() int {
+		n := 0
+		for _, ds := range fwmarkServices(t) {
+			if len(ds) == 1 && strings.Contains(ds[0], " Tunnel ") {
+				n++
+			}
+		}
+		return n
+	}
+	k := startKubalProcess(t, bin, conf)
+	defer func() { k.stop(t) }()
+	waitForLong(t, k, "the tunnel service and its tunnel helpers", 60*time.Second, func() bool {
+		return slices.Equal(fwdDestsOf(t, fwdTunPort), all) && tunnelHelpers() == len(realSrv)
+	})
+	waitForLong(t, k, "every server up on both paths", 60*time.Second, func() bool {
+		for _, h := range realSrv {
+			s, err := fwdServerOf(fwdTunPort, h.addr)
+			if err != nil || !s.Monitors["ProxyFetch"].Up || !s.Monitors["ProxyFetch/forwarded"].Up {
+				return false
+			}
+		}
+		return true
+	})
+
+	loop := startClientLoop(fwdTunPort)
+	time.Sleep(2 * time.Second)
+	broken := realSrv[2]
+	run(t, "ip", "-n", broken.name, "link", "set", "tunl0", "down")
+	removed := time.Now()
+	without := slices.DeleteFunc(slices.Clone(all), func(d string) bool { return strings.HasPrefix(d, broken.addr+":") })
+	waitForLong(t, k, "the server without its tunnel to be depooled", 30*time.Second, func() bool {
+		return slices.Equal(fwdDestsOf(t, fwdTunPort), without)
+	})
+	depooled := time.Now()
+	took := depooled.Sub(removed)
+	t.Logf("depooled %v after %s's tunnel interface went down (interval %ds + timeout %ds)", took.Round(10*time.Millisecond), broken.name, fwdInterval, fwdInterval)
+	if limit := time.Duration(3*fwdInterval) * time.Second; took > limit {
+		t.Errorf("depool took %v, want within one interval plus the timeout (%v with slack)", took, limit)
+	}
+	s, err := fwdServerOf(fwdTunPort, broken.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Pooled || !s.Monitors["ProxyFetch"].Up || !strings.HasPrefix(s.Monitors["ProxyFetch/forwarded"].Reason, forwardedReason) {
+		t.Errorf("server without its tunnel in /v1/pools: %+v; want depooled, ProxyFetch up, ProxyFetch/forwarded down with %q", s, forwardedReason)
+	}
+	t.Logf("server without its tunnel: %+v", s)
+	time.Sleep(5 * time.Second)
+	if n, errs := loop.failedAfter(depooled); n > 0 {
+		t.Errorf("%d requests failed after the depool: %v", n, errs)
+	}
+	run(t, "ip", "-n", broken.name, "link", "set", "tunl0", "up")
+	waitForLong(t, k, "the server to return with its tunnel", 30*time.Second, func() bool {
+		return slices.Equal(fwdDestsOf(t, fwdTunPort), all)
+	})
+	loop.end()
+	loop.mu.Lock()
+	t.Logf("client loop: %d ok, %d failed (all before the depool)", loop.ok, len(loop.failures))
+	loop.mu.Unlock()
 }
