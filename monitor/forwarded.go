@@ -130,12 +130,12 @@ func forwardDialer(d net.Dialer, fwd *forward, addr netip.Addr) (net.Dialer, err
 	d.Control = func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
-			serr = setMark(int(fd), int(mark))
+			serr = prepareForwarded(int(fd), int(mark))
 		}); err != nil {
 			return err
 		}
 		if serr != nil {
-			return fmt.Errorf("set SO_MARK %d on the forwarded probe's socket: %w", mark, serr)
+			return fmt.Errorf("forwarded probe's socket: %w", serr)
 		}
 		return nil
 	}

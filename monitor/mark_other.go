@@ -4,4 +4,4 @@ package monitor
 
 import "errors"
 
-func setMark(fd, mark int) error { return errors.New("SO_MARK needs Linux") }
+func prepareForwarded(fd, mark int) error { return errors.New("forwarded probes need Linux (SO_MARK)") }
