@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/ipvs"
@@ -90,8 +93,85 @@ func ForwardedVerdict(direct, forwarded Result) Result {
 
 // forward is where a forwarded probe connects, and the mark that steers it.
 type forward struct {
-	vip  netip.Addr
-	mark uint32
+	vip    netip.Addr
+	mark   uint32
+	server netip.Addr
+
+	mu      sync.Mutex // the interface cache (failures only)
+	iface   string     // the interface toward server, if this host holds the VIP
+	ifaceAt time.Time
+}
+
+// ifaceTTL bounds how often a failing forwarded probe re-reads the host's addresses;
+// the sysctl is read on every failure, so a fixed setting shows at once.
+const ifaceTTL = 30 * time.Second
+
+// explain wraps emit: a failure gets a hint when this host cannot receive the answers
+// at all (it holds the VIP and drops packets from it as martians: accept_local = 0),
+// a setting of the LVS host that fails every forwarded probe, not the server's fault.
+func (f *forward) explain(emit func(Result)) func(Result) {
+	return func(r Result) {
+		if !r.Up {
+			r.Reason += f.hostHint()
+		}
+		emit(r)
+	}
+}
+
+func (f *forward) hostHint() string {
+	f.mu.Lock()
+	if now := time.Now(); now.Sub(f.ifaceAt) > ifaceTTL {
+		f.iface, f.ifaceAt = vipHolderIface(f.vip, f.server), now
+	}
+	out := f.iface
+	f.mu.Unlock()
+	if out == "" {
+		return ""
+	}
+	on := func(name string) bool {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/accept_local")
+		return err != nil || strings.TrimSpace(string(b)) != "0" // unknown: no hint
+	}
+	if on("all") || on(out) {
+		return ""
+	}
+	return fmt.Sprintf(" (this host holds the VIP %s and net.ipv4.conf.%s.accept_local = 0: the server's answers from the VIP are dropped as martians; every forwarded probe fails until it is 1)", f.vip, out)
+}
+
+// vipHolderIface is the interface toward server when this host holds the IPv4 VIP
+// (where accept_local matters); "" otherwise or when unknown.
+func vipHolderIface(vip, server netip.Addr) string {
+	if !vip.Is4() {
+		return ""
+	}
+	src, err := sourceFor(server)
+	if err != nil {
+		return ""
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return ""
+	}
+	holdsVIP, out := false, ""
+	for _, ifc := range ifaces {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			p, err := netip.ParsePrefix(a.String())
+			if err != nil {
+				continue
+			}
+			switch p.Addr().Unmap() {
+			case vip:
+				holdsVIP = true
+			case src:
+				out = ifc.Name
+			}
+		}
+	}
+	if !holdsVIP {
+		return ""
+	}
+	return out
 }
 
 // path reads `<monitor>.path`; forwarded is whether this watch is the forwarded probe.

@@ -93,4 +93,3 @@ func serveMinimalHTTP(ln net.Listener) {
 		}()
 	}
 }
-

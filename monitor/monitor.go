@@ -176,11 +176,15 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 		offset:  m.offset,
 	}
 	r := sp.newRunner(e)
+	emit := p.emit
+	if f, ok := sp.(interface{ forwarded() *forward }); ok && f.forwarded() != nil {
+		emit = f.forwarded().explain(p.emit) // a host that cannot forward says so
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		for ctx.Err() == nil {
-			if !m.runSafely(ctx, name, r, p.emit) || !sleep(ctx, m.clk, time.Second) {
+			if !m.runSafely(ctx, name, r, emit) || !sleep(ctx, m.clk, time.Second) {
 				return
 			}
 		}

@@ -206,7 +206,7 @@ func (v *validator) common(t Target) common {
 		raw:  rawOptions(v.mo),
 	}
 	if v.forwarded {
-		c.fwd = &forward{vip: v.svc.IP}
+		c.fwd = &forward{vip: v.svc.IP, server: t.Addr}
 		if t.Addr.IsValid() {
 			c.fwd.mark = probeMark(v.svc, t.Addr)
 		}
@@ -247,6 +247,8 @@ func (c common) target() string {
 	}
 	return netip.AddrPortFrom(c.addr, c.port).String()
 }
+
+func (c common) forwarded() *forward { return c.fwd }
 
 // dialer readies d for this probe: as it is, or marked and bound for a forwarded one.
 func (c common) dialer(d net.Dialer) (net.Dialer, error) { return forwardDialer(d, c.fwd, c.addr) }

@@ -154,6 +154,15 @@ func (l *clientLoop) failedAfter(t time.Time) (n int, errs []string) {
 	return n, errs
 }
 
+func setAcceptLocal(t *testing.T, on bool) {
+	t.Helper()
+	v := "0"
+	if on {
+		v = "1"
+	}
+	run(t, "ip", "netns", "exec", director.name, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.accept_local="+v, "net.ipv4.conf.all.accept_local=0")
+}
+
 // forwardedRig readies the director (the VIP on lo, accept_local), HTTP servers on
 // port in every real server, a server list and a config writer for the service
 // fwd_<port> with the forwarding method; write(extra) appends extra config lines.
@@ -168,8 +177,9 @@ func forwardedRig(t *testing.T, port int, forwarding string) (bin, conf string, 
 	// there too): the forwarded probe must not take it as its source address.
 	run(t, "ip", "-n", director.name, "addr", "replace", vip+"/32", "dev", "lo")
 	// The real servers answer forwarded probes from the VIP, an address the director
-	// holds: without accept_local it drops them as martians (docs/config.md).
-	run(t, "ip", "netns", "exec", director.name, "sysctl", "-q", "-w", "net.ipv4.conf.eth0.accept_local=1")
+	// holds: without accept_local it drops them as martians (docs/config.md). Each
+	// test sets it (TestForwardedProbe first shows what happens without it).
+	setAcceptLocal(t, forwarding == "tunnel")
 	// The real servers serve fwdPort too, on any local address (the VIP included).
 	for _, h := range realSrv {
 		var ln net.Listener
@@ -237,8 +247,17 @@ func TestForwardedProbe(t *testing.T) {
 	k := startKubalProcess(t, bin, conf)
 	defer func() { k.stop(t) }()
 	waitForLong(t, k, "the service and one helper per real server", 60*time.Second, func() bool {
-		return slices.Equal(fwdDests(t), all) && len(fwmarkServices(t)) == len(realSrv)
+		return len(fwmarkServices(t)) == len(realSrv)
 	})
+	// 0. accept_local is off on the director: every forwarded probe fails, and says why.
+	waitForLong(t, k, "the forwarded probes to fail with the accept_local hint", 60*time.Second, func() bool {
+		s, err := fwdServer(realSrv[0].addr)
+		return err == nil && strings.Contains(s.Monitors["ProxyFetch/forwarded"].Reason, "net.ipv4.conf.eth0.accept_local = 0")
+	})
+	s0, _ := fwdServer(realSrv[0].addr)
+	t.Logf("without accept_local: %s", s0.Monitors["ProxyFetch/forwarded"].Reason)
+	setAcceptLocal(t, true)
+	waitForLong(t, k, "the service with every server", 60*time.Second, func() bool { return slices.Equal(fwdDests(t), all) })
 	helpers := fwmarkServices(t)
 	t.Logf("helper services: %v", helpers)
 	for mark, ds := range helpers {
@@ -284,8 +303,9 @@ func TestForwardedProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s.Pooled || !s.Monitors["ProxyFetch"].Up || s.Monitors["ProxyFetch/forwarded"].Up ||
-		!strings.HasPrefix(s.Monitors["ProxyFetch/forwarded"].Reason, forwardedReason) {
-		t.Errorf("broken server in /v1/pools: %+v; want depooled, ProxyFetch up, ProxyFetch/forwarded down with %q", s, forwardedReason)
+		!strings.HasPrefix(s.Monitors["ProxyFetch/forwarded"].Reason, forwardedReason) ||
+		strings.Contains(s.Monitors["ProxyFetch/forwarded"].Reason, "accept_local") {
+		t.Errorf("broken server in /v1/pools: %+v; want depooled, ProxyFetch up, ProxyFetch/forwarded down with %q (and no stale accept_local hint)", s, forwardedReason)
 	}
 	t.Logf("broken server: %+v", s)
 	time.Sleep(5 * time.Second)
