@@ -150,3 +150,40 @@ func TestWatchForwardedNeedsTheOption(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// The forwarded probe's own metrics carry its name, so they never overwrite the
+// direct probe's series (PyBal's proxyfetch duration gauge has a monitor label).
+func TestForwardedProbeMetricsLabel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED LOUDLY: SO_MARK needs CAP_NET_ADMIN (run as root)")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveMinimalHTTP(ln)
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	m, reg := newTestManager(t)
+	svc := testService("svc", []string{"ProxyFetch"}, "proxyfetch.path", "forwarded", "proxyfetch.url", "['http://m.test/']",
+		"proxyfetch.interval", "0.05", "proxyfetch.timeout", "1")
+	svc.IP, svc.Port, svc.Protocol = ap.Addr(), ap.Port(), "tcp"
+	got := make(chan Result, 10)
+	stop, err := m.Watch(svc, "ProxyFetch/forwarded", Target{Host: "h", Addr: ap.Addr(), Port: ap.Port()}, func(r Result) { got <- r })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	select {
+	case r := <-got:
+		if !r.Up {
+			t.Fatalf("forwarded probe down: %s", r.Reason)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result")
+	}
+	if _, ok := metricValue(t, reg, "pybal_monitor_proxyfetch_request_duration_seconds",
+		map[string]string{"service": "svc", "host": "h", "monitor": "ProxyFetch/forwarded"}); !ok {
+		t.Error("no proxyfetch duration series with monitor=ProxyFetch/forwarded")
+	}
+}

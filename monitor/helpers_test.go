@@ -52,7 +52,9 @@ func checkerFor(t *testing.T, m *Manager, svc *config.Service, name string, tg T
 	if len(v.ds) > 0 {
 		t.Fatalf("parse %s: %v", name, v.ds)
 	}
-	l, ok := sp.newRunner(testEnv(m, log)).(*loop)
+	e := testEnv(m, log)
+	e.name = name
+	l, ok := sp.newRunner(e).(*loop)
 	if !ok {
 		t.Fatalf("%s is not a looping monitor", name)
 	}

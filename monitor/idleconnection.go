@@ -114,7 +114,7 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 		if err != nil {
 			name, msg := connectError(err)
 			ic.env.each(func(service, host string) {
-				ic.env.metrics.idleconnFailed.WithLabelValues(service, host, "IdleConnection", name).Inc()
+				ic.env.metrics.idleconnFailed.WithLabelValues(service, host, ic.env.name, name).Inc()
 			})
 			emit(Result{Reason: msg})
 			timeout = ic.connectTimeout
@@ -142,7 +142,7 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 		}
 		name, msg := lostError(err)
 		ic.env.each(func(service, host string) {
-			ic.env.metrics.idleconnLost.WithLabelValues(service, host, "IdleConnection", name).Inc()
+			ic.env.metrics.idleconnLost.WithLabelValues(service, host, ic.env.name, name).Inc()
 		})
 		emit(Result{Reason: msg})
 		timeout = ic.connectTimeout

@@ -50,6 +50,7 @@ type spec interface {
 
 // env is what a running probe may use.
 type env struct {
+	name    string // the monitor label: "ProxyFetch", or "ProxyFetch/forwarded"
 	m       *Manager
 	log     *slog.Logger
 	clk     clock
@@ -168,6 +169,7 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 	p := &probe{m: m, name: name, key: key, cancel: cancel, h: hysteresis{rise: rise, fall: fall}}
 	m.probes[key] = p
 	e := &env{
+		name:    name,
 		m:       m,
 		log:     m.log.With("monitor", name),
 		clk:     m.clk,

@@ -150,7 +150,7 @@ func (p *ProxyFetch) fetch(ctx context.Context, fu fetchURL) Result {
 	r := p.get(ctx, fu)
 	d := p.env.clk.Now().Sub(start).Seconds()
 	p.env.each(func(service, host string) {
-		p.env.metrics.proxyfetchDuration.WithLabelValues(service, host, "ProxyFetch", resultLabel(r.Up), fu.raw).Set(d)
+		p.env.metrics.proxyfetchDuration.WithLabelValues(service, host, p.env.name, resultLabel(r.Up), fu.raw).Set(d)
 	})
 	return r
 }

@@ -124,6 +124,7 @@ type Planner struct {
 	// they may have changed since.
 	probes      map[ipvs.ServiceKey]ipvs.Pool
 	probesDirty bool
+	conflicts   []string
 }
 
 // NewPlanner returns a planner for cfg with no service states yet.

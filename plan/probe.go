@@ -74,7 +74,8 @@ func ProbePools(cfg *config.Config, states map[string]Service) Probes {
 }
 
 // ProbeChanges returns what changed in the helper services since its last call: the
-// pools to hand to ipvs.Reconciler.Update (new or changed) and the keys to Remove.
+// pools to hand to ipvs.Reconciler.Update (new or changed), the keys to Remove, and
+// the mark conflicts (Probes.Conflicts) when they changed, to log.
 // It recomputes only after a config change or a change of a service with forwarded
 // probes, so calling it after every Update costs nothing otherwise.
 func (p *Planner) ProbeChanges() (update []ipvs.Pool, remove []ipvs.ServiceKey, conflicts []string) {
@@ -98,5 +99,9 @@ func (p *Planner) ProbeChanges() (update []ipvs.Pool, remove []ipvs.ServiceKey, 
 	}
 	slices.SortFunc(remove, func(a, b ipvs.ServiceKey) int { return cmp.Compare(a.FWMark, b.FWMark) })
 	p.probes = next
-	return update, remove, now.Conflicts
+	if !slices.Equal(now.Conflicts, p.conflicts) {
+		conflicts = now.Conflicts // reported when they change, not on every replan
+	}
+	p.conflicts = now.Conflicts
+	return update, remove, conflicts
 }

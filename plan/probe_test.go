@@ -118,6 +118,17 @@ func TestProbeMarkCollision(t *testing.T) {
 	if !equalPools(got.Pools, []ipvs.Pool{helper(Key(web), a1, "dr")}) || len(got.Conflicts) != 2 {
 		t.Errorf("collision of %s and %s: pools %+v conflicts %v", x, y, got.Pools, got.Conflicts)
 	}
+	// The Planner reports them once, not on every replan.
+	p := NewPlanner(&config.Config{Services: []*config.Service{web}})
+	st := Service{Snapshot: snap(pool.ServerState{Host: "x", Addr: x}, pool.ServerState{Host: "y", Addr: y})}
+	p.Update("web", st)
+	if _, _, c := p.ProbeChanges(); len(c) != 2 {
+		t.Errorf("first replan: conflicts %v", c)
+	}
+	p.Update("web", st)
+	if _, _, c := p.ProbeChanges(); len(c) != 0 {
+		t.Errorf("unchanged conflicts reported again: %v", c)
+	}
 }
 
 func TestPlannerProbeChanges(t *testing.T) {
