@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -99,33 +100,52 @@ func TestProbeMarksAreStable(t *testing.T) {
 }
 
 // Two pairs whose marks collide get no helper (a probe steered to the other server
-// would judge the wrong one), and the conflict is reported.
+// would judge the wrong one), and the conflict is reported. (A colliding pair of
+// two services is found by a seeded random search.)
 func TestProbeMarkCollision(t *testing.T) {
-	web := svc("web", vip1, forwarded)
-	seen := map[uint32]netip.Addr{}
-	var x, y netip.Addr
-	for i := 0; !x.IsValid(); i++ {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		m := ipvs.ProbeMark(Key(web), a)
-		if o, ok := seen[m]; ok {
-			x, y = o, a
-		}
-		seen[m] = a
+	type pair struct {
+		port uint16
+		addr netip.Addr
 	}
-	got := ProbePools(&config.Config{Services: []*config.Service{web}}, map[string]Service{
-		"web": {Snapshot: snap(pool.ServerState{Host: "x", Addr: x}, pool.ServerState{Host: "y", Addr: y}, pool.ServerState{Host: "a", Addr: a1})},
-	})
-	if !equalPools(got.Pools, []ipvs.Pool{helper(Key(web), a1, "dr")}) || len(got.Conflicts) != 2 {
-		t.Errorf("collision of %s and %s: pools %+v conflicts %v", x, y, got.Pools, got.Conflicts)
+	seen := map[uint32]pair{}
+	var x, y pair
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 1 << 20 {
+		pr := pair{uint16(1 + rng.IntN(65535)), netip.AddrFrom4([4]byte{10, byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))})}
+		m := ipvs.ProbeMark(ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: vip1, Port: pr.port}, pr.addr)
+		if o, ok := seen[m]; ok && o != pr {
+			x, y = o, pr
+			break
+		}
+		seen[m] = pr
+	}
+	if !y.addr.IsValid() || x.port == y.port {
+		t.Fatalf("no colliding pair of two services found to test with (%v %v)", x, y)
+	}
+	p1, p2 := x.port, y.port
+	s1 := svc("one", vip1, forwarded, func(s *config.Service) { s.Port = p1 })
+	s2 := svc("two", vip1, forwarded, func(s *config.Service) { s.Port = p2 })
+	s3 := svc("three", vip2, forwarded)
+	cfg := &config.Config{Services: []*config.Service{s1, s2, s3}}
+	st := Service{Snapshot: snap(pool.ServerState{Host: "a", Addr: a1})}
+	states := map[string]Service{
+		"one":   {Snapshot: snap(pool.ServerState{Host: "x", Addr: x.addr})},
+		"two":   {Snapshot: snap(pool.ServerState{Host: "y", Addr: y.addr})},
+		"three": st,
+	}
+	got := ProbePools(cfg, states)
+	if !equalPools(got.Pools, []ipvs.Pool{helper(Key(s3), a1, "dr")}) || len(got.Conflicts) != 2 {
+		t.Errorf("collision of ports %d and %d: pools %+v conflicts %v", p1, p2, got.Pools, got.Conflicts)
 	}
 	// The Planner reports them once, not on every replan.
-	p := NewPlanner(&config.Config{Services: []*config.Service{web}})
-	st := Service{Snapshot: snap(pool.ServerState{Host: "x", Addr: x}, pool.ServerState{Host: "y", Addr: y})}
-	p.Update("web", st)
+	p := NewPlanner(cfg)
+	for name, st := range states {
+		p.Update(name, st)
+	}
 	if _, _, c := p.ProbeChanges(); len(c) != 2 {
 		t.Errorf("first replan: conflicts %v", c)
 	}
-	p.Update("web", st)
+	p.Update("one", states["one"])
 	if _, _, c := p.ProbeChanges(); len(c) != 0 {
 		t.Errorf("unchanged conflicts reported again: %v", c)
 	}
