@@ -30,6 +30,12 @@ const (
 	PathForwarded = "forwarded"
 )
 
+// ForwardedStartDelay is how long a forwarded probe waits before its first check or
+// connect: the daemon creates the server's helper service when the server appears,
+// at the same time as the watch, and the reconciler applies it within its pass
+// interval (100 ms).
+const ForwardedStartDelay = 2 * time.Second
+
 // forwardedSuffix names the forwarded probe of a monitor: "ProxyFetch/forwarded".
 const forwardedSuffix = "/forwarded"
 

@@ -187,3 +187,37 @@ func TestForwardedProbeMetricsLabel(t *testing.T) {
 		t.Error("no proxyfetch duration series with monitor=ProxyFetch/forwarded")
 	}
 }
+
+// A forwarded probe waits ForwardedStartDelay before its first check, so that its
+// helper service exists when it connects.
+func TestForwardedProbeStartsLate(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED LOUDLY: SO_MARK needs CAP_NET_ADMIN (run as root)")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveMinimalHTTP(ln)
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	m, _ := newTestManager(t)
+	m.fwdDelay = 400 * time.Millisecond
+	svc := testService("svc", []string{"TCP"}, "tcp.path", "forwarded", "tcp.interval", "0.02", "tcp.timeout", "1")
+	svc.IP, svc.Port, svc.Protocol = ap.Addr(), ap.Port(), "tcp"
+	start := time.Now()
+	got := make(chan time.Duration, 10)
+	stop, err := m.Watch(svc, "TCP/forwarded", Target{Host: "h", Addr: ap.Addr(), Port: ap.Port()}, func(Result) { got <- time.Since(start) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	select {
+	case d := <-got:
+		if d < m.fwdDelay {
+			t.Errorf("first result after %v, before the start delay %v", d, m.fwdDelay)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result")
+	}
+}

@@ -31,6 +31,7 @@ func newTestManager(t *testing.T) (*Manager, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
 	m := NewManager(reg, slog.New(slog.DiscardHandler))
 	m.offset = func(time.Duration) time.Duration { return 0 }
+	m.fwdDelay = 0
 	t.Cleanup(m.Close)
 	return m, reg
 }

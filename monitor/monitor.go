@@ -69,6 +69,7 @@ type Manager struct {
 	clk       clock
 	offset    func(interval time.Duration) time.Duration
 	transport *http.Transport
+	fwdDelay  time.Duration // forwarded probes start this long after their watch
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -92,6 +93,7 @@ func NewManager(reg prometheus.Registerer, log *slog.Logger) *Manager {
 		clk:       realClock{},
 		offset:    randomOffset,
 		transport: newTransport(),
+		fwdDelay:  ForwardedStartDelay,
 		ctx:       ctx,
 		cancel:    cancel,
 		probes:    map[string]*probe{},
@@ -179,12 +181,20 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 	}
 	r := sp.newRunner(e)
 	emit := p.emit
+	var delay time.Duration
 	if f, ok := sp.(interface{ forwarded() *forward }); ok && f.forwarded() != nil {
 		emit = f.forwarded().explain(p.emit) // a host that cannot forward says so
+		delay = m.fwdDelay
 	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		// A forwarded probe starts once its helper service is likely in the kernel:
+		// without it the marked connection would go through the VIP's own service to
+		// any server (and an IdleConnection would stay on that one).
+		if delay > 0 && !sleep(ctx, m.clk, delay) {
+			return
+		}
 		for ctx.Err() == nil {
 			if !m.runSafely(ctx, name, r, emit) || !sleep(ctx, m.clk, time.Second) {
 				return
