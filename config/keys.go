@@ -58,13 +58,13 @@ var monitorTable = []struct {
 	options []string
 }{
 	{"ProxyFetch", []string{"url", "interval", "timeout", "http_status", "check_all", "max_failures",
-		"port", "tls-verify", "ca", "expect-status", "rise", "fall"}},
+		"port", "tls-verify", "ca", "expect-status", "rise", "fall", "path"}},
 	{"IdleConnection", []string{"timeout-clean-reconnect", "max-delay", "keepalive", "keepalive-idle",
-		"keepalive-interval", "keepalive-retries", "port", "rise", "fall"}},
+		"keepalive-interval", "keepalive-retries", "port", "rise", "fall", "path"}},
 	{"RunCommand", []string{"command", "arguments", "interval", "timeout", "log-output", "rise", "fall"}},
 	{"DNSQuery", []string{"hostnames", "interval", "timeout", "fail-on-nxdomain", "port", "rise", "fall"}},
 	{"UDP", []string{"interval", "icmp-timeout", "port", "rise", "fall"}},
-	{"TCP", []string{"interval", "timeout", "port", "rise", "fall"}},
+	{"TCP", []string{"interval", "timeout", "port", "rise", "fall", "path"}},
 }
 
 // MonitorNames returns the monitor names a `monitors` list may contain, in PyBal's

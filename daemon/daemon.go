@@ -322,6 +322,20 @@ func (d *Daemon) converge(all bool) {
 			d.ipvs.Update(p)
 		}
 	}
+	// Forwarded-probe helper services (plan.ProbePools): after a Set they are in
+	// want.Pools; otherwise their changes go one by one.
+	upd, rm, conflicts := d.planner.ProbeChanges()
+	for _, c := range conflicts {
+		d.log.Error(c)
+	}
+	if !all {
+		for _, p := range upd {
+			d.ipvs.Update(p)
+		}
+		for _, k := range rm {
+			d.ipvs.Remove(k)
+		}
+	}
 	if all {
 		want := d.planner.Desired()
 		d.ipvs.Set(want.Pools)
@@ -353,6 +367,9 @@ func (d *Daemon) checkReady() {
 	switch {
 	case err == nil:
 		d.log.Info("all sources synced; ready", "services", len(d.Config().Services))
+		// The plan is complete: forwarded-probe helpers it does not want (an option
+		// removed while kubal was down) are kubal's leftovers.
+		d.ipvs.Sweep(ipvs.IsProbeHelper)
 	case d.opts.Clock.Since(d.started) > d.opts.ReadyTimeout:
 		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", err)
 	default:

@@ -141,6 +141,9 @@ func (s *fakeService) find(k ServiceKey, addr netip.Addr, port uint16) int {
 }
 
 func validService(s Service) error {
+	if s.FWMark != 0 {
+		return validFWMark(s.ServiceKey)
+	}
 	if !s.Addr.IsValid() || (s.Protocol != TCP && s.Protocol != UDP) {
 		return fmt.Errorf("%w: service %q", ErrInvalidArgument, s.ServiceKey)
 	}

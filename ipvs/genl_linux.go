@@ -43,6 +43,7 @@ const (
 	ipvsSvcAttrProtocol  = 2
 	ipvsSvcAttrAddr      = 3
 	ipvsSvcAttrPort      = 4
+	ipvsSvcAttrFWMark    = 5
 	ipvsSvcAttrSchedName = 6
 	ipvsSvcAttrFlags     = 7
 	ipvsSvcAttrTimeout   = 8
@@ -273,9 +274,13 @@ func (w *genlWriter) encode(c change, seq uint32) error {
 	w.buf = append(w.buf, cmd, 1, 0, 0) // genlmsghdr: cmd, version 1
 	end := w.nest(ipvsCmdAttrService)
 	w.u16(ipvsSvcAttrAF, ks.AddressFamily)
-	w.u16(ipvsSvcAttrProtocol, ks.Protocol)
-	w.attr(ipvsSvcAttrAddr, ipBytes(ks.Address))
-	w.be16(ipvsSvcAttrPort, ks.Port)
+	if ks.FWMark != 0 {
+		w.u32(ipvsSvcAttrFWMark, ks.FWMark)
+	} else {
+		w.u16(ipvsSvcAttrProtocol, ks.Protocol)
+		w.attr(ipvsSvcAttrAddr, ipBytes(ks.Address))
+		w.be16(ipvsSvcAttrPort, ks.Port)
+	}
 	if full {
 		w.attr(ipvsSvcAttrSchedName, append([]byte(ks.SchedName), 0))
 		w.attr(ipvsSvcAttrFlags, binary.NativeEndian.AppendUint32(binary.NativeEndian.AppendUint32(nil, ks.Flags), 0xFFFFFFFF))

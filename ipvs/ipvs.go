@@ -27,14 +27,20 @@ const (
 	NAT    Forwarding = "nat"    // masquerading (ipvsadm -m)
 )
 
-// ServiceKey identifies a virtual service in the kernel.
+// ServiceKey identifies a virtual service in the kernel: protocol, address and port,
+// or a firewall mark (FWMark != 0: Protocol empty, Port 0, Addr the unspecified
+// address of the family; see FWMarkKey).
 type ServiceKey struct {
 	Protocol Protocol
 	Addr     netip.Addr
 	Port     uint16
+	FWMark   uint32
 }
 
 func (k ServiceKey) String() string {
+	if k.FWMark != 0 {
+		return fwmarkSpec(k)
+	}
 	flag := "-t"
 	if k.Protocol == UDP {
 		flag = "-u"

@@ -90,8 +90,9 @@ func (n *Netlink) applyBatch(ctx context.Context, cs []change) []error {
 
 func (n *Netlink) one(ctx context.Context, c change) error { return n.applyBatch(ctx, []change{c})[0] }
 
-// Services implements Backend. Firewall-mark and non-TCP/UDP services are skipped:
-// they are never kubal's.
+// Services implements Backend. Non-TCP/UDP services are skipped: they are never
+// kubal's. Firewall-mark services are listed (kubal's forwarded-probe helpers are
+// some); the Reconciler touches only those it wants or owns.
 func (n *Netlink) Services(ctx context.Context) ([]Service, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -165,7 +166,11 @@ func family(a netip.Addr) uint16 {
 }
 
 func toKernelService(s Service) (*mobyipvs.Service, error) {
-	if !s.Addr.IsValid() {
+	if s.FWMark != 0 {
+		if err := validFWMark(s.ServiceKey); err != nil {
+			return nil, err
+		}
+	} else if !s.Addr.IsValid() {
 		return nil, fmt.Errorf("%w: service without address", ErrInvalidArgument)
 	}
 	ks := &mobyipvs.Service{
@@ -182,6 +187,12 @@ func toKernelService(s Service) (*mobyipvs.Service, error) {
 		ks.SchedName = "wlc"
 	}
 	switch s.Protocol {
+	case "":
+		if s.FWMark == 0 {
+			return nil, fmt.Errorf("%w: service without protocol", ErrInvalidArgument)
+		}
+		// A firewall-mark service: the kernel matches the mark only.
+		ks.FWMark, ks.Address, ks.Port = s.FWMark, nil, 0
 	case TCP:
 		ks.Protocol = syscall.IPPROTO_TCP
 	case UDP:
@@ -210,7 +221,9 @@ func toKernelService(s Service) (*mobyipvs.Service, error) {
 func fromKernelService(s *mobyipvs.Service) (Service, bool) {
 	var out Service
 	if s.FWMark != 0 {
-		return out, false
+		out.ServiceKey = FWMarkKey(s.FWMark, s.AddressFamily == syscall.AF_INET6)
+		out.Scheduler = s.SchedName
+		return out, true
 	}
 	switch s.Protocol {
 	case syscall.IPPROTO_TCP:

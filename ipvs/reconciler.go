@@ -52,7 +52,8 @@ type Reconciler struct {
 	notify  chan struct{}             // closed when a status is published; nil: nobody waits
 	taken   []update                  // take's result, reused
 	kick    chan struct{}
-	idle    func(due time.Time) // tests: see loop.idle
+	idle    func(due time.Time)   // tests: see loop.idle
+	sweep   func(ServiceKey) bool // Sweep's, until a pass takes it
 
 	// Owned by the Run goroutine.
 	pools    map[ServiceKey]*poolRun       // per pool: what to apply, what was, errors
@@ -61,9 +62,10 @@ type Reconciler struct {
 	covered  map[ServiceKey]bool           // keys whose state in known is trusted
 	owned    map[ServiceKey]bool           // created or adopted by this process
 	draining map[ServiceKey]map[destKey]time.Time
-	queue    []queued            // destination changes waiting for a batching backend
-	work     map[ServiceKey]bool // the pools of a pass, reused
-	keys     []ServiceKey        // the same, sorted, reused
+	queue    []queued              // destination changes waiting for a batching backend
+	work     map[ServiceKey]bool   // the pools of a pass, reused
+	keys     []ServiceKey          // the same, sorted, reused
+	sweeping func(ServiceKey) bool // the Sweep a pass took, for its dump
 }
 
 type wanted struct {
@@ -235,6 +237,20 @@ func (r *Reconciler) Update(p Pool) uint64 {
 	r.poke()
 	return v
 }
+
+// Sweep claims the services in the backend that match and are not desired: they are
+// kubal's leftovers (forwarded-probe helpers, ipvs.IsProbeMark, of an option removed
+// while kubal was down) and the next pass deletes them. Call it once the desired state
+// is complete (every service settled), or it deletes what is about to be desired.
+func (r *Reconciler) Sweep(match func(ServiceKey) bool) {
+	r.mu.Lock()
+	r.sweep = match
+	r.mu.Unlock()
+	r.poke()
+}
+
+// IsProbeHelper matches kubal's forwarded-probe helper services (for Sweep).
+func IsProbeHelper(k ServiceKey) bool { return k.IsFWMark() && IsProbeMark(k.FWMark) }
 
 // Remove takes one pool out of the desired state (its service is deleted if this
 // process created or adopted it) and returns the version of the removal.
@@ -434,10 +450,14 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, 
 		work[u.k] = true
 	}
 	due := func(e *poolRun) bool { return e.err == nil || !e.retryAt.After(now) }
-	if full || r.known == nil {
+	r.mu.Lock()
+	r.sweeping, r.sweep = r.sweep, nil
+	r.mu.Unlock()
+	if full || r.known == nil || r.sweeping != nil {
 		failed, err := r.dump(ctx)
+		r.sweeping = nil
 		if err != nil {
-			return time.Time{}, err, nil
+			return time.Time{}, err, nil // the sweep is lost: Sweep again
 		}
 		for k, e := range r.pools {
 			if due(e) || work[k] {
@@ -678,6 +698,12 @@ func (r *Reconciler) dump(ctx context.Context) (failed map[ServiceKey]error, err
 	failed = map[ServiceKey]error{}
 	for _, s := range svcs {
 		k := s.ServiceKey
+		if r.sweeping != nil && r.pools[k] == nil && r.sweeping(k) {
+			// Swept: kubal's though not desired; deleted by this pass.
+			r.pools[k] = &poolRun{removed: true}
+			r.owned[k], covered[k] = true, true
+			r.log.Info("ipvs: removing a leftover service of kubal's", "service", k.String())
+		}
 		if !covered[k] {
 			continue // not ours: never read, never touched
 		}
@@ -1216,7 +1242,7 @@ func keyOf(k ServiceKey, d Destination) destKey {
 }
 
 func compareKeys(a, b ServiceKey) int {
-	return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+	return cmp.Or(cmp.Compare(a.FWMark, b.FWMark), cmp.Compare(a.Protocol, b.Protocol), a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
 }
 
 func sortedKeys[V any](m map[ServiceKey]V) []ServiceKey {

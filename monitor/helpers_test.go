@@ -31,6 +31,7 @@ func newTestManager(t *testing.T) (*Manager, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
 	m := NewManager(reg, slog.New(slog.DiscardHandler))
 	m.offset = func(time.Duration) time.Duration { return 0 }
+	m.fwdDelay = 0
 	t.Cleanup(m.Close)
 	return m, reg
 }
@@ -52,7 +53,9 @@ func checkerFor(t *testing.T, m *Manager, svc *config.Service, name string, tg T
 	if len(v.ds) > 0 {
 		t.Fatalf("parse %s: %v", name, v.ds)
 	}
-	l, ok := sp.newRunner(testEnv(m, log)).(*loop)
+	e := testEnv(m, log)
+	e.name = name
+	l, ok := sp.newRunner(e).(*loop)
 	if !ok {
 		t.Fatalf("%s is not a looping monitor", name)
 	}

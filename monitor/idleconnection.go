@@ -100,7 +100,11 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 	buf := make([]byte, 64)
 	for {
 		d.Timeout = timeout
-		conn, err := d.DialContext(ctx, "tcp", c.target())
+		var conn net.Conn
+		fd, err := c.dialer(d) // a forwarded probe's source follows route changes
+		if err == nil {
+			conn, err = fd.DialContext(ctx, "tcp", c.target())
+		}
 		if ctx.Err() != nil {
 			if conn != nil {
 				conn.Close()
@@ -110,7 +114,7 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 		if err != nil {
 			name, msg := connectError(err)
 			ic.env.each(func(service, host string) {
-				ic.env.metrics.idleconnFailed.WithLabelValues(service, host, "IdleConnection", name).Inc()
+				ic.env.metrics.idleconnFailed.WithLabelValues(service, host, ic.env.name, name).Inc()
 			})
 			emit(Result{Reason: msg})
 			timeout = ic.connectTimeout
@@ -138,7 +142,7 @@ func (ic *IdleConnection) Run(ctx context.Context, emit func(Result)) {
 		}
 		name, msg := lostError(err)
 		ic.env.each(func(service, host string) {
-			ic.env.metrics.idleconnLost.WithLabelValues(service, host, "IdleConnection", name).Inc()
+			ic.env.metrics.idleconnLost.WithLabelValues(service, host, ic.env.name, name).Inc()
 		})
 		emit(Result{Reason: msg})
 		timeout = ic.connectTimeout

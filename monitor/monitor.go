@@ -50,6 +50,7 @@ type spec interface {
 
 // env is what a running probe may use.
 type env struct {
+	name    string // the monitor label: "ProxyFetch", or "ProxyFetch/forwarded"
 	m       *Manager
 	log     *slog.Logger
 	clk     clock
@@ -68,6 +69,7 @@ type Manager struct {
 	clk       clock
 	offset    func(interval time.Duration) time.Duration
 	transport *http.Transport
+	fwdDelay  time.Duration // forwarded probes start this long after their watch
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -91,6 +93,7 @@ func NewManager(reg prometheus.Registerer, log *slog.Logger) *Manager {
 		clk:       realClock{},
 		offset:    randomOffset,
 		transport: newTransport(),
+		fwdDelay:  ForwardedStartDelay,
 		ctx:       ctx,
 		cancel:    cancel,
 		probes:    map[string]*probe{},
@@ -119,8 +122,10 @@ func (m *Manager) Probes() int {
 // report may call stop. A probe that cannot be set up (bad options, no address)
 // is an error; a probe that fails is a down result.
 func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(Result)) (stop func(), err error) {
-	v := newValidator(svc, name)
-	parse, ok := parsers[name]
+	base, forwarded := splitForwarded(name)
+	v := newValidator(svc, base)
+	v.forwarded = forwarded
+	parse, ok := parsers[base]
 	if !ok {
 		return nil, fmt.Errorf("service %s: unknown monitor %q (known: %v)", svc.Name, name, Names())
 	}
@@ -166,6 +171,7 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 	p := &probe{m: m, name: name, key: key, cancel: cancel, h: hysteresis{rise: rise, fall: fall}}
 	m.probes[key] = p
 	e := &env{
+		name:    name,
 		m:       m,
 		log:     m.log.With("monitor", name),
 		clk:     m.clk,
@@ -174,11 +180,23 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 		offset:  m.offset,
 	}
 	r := sp.newRunner(e)
+	emit := p.emit
+	var delay time.Duration
+	if f, ok := sp.(interface{ forwarded() *forward }); ok && f.forwarded() != nil {
+		emit = f.forwarded().explain(p.emit) // a host that cannot forward says so
+		delay = m.fwdDelay
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		// A forwarded probe starts once its helper service is likely in the kernel:
+		// without it the marked connection would go through the VIP's own service to
+		// any server (and an IdleConnection would stay on that one).
+		if delay > 0 && !sleep(ctx, m.clk, delay) {
+			return
+		}
 		for ctx.Err() == nil {
-			if !m.runSafely(ctx, name, r, p.emit) || !sleep(ctx, m.clk, time.Second) {
+			if !m.runSafely(ctx, name, r, emit) || !sleep(ctx, m.clk, time.Second) {
 				return
 			}
 		}

@@ -3,6 +3,7 @@ package monitor
 import (
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -25,12 +26,12 @@ var parsers = map[string]func(v *validator, t Target) spec{
 
 // knownOptions are the `<monitor>.<option>` keys each monitor reads.
 var knownOptions = map[string][]string{
-	"ProxyFetch":     {"url", "interval", "timeout", "http_status", "check_all", "max_failures", "port", "tls-verify", "ca", "expect-status", "rise", "fall"},
-	"IdleConnection": {"timeout-clean-reconnect", "max-delay", "keepalive", "keepalive-idle", "keepalive-interval", "keepalive-retries", "port", "rise", "fall"},
+	"ProxyFetch":     {"url", "interval", "timeout", "http_status", "check_all", "max_failures", "port", "tls-verify", "ca", "expect-status", "rise", "fall", "path"},
+	"IdleConnection": {"timeout-clean-reconnect", "max-delay", "keepalive", "keepalive-idle", "keepalive-interval", "keepalive-retries", "port", "rise", "fall", "path"},
 	"RunCommand":     {"command", "arguments", "interval", "timeout", "log-output", "rise", "fall"},
 	"DNSQuery":       {"hostnames", "interval", "timeout", "fail-on-nxdomain", "port", "rise", "fall"},
 	"UDP":            {"interval", "icmp-timeout", "port", "rise", "fall"},
-	"TCP":            {"interval", "timeout", "port", "rise", "fall"},
+	"TCP":            {"interval", "timeout", "port", "rise", "fall", "path"},
 }
 
 // Options returns the option names (without the `<monitor>.` prefix) that monitor
@@ -98,10 +99,11 @@ func monitorsPos(svc *config.Service) config.Pos {
 
 // validator reads typed monitor options and collects diagnostics.
 type validator struct {
-	svc  *config.Service
-	name string
-	mo   config.MonitorOptions
-	ds   config.Diagnostics
+	svc       *config.Service
+	name      string
+	mo        config.MonitorOptions
+	ds        config.Diagnostics
+	forwarded bool // the forwarded probe of monitor name (see forwarded.go)
 }
 
 func newValidator(svc *config.Service, name string) *validator {
@@ -190,17 +192,26 @@ type common struct {
 	rise, fall int
 	addr       netip.Addr
 	port       uint16
-	raw        string // sorted raw options, for the probe key
+	raw        string   // sorted raw options, for the probe key
+	fwd        *forward // the forwarded probe: connect to the VIP, marked
 }
 
 func (v *validator) common(t Target) common {
-	return common{
+	v.path(v.forwarded)
+	c := common{
 		name: v.name,
 		rise: v.int("rise", 1, 1, math.MaxInt32),
 		fall: v.int("fall", 1, 1, math.MaxInt32),
 		addr: t.Addr,
 		raw:  rawOptions(v.mo),
 	}
+	if v.forwarded {
+		c.fwd = &forward{vip: v.svc.IP, server: t.Addr}
+		if t.Addr.IsValid() {
+			c.fwd.mark = probeMark(v.svc, t.Addr)
+		}
+	}
+	return c
 }
 
 func rawOptions(mo config.MonitorOptions) string {
@@ -222,12 +233,25 @@ func (c common) hyst() (int, int) { return c.rise, c.fall }
 // key is the probe identity: monitor, its options, and where it probes. extra adds
 // target facts the probe uses beyond address and port (RunCommand's host).
 func (c common) key(extra ...string) string {
-	return c.name + "|" + c.raw + "|" + netip.AddrPortFrom(c.addr, c.port).String() + "|" + strings.Join(extra, "|")
+	k := c.name + "|" + c.raw + "|" + netip.AddrPortFrom(c.addr, c.port).String() + "|" + strings.Join(extra, "|")
+	if c.fwd != nil {
+		k += fmt.Sprintf("|forwarded %s mark %d", c.fwd.vip, c.fwd.mark)
+	}
+	return k
 }
 
+// target is where the probe connects: the server, or the VIP for a forwarded probe.
 func (c common) target() string {
+	if c.fwd != nil {
+		return netip.AddrPortFrom(c.fwd.vip, c.port).String()
+	}
 	return netip.AddrPortFrom(c.addr, c.port).String()
 }
+
+func (c common) forwarded() *forward { return c.fwd }
+
+// dialer readies d for this probe: as it is, or marked and bound for a forwarded one.
+func (c common) dialer(d net.Dialer) (net.Dialer, error) { return forwardDialer(d, c.fwd, c.addr) }
 
 // secondsText formats a duration as PyBal prints its int seconds ("5").
 func secondsText(d time.Duration) string {

@@ -150,7 +150,7 @@ func (p *ProxyFetch) fetch(ctx context.Context, fu fetchURL) Result {
 	r := p.get(ctx, fu)
 	d := p.env.clk.Now().Sub(start).Seconds()
 	p.env.each(func(service, host string) {
-		p.env.metrics.proxyfetchDuration.WithLabelValues(service, host, "ProxyFetch", resultLabel(r.Up), fu.raw).Set(d)
+		p.env.metrics.proxyfetchDuration.WithLabelValues(service, host, p.env.name, resultLabel(r.Up), fu.raw).Set(d)
 	})
 	return r
 }
@@ -158,7 +158,7 @@ func (p *ProxyFetch) fetch(ctx context.Context, fu fetchURL) Result {
 func (p *ProxyFetch) get(ctx context.Context, fu fetchURL) Result {
 	c := p.cfg
 	deadline, _ := ctx.Deadline()
-	ctx = context.WithValue(ctx, dialKey{}, &dialTarget{addr: c.target(), tls: fu.tls, deadline: deadline})
+	ctx = context.WithValue(ctx, dialKey{}, &dialTarget{addr: c.target(), c: &c.common, tls: fu.tls, deadline: deadline})
 	// The URL is parsed once and the header map is shared read-only (RoundTrip
 	// must not modify a request): nothing is re-parsed per check.
 	req := (&http.Request{
@@ -264,6 +264,7 @@ type dialTarget struct {
 	addr     string
 	tls      *tls.Config
 	deadline time.Time
+	c        *common // readies the dialer (forwarded probes)
 }
 
 type dialKey struct{}
@@ -277,7 +278,10 @@ func newTransport() *http.Transport {
 		if dt == nil {
 			return nil, nil, errors.New("monitor: request without a dial target")
 		}
-		d := net.Dialer{Deadline: dt.deadline, Timeout: 30 * time.Second, KeepAlive: -1}
+		d, err := dt.c.dialer(net.Dialer{Deadline: dt.deadline, Timeout: 30 * time.Second, KeepAlive: -1})
+		if err != nil {
+			return nil, dt, err
+		}
 		conn, err := d.DialContext(ctx, "tcp", dt.addr)
 		return conn, dt, err
 	}

@@ -25,15 +25,21 @@ func (c *tcpConfig) key() string { return c.common.key() }
 
 func (c *tcpConfig) newRunner(e *env) runner {
 	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &TCP{addr: c.target()}}
+		check: &TCP{addr: c.target(), cfg: c}}
 }
 
 // TCP is the connect check.
-type TCP struct{ addr string }
+type TCP struct {
+	addr string
+	cfg  *tcpConfig
+}
 
 // Check connects and closes.
 func (t *TCP) Check(ctx context.Context) Result {
-	d := net.Dialer{KeepAlive: -1}
+	d, err := t.cfg.dialer(net.Dialer{KeepAlive: -1})
+	if err != nil {
+		return Result{Reason: err.Error()}
+	}
 	conn, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
 		_, msg := connectError(err)

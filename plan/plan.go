@@ -8,6 +8,7 @@ import (
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/ipvs"
+	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/pool"
 )
 
@@ -22,7 +23,7 @@ type Service struct {
 
 // Desired is the world kubal wants.
 type Desired struct {
-	Pools         []ipvs.Pool // config order
+	Pools         []ipvs.Pool // config order, then the forwarded-probe helpers (ProbePools)
 	VIPs          []ipvs.VIP
 	Announcements []bgp.Announcement
 }
@@ -34,6 +35,7 @@ func Build(cfg *config.Config, states map[string]Service) Desired {
 	for _, svc := range cfg.Services {
 		d.Pools = append(d.Pools, Pool(svc, states[svc.Name]))
 	}
+	d.Pools = append(d.Pools, ProbePools(cfg, states).Pools...)
 	d.VIPs = VIPs(cfg)
 	d.Announcements = Announcements(cfg, states)
 	return d
@@ -118,6 +120,11 @@ type Planner struct {
 	byName map[string]*config.Service
 	pools  map[string]ipvs.Pool
 	states map[string]Service
+	// probes: the forwarded-probe helpers last returned by ProbeChanges; probesDirty:
+	// they may have changed since.
+	probes      map[ipvs.ServiceKey]ipvs.Pool
+	probesDirty bool
+	conflicts   []string
 }
 
 // NewPlanner returns a planner for cfg with no service states yet.
@@ -144,6 +151,7 @@ func (p *Planner) SetConfig(cfg *config.Config) {
 		}
 	}
 	p.pools = next
+	p.probesDirty = true
 }
 
 // Update replans one service. It reports whether the announcements may have changed
@@ -157,6 +165,9 @@ func (p *Planner) Update(name string, st Service) (announce bool) {
 	was, wasKnown := Pooled(p.states[name])
 	p.states[name] = st
 	p.pools[name] = Pool(svc, st)
+	if monitor.HasForwarded(svc) {
+		p.probesDirty = true
+	}
 	return known != wasKnown || (on > 0) != (was > 0)
 }
 
@@ -172,5 +183,6 @@ func (p *Planner) Desired() Desired {
 	for _, svc := range p.cfg.Services {
 		d.Pools = append(d.Pools, p.pools[svc.Name])
 	}
+	d.Pools = append(d.Pools, ProbePools(p.cfg, p.states).Pools...)
 	return d
 }

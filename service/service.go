@@ -15,6 +15,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,6 +116,9 @@ type Service struct {
 type watch struct {
 	addr  netip.Addr
 	stops []func()
+	// raw is each monitor's last result as reported, before ForwardedVerdict: a
+	// forwarded probe's reason depends on the direct probe's current result.
+	raw map[string]monitor.Result
 }
 
 // New returns a service for cfg; Run starts it.
@@ -144,7 +148,10 @@ func New(cfg *config.Service, deps Deps) *Service {
 }
 
 func monitorsOf(cfg *config.Service, health bool) []string {
-	m := append([]string(nil), cfg.Monitors...)
+	m := monitor.Watched(cfg) // the monitors, then their forwarded probes
+	if len(m) == 0 {
+		m = nil
+	}
 	if health {
 		m = append(m, HealthMonitor)
 	}
@@ -336,7 +343,26 @@ func (s *Service) monitorResult(m monitorResult) {
 	if cur, ok := s.watches[m.host]; !ok || cur != m.w {
 		return // from a watch that was replaced
 	}
-	s.coord.Result(m.host, m.monitor, pool.MonitorResult{Up: m.r.Up, Reason: m.r.Reason})
+	m.w.raw[m.monitor] = m.r
+	s.coord.Result(m.host, m.monitor, s.verdict(m.w, m.monitor))
+	// The direct probe changed: so may the reason of its forwarded probe.
+	if fwd := monitor.ForwardedName(m.monitor); m.w.has(fwd) {
+		s.coord.Result(m.host, fwd, s.verdict(m.w, fwd))
+	}
+}
+
+func (w *watch) has(name string) bool { _, ok := w.raw[name]; return ok }
+
+// verdict is the result the coordinator gets for monitor name: a forwarded probe
+// that fails while the direct one passes says so (monitor.ForwardedVerdict).
+func (s *Service) verdict(w *watch, name string) pool.MonitorResult {
+	r := w.raw[name]
+	if direct, ok := strings.CutSuffix(name, monitor.ForwardedName("")); ok {
+		if d, known := w.raw[direct]; known {
+			r = monitor.ForwardedVerdict(d, r)
+		}
+	}
+	return pool.MonitorResult{Up: r.Up, Reason: r.Reason}
 }
 
 // startResolve looks a hostname up off the actor, retrying with backoff on failure
@@ -497,9 +523,9 @@ func (s *Service) syncWatches(snap *pool.Snapshot) {
 }
 
 func (s *Service) startWatch(host string, addr netip.Addr) {
-	w := &watch{addr: addr}
+	w := &watch{addr: addr, raw: map[string]monitor.Result{}}
 	t := monitor.Target{Service: s.name, Host: host, Addr: addr, Port: s.cfg.Port}
-	for _, name := range s.cfg.Monitors {
+	for _, name := range monitor.Watched(s.cfg) {
 		stop, err := s.deps.Monitors.Watch(s.cfg, name, t, func(r monitor.Result) {
 			s.send(s.ctx, monitorResult{host: host, monitor: name, w: w, r: r})
 		})
