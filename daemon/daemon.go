@@ -303,38 +303,22 @@ func (d *Daemon) applyServices(cfg *config.Config) {
 // replans everything. The cost of one change is that of its pool.
 func (d *Daemon) converge(all bool) {
 	cfg := d.Config()
-	dirty := d.services.TakeDirty()
 	if all {
 		d.planner.SetConfig(cfg)
 	}
 	announce := all
-	for name := range dirty {
+	for name := range d.services.TakeDirty() {
 		s := d.service(name)
 		if s == nil {
 			continue
 		}
 		st := s.State()
 		d.metrics.sourceHealthy.WithLabelValues(name).Set(boolGauge(st.SourceErr == nil && st.Intent.Err == nil))
-		if d.planner.Update(name, plan.Service{Snapshot: st.Snapshot, Settled: st.Settled}) {
-			announce = true
-		}
-		if p, ok := d.planner.Pool(name); ok && !all {
-			d.ipvs.Update(p)
-		}
+		announce = d.planner.Update(name, plan.Service{Snapshot: st.Snapshot, Settled: st.Settled}) || announce
 	}
-	// Forwarded-probe helper services (plan.ProbePools): after a Set they are in
-	// want.Pools; otherwise their changes go one by one.
-	upd, rm, conflicts := d.planner.ProbeChanges()
-	for _, c := range conflicts {
+	upd, rm, problems := d.planner.Changes() // services and forwarded-probe helpers
+	for _, c := range problems {
 		d.log.Error(c)
-	}
-	if !all {
-		for _, p := range upd {
-			d.ipvs.Update(p)
-		}
-		for _, k := range rm {
-			d.ipvs.Remove(k)
-		}
 	}
 	if all {
 		want := d.planner.Desired()
@@ -342,6 +326,12 @@ func (d *Daemon) converge(all bool) {
 		if cfg.Global.VIPAddresses { // off by default: PyBal hosts get their VIPs from Puppet
 			d.addrs.Set(want.VIPs)
 		}
+	}
+	for _, p := range upd {
+		d.ipvs.Update(p) // after a Set: unchanged, costs nothing
+	}
+	for _, k := range rm {
+		d.ipvs.Remove(k)
 	}
 	if d.speaker != nil && announce {
 		d.speaker.Set(d.planner.Desired().Announcements)
@@ -367,9 +357,7 @@ func (d *Daemon) checkReady() {
 	switch {
 	case err == nil:
 		d.log.Info("all sources synced; ready", "services", len(d.Config().Services))
-		// The plan is complete: forwarded-probe helpers it does not want (an option
-		// removed while kubal was down) are kubal's leftovers.
-		d.ipvs.Sweep(ipvs.IsProbeHelper)
+		d.ipvs.Sweep(ipvs.IsProbeHelper) // the plan is complete: unwanted helpers are leftovers
 	case d.opts.Clock.Since(d.started) > d.opts.ReadyTimeout:
 		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", err)
 	default:

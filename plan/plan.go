@@ -10,6 +10,8 @@ import (
 	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/pool"
+	"maps"
+	"slices"
 )
 
 // Service is what plan needs of one service's published state.
@@ -125,11 +127,12 @@ type Planner struct {
 	probes      map[ipvs.ServiceKey]ipvs.Pool
 	probesDirty bool
 	conflicts   []string
+	changed     map[string]bool // services replanned since Changes
 }
 
 // NewPlanner returns a planner for cfg with no service states yet.
 func NewPlanner(cfg *config.Config) *Planner {
-	p := &Planner{pools: map[string]ipvs.Pool{}, states: map[string]Service{}}
+	p := &Planner{pools: map[string]ipvs.Pool{}, states: map[string]Service{}, changed: map[string]bool{}}
 	p.SetConfig(cfg)
 	return p
 }
@@ -165,10 +168,22 @@ func (p *Planner) Update(name string, st Service) (announce bool) {
 	was, wasKnown := Pooled(p.states[name])
 	p.states[name] = st
 	p.pools[name] = Pool(svc, st)
+	p.changed[name] = true
 	if monitor.HasForwarded(svc) {
 		p.probesDirty = true
 	}
 	return known != wasKnown || (on > 0) != (was > 0)
+}
+
+// Changes returns what changed since the last call: the pools to update (services
+// replanned by Update, forwarded-probe helpers) and to remove, and new problems.
+func (p *Planner) Changes() (update []ipvs.Pool, remove []ipvs.ServiceKey, problems []string) {
+	for _, name := range slices.Sorted(maps.Keys(p.changed)) {
+		update = append(update, p.pools[name])
+	}
+	clear(p.changed)
+	pu, remove, problems := p.ProbeChanges()
+	return append(update, pu...), remove, problems
 }
 
 // Pool is the current plan of one service.
