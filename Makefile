@@ -22,6 +22,7 @@ test: lint setup
 	KUBAL_REQUIRE_RIGS=1 $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) test-vm
 	$(MAKE) test-e2e
+	$(MAKE) test-systemd
 	$(MAKE) docs-check
 
 unit:
