@@ -85,6 +85,13 @@ func (st *State) Alerts() []string {
 	if st.Intent.Err != nil {
 		out = append(out, fmt.Sprintf("%s: admin store failing, keeping last known admin state: %s", name, FirstLine(st.Intent.Err.Error())))
 	}
+	// A server that cannot be resolved (or only to the other address family: a v6
+	// host in a v4 pool) is out of the pool: say so, not only in a log line.
+	for _, sv := range st.Snapshot.Servers {
+		if !sv.Ready && strings.HasPrefix(sv.Why, "resolve failed") {
+			out = append(out, fmt.Sprintf("%s: %s is not pooled: %s", name, sv.Host, FirstLine(sv.Why)))
+		}
+	}
 	// With an etcd:// source the store reads the same keys: one alert per key.
 	problems := maps.Clone(st.Intent.Problems)
 	if problems == nil {

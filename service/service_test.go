@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -167,5 +168,49 @@ func TestApplyReturnsWhenInForce(t *testing.T) {
 	_, cur, err = s.Apply(context.Background(), admin.Change{Host: "n4", Op: admin.OpPool})
 	if err != nil || cur.Enabled || cur.Why != "cordoned" {
 		t.Errorf("pool of a source-disabled server: %+v, %v", cur, err)
+	}
+}
+
+// Issue 13: a host of the other address family (a v6 host in a v4 pool) is an alert,
+// not only a log line.
+func TestWrongFamilyHostIsAnAlert(t *testing.T) {
+	src := chanSource{sets: make(chan source.Set, 1)}
+	s := New(&config.Service{Name: "web_80", IP: netip.MustParseAddr("192.0.2.10"), DepoolThreshold: 0.5},
+		Deps{Source: src, Store: &memStore{in: admin.Intent{Revision: 1, Loaded: true}}, Log: slog.New(slog.DiscardHandler),
+			Resolve: LookupHost})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	src.sets <- source.Set{"2001:db8::1": {Host: "2001:db8::1", Weight: 10, Enabled: true}}
+	st := waitState(t, s, "resolve failed", func(st *State) bool { return st.Synced && len(st.Alerts()) > 0 })
+	if a := st.Alerts(); len(a) != 1 || !strings.Contains(a[0], "2001:db8::1 is not pooled: resolve failed: 2001:db8::1 is not of the VIP's address family") {
+		t.Errorf("alerts %q", a)
+	}
+}
+
+// At most n lookups run at once, whatever the number of names.
+func TestBoundedResolver(t *testing.T) {
+	var mu sync.Mutex
+	running, most := 0, 0
+	slow := func(ctx context.Context, host string, v6 bool) (netip.Addr, error) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return netip.Addr{}, nil
+	}
+	r := Bounded(slow, 4)
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() { _, _ = r(context.Background(), "x", false) })
+	}
+	wg.Wait()
+	if most != 4 {
+		t.Errorf("%d lookups at once, want at most (and, with 100 waiting, exactly) 4", most)
 	}
 }
