@@ -25,8 +25,11 @@ root="$work/root"
 ldflags="-s -w -buildid= -X main.version=$version -X main.commit=$commit"
 CGO_ENABLED=0 GOARCH="$arch" go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$work/" ./cmd/kubal ./cmd/kubalctl
 
-# The shipped example must stay a valid config.
-"$work/kubal" --check-config -c packaging/pybal.conf.example >/dev/null
+# The shipped example must stay a valid config. --check-config reads the admin token
+# file as the daemon does; each host creates its own, so check with a stand-in.
+(umask 077 && printf 'build:%s\n' "$(head -c 24 /dev/urandom | base64)" >"$work/admin-tokens")
+sed "s#/etc/kubal/admin-tokens#$work/admin-tokens#" packaging/pybal.conf.example >"$work/example.conf"
+"$work/kubal" --check-config -c "$work/example.conf" >/dev/null
 install -D -m 0755 "$work/kubal" "$root/usr/sbin/kubal"
 install -D -m 0755 "$work/kubalctl" "$root/usr/bin/kubalctl"
 install -D -m 0644 configs/kubal.service "$root/lib/systemd/system/kubal.service"
