@@ -93,16 +93,19 @@ func TestPeerBench(t *testing.T) {
 			t.Fatalf("%s missing in the VM (integration/peerbench/run.sh packs it): %v", bin, err)
 		}
 	}
+	for _, p := range peers {
+		if err := os.MkdirAll(filepath.Join(os.TempDir(), "peerbench-"+p.name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	nServers := max(sc.costSvc*sc.costPer, 10)
 	be := topology(t, nServers)
+	syslogToFile(t, filepath.Join(os.TempDir(), "peerbench-keepalived", "syslog.log"))
 	logf("peerbench %s: %d real server addresses; cost/detection %d services x %d servers, %d s interval; start/reload/restart %d services x 10 servers, %d s interval",
 		sc.mode, nServers, sc.costSvc, sc.costPer, sc.interval, sc.bigSvc, sc.bigIntvl)
 	res := map[string]*result{}
 	for _, p := range peers {
 		dir := filepath.Join(os.TempDir(), "peerbench-"+p.name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
 		r := &result{}
 		res[p.name] = r
 		t0 := time.Now()

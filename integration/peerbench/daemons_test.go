@@ -3,6 +3,7 @@ package peerbench
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,10 +129,11 @@ var peers = []peer{
 	{
 		name:   "keepalived",
 		render: keepalivedFile,
-		// -C: the checker (LVS) subsystem only; -n: stay in the foreground; -g: log to
-		// a file (-l would write to /dev/console, the VM's serial line).
+		// -C: the checker (LVS) subsystem only; -n: stay in the foreground. It logs to
+		// syslog, which syslogToFile collects (Debian's build has no --log-file, and
+		// -l would write to /dev/console, the VM's serial line).
 		args: func(conf, dir string) []string {
-			return []string{"/usr/sbin/keepalived", "-C", "-n", "--log-file=" + filepath.Join(dir, "keepalived.log"), "-f", conf,
+			return []string{"/usr/sbin/keepalived", "-C", "-n", "-f", conf,
 				"-p", filepath.Join(dir, "keepalived.pid"), "-c", filepath.Join(dir, "checkers.pid")}
 		},
 	},
@@ -269,4 +271,29 @@ func kbField(path, key string) int64 {
 		}
 	}
 	return 0
+}
+
+// syslogToFile serves /dev/log (the VM has no syslog daemon) and appends every message
+// to path, so that keepalived's log is in its directory for failure messages.
+func syslogToFile(t testing.TB, path string) {
+	t.Helper()
+	_ = os.Remove("/dev/log")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: "/dev/log", Net: "unixgram"})
+	if err != nil {
+		t.Fatalf("syslog socket: %v", err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			f.Write(append(buf[:n:n], '\n'))
+		}
+	}()
 }
