@@ -72,6 +72,7 @@ type cost struct {
 	cpuPer1k   float64 // CPU seconds per 1,000 checks = cores at 1,000 checks/s
 	marginal   float64 // the same without the idle baseline's cores
 	rss, pss   int64
+	anon       int64
 }
 
 type result struct {
@@ -182,10 +183,10 @@ func measureCost(t *testing.T, p peer, dir string, sc scale, be *backends, check
 	time.Sleep(sc.window)
 	u1, c1, el := treeUsage(pr.cmd.Process.Pid), counter.Load(), time.Since(t0)
 	checks := float64(c1 - c0)
-	c := cost{checksPerS: checks / el.Seconds(), cores: (u1.cpu - u0.cpu).Seconds() / el.Seconds(), rss: u1.rss, pss: u1.pss}
+	c := cost{checksPerS: checks / el.Seconds(), cores: (u1.cpu - u0.cpu).Seconds() / el.Seconds(), rss: u1.rss, pss: u1.pss, anon: u1.anon}
 	if check == "idle" {
-		logf("%s idle (%d servers, no check due): %.4f cores, %.0f checks/s, RSS %.1f MiB, PSS %.1f MiB",
-			p.name, sc.costSvc*sc.costPer, c.cores, c.checksPerS, mib(c.rss), mib(c.pss))
+		logf("%s idle (%d servers, no check due): %.4f cores, %.0f checks/s, RSS %.1f MiB, PSS %.1f MiB, RssAnon %.1f MiB",
+			p.name, sc.costSvc*sc.costPer, c.cores, c.checksPerS, mib(c.rss), mib(c.pss), mib(c.anon))
 		r.idle = c
 		return
 	}
@@ -432,16 +433,19 @@ func report(sc scale, k, ka *result) {
 	b.WriteString("| measure | kubal | keepalived | kubal/keepalived |\n|---|---|---|---|\n")
 	row(fmt.Sprintf("idle: cores with %d servers, no check due", sc.costSvc*sc.costPer), k.idle.cores, ka.idle.cores, "cores")
 	row("idle RSS", mib(k.idle.rss), mib(ka.idle.rss), "MiB")
+	row("idle RssAnon (without file pages)", mib(k.idle.anon), mib(ka.idle.anon), "MiB")
 	row("HTTP checks/s achieved", k.http.checksPerS, ka.http.checksPerS, "/s")
 	row("HTTP check CPU s per 1,000 checks (all)", k.http.cpuPer1k, ka.http.cpuPer1k, "s")
 	row("HTTP check CPU s per 1,000 checks above idle", k.http.marginal, ka.http.marginal, "s")
 	row("HTTP check RSS", mib(k.http.rss), mib(ka.http.rss), "MiB")
 	row("HTTP check PSS", mib(k.http.pss), mib(ka.http.pss), "MiB")
+	row("HTTP check RssAnon", mib(k.http.anon), mib(ka.http.anon), "MiB")
 	row("TCP checks/s achieved", k.tcp.checksPerS, ka.tcp.checksPerS, "/s")
 	row("TCP check CPU s per 1,000 checks (all)", k.tcp.cpuPer1k, ka.tcp.cpuPer1k, "s")
 	row("TCP check CPU s per 1,000 checks above idle", k.tcp.marginal, ka.tcp.marginal, "s")
 	row("TCP check RSS", mib(k.tcp.rss), mib(ka.tcp.rss), "MiB")
 	row("TCP check PSS", mib(k.tcp.pss), mib(ka.tcp.pss), "MiB")
+	row("TCP check RssAnon", mib(k.tcp.anon), mib(ka.tcp.anon), "MiB")
 	sec := func(d time.Duration) float64 { return d.Seconds() }
 	row(fmt.Sprintf("detection p50 (%d failures)", len(k.detect)), sec(pct(k.detect, 50)), sec(pct(ka.detect, 50)), "sec")
 	row("detection p99", sec(pct(k.detect, 99)), sec(pct(ka.detect, 99)), "sec")

@@ -207,8 +207,8 @@ func (p *proc) tail() string {
 // usage is CPU time and memory of a process and its descendants (keepalived runs a
 // parent and a checker child; kubal is one process).
 type usage struct {
-	cpu      time.Duration
-	rss, pss int64 // bytes; RSS summed over the processes, PSS (shared pages split)
+	cpu            time.Duration
+	rss, pss, anon int64 // bytes, summed over the processes: RSS, PSS (shared pages split), RssAnon (heap and stacks, without the binary's and libraries' file pages)
 }
 
 // treeUsage reads /proc for pid and every descendant.
@@ -235,6 +235,7 @@ func treeUsage(pid int) usage {
 		}
 		u.rss += kbField(fmt.Sprintf("/proc/%d/status", p), "VmRSS:")
 		u.pss += kbField(fmt.Sprintf("/proc/%d/smaps_rollup", p), "Pss:")
+		u.anon += kbField(fmt.Sprintf("/proc/%d/status", p), "RssAnon:")
 		for _, c := range children[p] {
 			walk(c)
 		}
