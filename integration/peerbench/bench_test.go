@@ -82,6 +82,8 @@ type result struct {
 	reload             time.Duration
 	reloadBroken       int
 	restart            time.Duration
+	stopTook           time.Duration
+	incomplete         time.Duration // during the stop + start, the table lacked a destination
 	restartBroken      int
 	flowsReload, flows int
 }
@@ -212,6 +214,27 @@ func measureCost(t *testing.T, p peer, dir string, sc scale, be *backends, check
 // IPVS, turns them healthy again and times each return, until sc.failures are timed.
 func detection(t *testing.T, pr *proc, d desc, sc scale, be *backends) (det, rec []time.Duration) {
 	limit := time.Duration(10*sc.interval)*time.Second + 10*time.Second
+	be.trace(true)
+	defer be.trace(false)
+	type slow struct {
+		took  time.Duration
+		ip    string
+		t0    time.Time
+		trace []probe
+	}
+	var worst []slow
+	defer func() {
+		slices.SortFunc(worst, func(a, b slow) int { return int(b.took - a.took) })
+		for _, w := range worst[:min(3, len(worst))] {
+			var ev []string
+			for _, p := range w.trace {
+				if p.at.After(w.t0.Add(-time.Duration(sc.interval)*time.Second)) && p.at.Before(w.t0.Add(w.took)) {
+					ev = append(ev, fmt.Sprintf("%+.3fs:%d", p.at.Sub(w.t0).Seconds(), p.status))
+				}
+			}
+			logf("slow detection %s: %s; health requests relative to the failure: %s", w.ip, w.took.Round(time.Millisecond), strings.Join(ev, " "))
+		}
+	}()
 	for round := 0; len(det) < sc.failures; round++ {
 		type victim struct{ key, ip string }
 		var vs []victim
@@ -245,6 +268,11 @@ func detection(t *testing.T, pr *proc, d desc, sc scale, be *backends) (det, rec
 			}
 			if down {
 				det = append(det, seen...)
+				for i, v := range vs {
+					worst = append(worst, slow{seen[i], v.ip, t0, be.probes(v.ip)})
+				}
+				slices.SortFunc(worst, func(a, b slow) int { return int(b.took - a.took) })
+				worst = worst[:min(3, len(worst))]
 			} else {
 				rec = append(rec, seen...)
 			}
@@ -290,15 +318,38 @@ func measureBig(t *testing.T, p peer, dir string, sc scale, r *result) {
 
 	// Restart: SIGTERM, wait for the exit, start again.
 	fl = openFlows(t, d, sc.flows)
+	// Meanwhile, a poller adds up the time the table is not complete.
+	pollStop, pollDone := make(chan struct{}), make(chan time.Duration)
+	go func() {
+		var gone time.Duration
+		last := time.Now()
+		for {
+			tb, err := readTable()
+			now := time.Now()
+			if err == nil && !tb.complete(d) {
+				gone += now.Sub(last)
+			}
+			last = now
+			select {
+			case <-pollStop:
+				pollDone <- gone
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
 	t0 := time.Now()
 	pr.stop()
+	r.stopTook = time.Since(t0)
 	pr, _ = launch(t, p, dir, d)
 	waitTable(t, pr, limit, "all services programmed after the restart", func(tb table) bool { return tb.complete(d) })
 	r.restart = time.Since(t0)
+	close(pollStop)
+	r.incomplete = <-pollDone
 	time.Sleep(5 * time.Second)
 	r.restartBroken, r.flows = fl.close(), sc.flows
-	logf("%s restart: all programmed %s after SIGTERM; %d of %d established connections broken",
-		p.name, r.restart.Round(time.Millisecond), r.restartBroken, sc.flows)
+	logf("%s restart: stopped in %s, all programmed %s after SIGTERM, table incomplete for %s; %d of %d established connections broken",
+		p.name, r.stopTook.Round(time.Millisecond), r.restart.Round(time.Millisecond), r.incomplete.Round(time.Millisecond), r.restartBroken, sc.flows)
 }
 
 // flows are established keep-alive HTTP connections from the client namespace
@@ -454,7 +505,9 @@ func report(sc scale, k, ka *result) {
 	row(fmt.Sprintf("start %d x 10 to all programmed", sc.bigSvc), sec(k.start), sec(ka.start), "sec")
 	row("reload of 1 service to in force", sec(k.reload), sec(ka.reload), "sec")
 	row(fmt.Sprintf("reload: connections broken (of %d)", k.flowsReload), float64(k.reloadBroken), float64(ka.reloadBroken), "")
+	row("stop: SIGTERM to exit", sec(k.stopTook), sec(ka.stopTook), "sec")
 	row("stop + start: SIGTERM to table complete again", sec(k.restart), sec(ka.restart), "sec")
+	row("stop + start: time the table lacked destinations", sec(k.incomplete), sec(ka.incomplete), "sec")
 	row(fmt.Sprintf("restart: connections broken (of %d)", k.flows), float64(k.restartBroken), float64(ka.restartBroken), "")
 	fmt.Print(b.String())
 }

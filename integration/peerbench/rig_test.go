@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -92,8 +93,33 @@ func vipOf(i int) string { return fmt.Sprintf("10.100.%d.%d", i/250, 1+i%250) }
 type backends struct {
 	mu       sync.Mutex
 	failing  map[string]bool
+	seen     map[string][]probe // health requests per address, while tracing
 	requests atomic.Int64
 	conns    atomic.Int64
+}
+
+// probe is one health request a real server answered.
+type probe struct {
+	at     time.Time
+	status int
+}
+
+// trace starts (or, with on false, stops and clears) recording every health request
+// per address, to explain slow detections.
+func (b *backends) trace(on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seen = nil
+	if on {
+		b.seen = map[string][]probe{}
+	}
+}
+
+// probes returns the health requests ip answered since tracing started.
+func (b *backends) probes(ip string) []probe {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]probe(nil), b.seen[ip]...)
 }
 
 func (b *backends) setFailing(ip string, fail bool) {
@@ -114,6 +140,13 @@ func (b *backends) health(w http.ResponseWriter, r *http.Request) {
 	}
 	b.mu.Lock()
 	fail := b.failing[ip]
+	if b.seen != nil {
+		st := http.StatusOK
+		if fail {
+			st = http.StatusServiceUnavailable
+		}
+		b.seen[ip] = append(b.seen[ip], probe{time.Now(), st})
+	}
 	b.mu.Unlock()
 	if fail {
 		w.WriteHeader(http.StatusServiceUnavailable)
