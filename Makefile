@@ -78,7 +78,7 @@ test-systemd: setup
 	./integration/systemd/run-tests.sh
 
 # kubal vs keepalived on real IPVS in the VM rig (integration/peerbench, docs/perf/peers.md):
-# the full benchmark (~15-25 min of TCG time) and its smoke version (~2 min).
+# the full benchmark (~13 min of TCG time) and its smoke version (~2 min).
 .PHONY: peerbench peerbench-smoke
 peerbench: setup
 	./integration/peerbench/run.sh --full
