@@ -78,3 +78,12 @@ deb:
 # The package installed and run under a real systemd in the VM rig (integration/systemd).
 test-systemd: setup
 	./integration/systemd/run-tests.sh
+
+# kubal vs keepalived on real IPVS in the VM rig (integration/peerbench, docs/perf/peers.md):
+# the full benchmark (~13 min of TCG time) and its smoke version (~2 min).
+.PHONY: peerbench peerbench-smoke
+peerbench: setup
+	./integration/peerbench/run.sh --full
+
+peerbench-smoke: setup
+	./integration/peerbench/run.sh
