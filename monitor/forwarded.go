@@ -27,7 +27,7 @@ import (
 // PathDirect and PathForwarded are the values of `<monitor>.path`.
 const (
 	PathDirect    = "direct"
-	PathForwarded = "forwarded"
+	PathForwarded = config.PathForwarded
 )
 
 // ForwardedStartDelay is how long a forwarded probe waits before its first check or
@@ -69,18 +69,11 @@ func Watched(svc *config.Service) []string {
 
 // IsForwarded reports whether the service's monitor name asks for a forwarded probe.
 func IsForwarded(svc *config.Service, name string) bool {
-	return forwardable[name] && strings.TrimSpace(svc.Monitor(name).String("path", PathDirect)) == PathForwarded
+	return forwardable[name] && svc.Forwarded(name)
 }
 
 // HasForwarded reports whether any monitor of the service asks for forwarded probes.
-func HasForwarded(svc *config.Service) bool {
-	for _, name := range svc.Monitors {
-		if IsForwarded(svc, name) {
-			return true
-		}
-	}
-	return false
-}
+func HasForwarded(svc *config.Service) bool { return svc.HasForwarded() }
 
 // ForwardedVerdict is the result shown for a forwarded probe given the current result
 // of the direct probe of the same monitor: a failure while the direct probe passes is

@@ -8,7 +8,6 @@ import (
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/ipvs"
-	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/pool"
 	"maps"
 	"slices"
@@ -169,7 +168,7 @@ func (p *Planner) Update(name string, st Service) (announce bool) {
 	p.states[name] = st
 	p.pools[name] = Pool(svc, st)
 	p.changed[name] = true
-	if monitor.HasForwarded(svc) {
+	if svc.HasForwarded() {
 		p.probesDirty = true
 	}
 	return known != wasKnown || (on > 0) != (was > 0)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/ipvs"
-	"github.com/kubal/kubal/monitor"
 )
 
 // Probes are the helper firewall-mark services of forwarded probes
@@ -36,7 +35,7 @@ func ProbePools(cfg *config.Config, states map[string]Service) Probes {
 	byMark := map[uint32][]pair{}
 	for _, svc := range cfg.Services {
 		st := states[svc.Name]
-		if st.Snapshot == nil || !monitor.HasForwarded(svc) {
+		if st.Snapshot == nil || !svc.HasForwarded() {
 			continue
 		}
 		k := Key(svc)
