@@ -83,6 +83,8 @@ EOF
 cat >/etc/pybal/pybal.conf <<'EOF'
 [global]
 bgp = yes
+# kubal adds the VIP to lo only when asked (PyBal hosts get it from Puppet)
+vip-addresses = yes
 bgp-local-asn = 64600
 bgp-peer-address = ['10.0.1.2']
 bgp-nexthop-ipv4 = 10.0.1.1
