@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/netip"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/kubal/kubal/config"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // testService builds a service whose options are given as key/value pairs, each on
@@ -207,26 +208,8 @@ func (c *fakeClock) nextTimer() time.Duration {
 	return best
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func debugLogger() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func debugLogger() (*slog.Logger, *testutil.SyncBuffer) {
+	buf := &testutil.SyncBuffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 

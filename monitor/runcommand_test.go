@@ -8,9 +8,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
-func rcCheck(t *testing.T, m *Manager, tg Target, kv ...string) (Checker, *syncBuffer) {
+func rcCheck(t *testing.T, m *Manager, tg Target, kv ...string) (Checker, *testutil.SyncBuffer) {
 	t.Helper()
 	log, buf := debugLogger()
 	return checkerFor(t, m, testService("svc", []string{"RunCommand"}, kv...), "RunCommand", tg, log), buf

@@ -1,7 +1,6 @@
 package source
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // problemRecorder is a recorder that also takes Problems.
@@ -40,24 +41,6 @@ func (r *problemRecorder) lastProblems() map[string]string {
 		return nil
 	}
 	return r.problems[len(r.problems)-1]
-}
-
-// syncBuffer is a log sink tests can read while the source writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func writeAtomic(t *testing.T, path string, data []byte) {
@@ -111,7 +94,7 @@ func TestFileListWithNoValidLineIsAFailedRead(t *testing.T) {
 func TestFailedFileReadIsNotRepeated(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "pool.json")
 	writeAtomic(t, path, []byte(`{"a": {"weight": 1}, "b": `))
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	var parses, polls atomic.Int64
 	src := &File{Path: path, Log: slog.New(slog.NewTextHandler(&logs, nil)), Interval: time.Millisecond,
 		onParse: func() { parses.Add(1) }}
@@ -177,7 +160,7 @@ func TestPollerReportsFailureAtBoundedRate(t *testing.T) {
 	clock := time.Unix(1000, 0)
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	polls := make(chan struct{})
 	p := &poller{what: "x", log: slog.New(slog.NewTextHandler(&logs, nil)), interval: time.Millisecond, now: now,
 		read: func(context.Context) readResult {

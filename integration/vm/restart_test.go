@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // restartPort is the restart test's virtual service (TestDR owns :80).
@@ -67,30 +68,13 @@ func (l *listServer) down() {
 // kubalProc is the real kubal binary running in the director namespace.
 type kubalProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testutil.SyncBuffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startKubalProcess(t *testing.T, bin, conf string) *kubalProc {
 	t.Helper()
-	p := &kubalProc{out: &syncBuffer{}, done: make(chan error, 1)}
+	p := &kubalProc{out: &testutil.SyncBuffer{}, done: make(chan error, 1)}
 	// `ip netns exec` execs kubal in the director namespace: the pid is kubal's.
 	p.cmd = exec.Command("ip", "netns", "exec", director.name, bin, "-c", conf)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
