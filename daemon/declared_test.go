@@ -73,7 +73,7 @@ monitors = []
 		t.Fatal(err)
 	}
 	fake := ipvs.NewFake()
-	d, _ := startDaemonWith(t, conf, fake)
+	d, stopDaemon := startDaemonWith(t, conf, fake)
 
 	class := "kubal.io/lvs"
 	svc := &corev1.Service{
@@ -112,4 +112,37 @@ monitors = []
 		_, inKernel := fake.Table()[key]
 		return !slices.Contains(d.Pools(), name) && !inKernel
 	})
+
+	// A Service deleted while kubal is down: the restarted kubal removes its IPVS
+	// service once the Services are listed (a leftover in the VIP ranges), and leaves
+	// a service outside the ranges alone.
+	svc.Name = "api"
+	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, "default.api:80 in IPVS", func() bool {
+		for k, p := range fake.Table() {
+			if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) && len(p.Destinations) == 2 {
+				key = k
+				return true
+			}
+		}
+		return false
+	})
+	foreign := ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr("198.51.100.1"), Port: 80}
+	if err := fake.AddService(ctx, ipvs.Service{ServiceKey: foreign, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	stopDaemon()
+	if err := c.CoreV1().Services("default").Delete(ctx, "api", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = startDaemonWith(t, conf, fake)
+	testutil.Eventually(t, 20*time.Second, "ready, and the Service deleted while down gone from IPVS", func() bool {
+		_, inKernel := fake.Table()[key]
+		return d.Ready() == nil && !inKernel
+	})
+	if _, ok := fake.Table()[foreign]; !ok {
+		t.Error("the IPVS service outside the VIP ranges was removed")
+	}
 }

@@ -208,6 +208,7 @@ type servicesState struct {
 	owned               map[string]bool                 // Services owned at some point in this run
 	sources             map[string]*groupSource         // declared name -> its source (stable)
 	lastSig             string                          // of the last Desired delivered
+	delivered           bool                            // a first Desired was (the set is known)
 	pods                []cache.Store                   // per critical-pods entry
 	podContrib          map[string]podContrib           // "<entry>|ns/name" -> what it counted
 	critical            []map[string]int                // per entry: node -> ready Pods
@@ -725,8 +726,10 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 
 	sort.Slice(desired, func(i, j int) bool { return desired[i].Config.Name < desired[j].Config.Name })
 	sig := desiredSig(desired, fps, problems)
-	if sig != st.lastSig {
-		st.lastSig = sig
+	if sig != st.lastSig || !st.delivered {
+		// The first one is delivered even when empty: it says the set is known, so the
+		// daemon may remove what no Service declares any more.
+		st.lastSig, st.delivered = sig, true
 		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
 		out(Desired{Services: desired, Problems: problems})
 	}
