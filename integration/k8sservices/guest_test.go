@@ -147,6 +147,31 @@ func guest(t *testing.T) {
 	s.step5()
 	s.step6()
 	s.step7()
+	s.result("kube-proxy", "IPv4 rule syncs (SyncProxyRules elapsed, all nodes, TCG): %s", s.proxySyncs())
+}
+
+// proxySyncs summarises kube-proxy's own timing of its IPv4 nftables syncs: what it
+// adds, under TCG, between a change in the API and the rules in the kernel.
+func (s *scenario) proxySyncs() string {
+	var ds []time.Duration
+	for _, n := range nodes {
+		b, _ := os.ReadFile(filepath.Join(workDir, "kube-proxy-"+n.name+".log"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.Contains(l, `"SyncProxyRules complete" ipFamily="IPv4"`) {
+				continue
+			}
+			_, v, ok := strings.Cut(l, `elapsed="`)
+			v, _, _ = strings.Cut(v, `"`)
+			if d, err := time.ParseDuration(v); ok && err == nil {
+				ds = append(ds, d)
+			}
+		}
+	}
+	if len(ds) == 0 {
+		return "none logged"
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return fmt.Sprintf("%d syncs, median %s, max %s", len(ds), ms(ds[len(ds)/2]), ms(ds[len(ds)-1]))
 }
 
 // network builds the topology: the director is the root namespace (it reaches the
