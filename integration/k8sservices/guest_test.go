@@ -19,7 +19,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -94,6 +93,7 @@ type scenario struct {
 	ctl     string
 	vip     string
 	hcPort  int32
+	settled time.Time // the client loop's phase settled (see apply)
 	results []string
 }
 
@@ -108,7 +108,7 @@ func guest(t *testing.T) {
 	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
 		t.Fatalf("no IPVS in the guest kernel: %v", err)
 	}
-	s := &scenario{t: t, ctl: os.Getenv("KUBAL_K8SS_CTL"), loop: &loopStats{perPod: map[string]int{}}, pods: map[string]*proc{}}
+	s := &scenario{t: t, ctl: os.Getenv("KUBAL_K8SS_CTL"), pods: map[string]*proc{}}
 	must(t, os.MkdirAll(workDir, 0o755))
 	t.Cleanup(s.stopAll)
 	must(t, os.WriteFile(filepath.Join(workDir, "pybal.conf"), []byte(kubalConf), 0o644))
@@ -138,7 +138,6 @@ func guest(t *testing.T) {
 		t.Fatalf("kubal not ready (alive: %v)", s.kubal.alive())
 	}
 	s.result("0", "3 kube-proxy %s (nftables mode) healthy and kubal ready %s after the start", k8sVersion, ms(time.Since(t0)))
-	s.client = s.startPiped("client", []string{envRole + "=client"}, "/sbin/ip", "netns", "exec", "client", "/payload/k8ss.test")
 
 	s.step1()
 	s.step2()
@@ -294,7 +293,8 @@ func (s *scenario) startPiped(name string, env []string, args ...string) *proc {
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); s.loop.read(out) }()
+	loop := s.loop
+	go func() { defer wg.Done(); loop.read(out) }()
 	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
@@ -488,24 +488,31 @@ func (s *scenario) setAllReady(ready bool) {
 // pod per node: status gets the VIP, IPVS holds the three nodes, BIRD has the route,
 // the client loop succeeds; measured from the apply to the first successful request.
 func (s *scenario) step1() {
+	s.apply("1", map[string]epState{"node1": epReady, "node2": epReady, "node3": epReady})
+}
+
+// apply creates web and its EndpointSlice (eps), starts a client loop that targets
+// the VIP as soon as web's status names it, and measures from the apply: status, IPVS
+// holding the nodes with a ready endpoint, BIRD's route, the first successful request.
+func (s *scenario) apply(step string, eps map[string]epState) {
 	t := s.t
 	ctx, cancel := s.ctx()
 	defer cancel()
-	all := map[string]epState{"node1": epReady, "node2": epReady, "node3": epReady}
+	s.loop = &loopStats{perPod: map[string]int{}}
+	s.client = s.startPiped("client", []string{envRole + "=client"}, "/sbin/ip", "netns", "exec", "client", "/payload/k8ss.test")
 	// The admin client's TLS session and discovery are set up before the clock starts.
 	_, err := s.kc.CoreV1().Namespaces().Get(ctx, nsShop, metav1.GetOptions{})
 	must(t, err)
 	t0 := time.Now()
 	svc, err := s.kc.CoreV1().Services(nsShop).Create(ctx, s.service(svcName, nil), metav1.CreateOptions{})
 	must(t, err)
-	_, err = s.kc.DiscoveryV1().EndpointSlices(nsShop).Create(ctx, slice(all), metav1.CreateOptions{})
+	_, err = s.kc.DiscoveryV1().EndpointSlices(nsShop).Create(ctx, slice(eps), metav1.CreateOptions{})
 	must(t, err)
 	dApply := time.Since(t0)
 	s.hcPort = svc.Spec.HealthCheckNodePort
 	if s.hcPort == 0 {
-		t.Fatalf("step 1: the API server gave web no healthCheckNodePort")
+		t.Fatalf("step %s: the API server gave web no healthCheckNodePort", step)
 	}
-	// The client loop targets the VIP as soon as the status names it.
 	dStatus, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		ips, err := s.statusIPs(svcName)
 		if err != nil || len(ips) != 1 {
@@ -516,11 +523,17 @@ func (s *scenario) step1() {
 		return true
 	})
 	if !ok {
-		t.Fatalf("step 1: web's status.loadBalancer.ingress never got a VIP")
+		t.Fatalf("step %s: web's status.loadBalancer.ingress never got a VIP", step)
+	}
+	want := map[string]bool{}
+	for _, n := range nodes {
+		if _, ok := eps[n.name]; ok {
+			want[n.addr] = true
+		}
 	}
 	var dIPVS, dRoute time.Duration
 	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		if dIPVS == 0 && len(s.ipvs()) == 3 {
+		if got := s.ipvs(); dIPVS == 0 && len(got) == len(want) && sameKeys(got, toSet(want)) {
 			dIPVS = time.Since(t0)
 		}
 		if dRoute == 0 && s.routeAtBird() {
@@ -529,35 +542,58 @@ func (s *scenario) step1() {
 		return dIPVS != 0 && dRoute != 0 && !s.loop.first().IsZero()
 	})
 	if !ok {
-		t.Fatalf("step 1: after 30 s: IPVS %v (%s), 3 nodes after %s, BIRD route after %s, first request OK at %v; kube-proxy node1 ruleset:\n%s",
-			s.ipvs(), s.vip, dIPVS, dRoute, s.loop.first(), s.nft("node1"))
+		t.Fatalf("step %s: after 30 s: IPVS %v (%s), the nodes with a ready endpoint %v after %s, BIRD route after %s, first request OK at %v; kube-proxy node1 ruleset:\n%s",
+			step, s.ipvs(), s.vip, keys(toSet(want)), dIPVS, dRoute, s.loop.first(), s.nft("node1"))
 	}
 	dFirst := s.loop.first().Sub(t0)
 	okFrom := s.loop.first()
-	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool { _, per := s.loop.snapshot(); return len(per) == 3 })
+	// Settled: IPVS holds exactly the nodes with a ready endpoint and every pod has
+	// answered. Until then a request can meet a node whose kube-proxy has not synced
+	// the VIP yet, or one kubal still holds under the depool threshold though it has
+	// no endpoint (nodes start pooled, as in PyBal, and the Service comes before its
+	// EndpointSlice); those are reported, not asserted.
+	var settled time.Time
+	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+		_, per := s.loop.snapshot()
+		if len(per) == len(eps) && sameKeys(s.ipvs(), toSet(want)) {
+			settled = time.Now()
+			return true
+		}
+		return false
+	})
 	nOK, per := s.loop.snapshot()
 	if !ok {
-		t.Errorf("step 1: the client loop did not reach all three pods: %v", per)
+		t.Errorf("step %s: the client loop did not reach all %d pods: %v", step, len(eps), per)
 	}
-	if f := s.loop.failedSince(okFrom); f != 0 {
-		t.Errorf("step 1: %d requests failed after the first success: %v", f, s.loop.failLines())
-	}
+	s.settled = settled
+	transitional := s.loop.failedSince(okFrom)
 	if !inRange(s.vip) {
-		t.Errorf("step 1: VIP %s is not in %s", s.vip, vipRange)
+		t.Errorf("step %s: VIP %s is not in %s", step, s.vip, vipRange)
 	}
 	for _, n := range nodes {
 		if out, _ := exec.Command("/sbin/ip", "-n", n.name, "-o", "addr").CombinedOutput(); strings.Contains(string(out), s.vip) {
-			t.Errorf("step 1: %s has the VIP: %s", n.name, out)
+			t.Errorf("step %s: %s has the VIP: %s", step, n.name, out)
 		}
 	}
 	route := s.birdCmd("show route for " + s.vip + "/32 all")
 	if !strings.Contains(route, "BGP.next_hop: 10.0.0.1") {
-		t.Errorf("step 1: BIRD's route lacks next hop 10.0.0.1:\n%s", route)
+		t.Errorf("step %s: BIRD's route lacks next hop 10.0.0.1:\n%s", step, route)
 	}
-	s.result("1", "apply web (+ EndpointSlice, API %s) -> status VIP %s after %s; IPVS holds 3 nodes after %s; BIRD route after %s; first successful request through the VIP after %s (goal < 3 s); all 3 pods reached (%d OK, 0 failed after the first success; no VIP on any node)",
-		ms(dApply), s.vip, ms(dStatus), ms(dIPVS), ms(dRoute), ms(dFirst), nOK)
+	s.result(step, "apply web (+ EndpointSlice, API %s) -> status VIP %s after %s; IPVS holds exactly the %d nodes with a ready endpoint after %s; BIRD route after %s; first successful request through the VIP after %s (goal < 3 s); all %d pods answered after %s (%d OK; %d failed between the first success and then; no VIP on any node)",
+		ms(dApply), s.vip, ms(dStatus), len(eps), ms(dIPVS), ms(dRoute), ms(dFirst), len(per), ms(settled.Sub(t0)), nOK, transitional)
 	if dFirst > 3*time.Second {
-		t.Logf("step 1: apply -> first successful request %s is over the 3 s goal", ms(dFirst))
+		t.Logf("step %s: apply -> first successful request %s is over the 3 s goal", step, ms(dFirst))
+	}
+}
+
+// stopLoop stops the client loop and reports (and checks) its totals.
+func (s *scenario) stopLoop(step string) {
+	s.client.signal(syscall.SIGTERM, 10*time.Second)
+	nOK, per := s.loop.snapshot()
+	f := s.loop.failedSince(s.settled)
+	s.result(step, "client loop: %d requests OK, per pod %v; %d failed once settled", nOK, per, f)
+	if f != 0 {
+		s.t.Errorf("client loop: %d requests failed once settled: %v", f, s.loop.failLinesSince(s.settled))
 	}
 }
 
@@ -608,7 +644,7 @@ func (s *scenario) step2() {
 	s.result("2", "web's endpoint on node3 terminating -> node3 out of IPVS after %s (kubal), its health check node port 503 after %s (kube-proxy: %s), a request via node3 still answered by %q; endpoint removed, pod stopped; IPVS %v; failed requests: %d",
 		ms(dOut), ms(d503), strings.Join(strings.Fields(body503), " "), viaNode3, keys(s.ipvs()), failed)
 	if failed != 0 {
-		t.Errorf("step 2: %d client requests failed: %v", failed, s.loop.failLines())
+		t.Errorf("step 2: %d client requests failed: %v", failed, s.loop.failLinesSince(t0))
 	}
 	if per1["web-3"] != per0["web-3"] {
 		t.Errorf("step 2: web-3 still gets requests after it was removed: %v -> %v", per0, per1)
@@ -707,9 +743,51 @@ func (s *scenario) step5() {
 	time.Sleep(time.Second)
 }
 
-// 6. The API server down 20 s: nothing changes (IPVS identical, the client loop fine).
+// 6. Delete web (Service and EndpointSlice): the IPVS service removed, the route
+// withdrawn, the VIP off the director, kube-proxy's rules for the VIP gone. (The
+// status goes with the object: what it did, make kube-proxy accept the VIP, is undone.)
 func (s *scenario) step6() {
 	t := s.t
+	s.stopLoop("6")
+	must(t, os.Remove(vipFile))
+	ctx, cancel := s.ctx()
+	defer cancel()
+	t0 := time.Now()
+	must(t, s.kc.CoreV1().Services(nsShop).Delete(ctx, svcName, metav1.DeleteOptions{}))
+	must(t, s.kc.DiscoveryV1().EndpointSlices(nsShop).Delete(ctx, svcName+"-k8ss", metav1.DeleteOptions{}))
+	var dIPVS, dRoute, dProxy, dAddr time.Duration
+	_, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+		if dIPVS == 0 && !s.ipvsHasService() {
+			dIPVS = time.Since(t0)
+		}
+		if dRoute == 0 && !s.routeAtBird() {
+			dRoute = time.Since(t0)
+		}
+		if dAddr == 0 && !s.vipOnLo() {
+			dAddr = time.Since(t0)
+		}
+		if dProxy == 0 && !strings.Contains(s.nft("node1"), s.vip) {
+			dProxy = time.Since(t0)
+		}
+		return dIPVS != 0 && dRoute != 0 && dProxy != 0 && dAddr != 0
+	})
+	if !ok {
+		t.Errorf("step 6: after deleting web: IPVS service gone after %s, route withdrawn after %s, VIP off lo after %s, kube-proxy rules gone after %s (0 = not within 30 s)", dIPVS, dRoute, dAddr, dProxy)
+	}
+	if strings.Contains(httpGet(primaryAPI+"/pools"), poolName) {
+		t.Errorf("step 6: %s still in /pools", poolName)
+	}
+	s.result("6", "delete web -> IPVS service removed after %s, BIRD route withdrawn after %s, VIP off the director's lo after %s (kubal); kube-proxy's rules for %s gone (node1) after %s; %s no longer in /pools",
+		ms(dIPVS), ms(dRoute), ms(dAddr), s.vip, ms(dProxy), poolName)
+}
+
+// 7. Apply web again (pods on node1 and node2: node3's is gone), then the API server
+// down 20 s: nothing changes (IPVS identical, the client loop fine).
+func (s *scenario) step7() {
+	t := s.t
+	s.apply("7a", map[string]epState{"node1": epReady, "node2": epReady})
+	// kube-proxy's health check on node3 (no endpoint) says 503: node3 stays out.
+	time.Sleep(2 * time.Second)
 	before := s.ipvsRaw()
 	t0 := time.Now()
 	s.control("stop")
@@ -729,61 +807,14 @@ func (s *scenario) step6() {
 		changed = now
 	}
 	failed := s.loop.failedSince(t0)
-	s.result("6", "API server down 20 s -> IPVS identical: %v; /alerts %q; back in %s; failed requests: %d", changed == "", alerts, ms(dUp), failed)
+	s.result("7b", "API server down 20 s -> IPVS identical (active destinations): %v; /alerts %q; back in %s; failed requests: %d", changed == "", alerts, ms(dUp), failed)
 	if changed != "" {
-		t.Errorf("step 6: IPVS changed while the API server was down:\nbefore %s\nafter  %s", before, changed)
+		t.Errorf("step 7b: IPVS changed while the API server was down:\nbefore %s\nafter  %s", before, changed)
 	}
 	if failed != 0 {
-		t.Errorf("step 6: %d client requests failed: %v", failed, s.loop.failLines())
+		t.Errorf("step 7b: %d client requests failed: %v", failed, s.loop.failLinesSince(t0))
 	}
-}
-
-// 7. Delete web: the IPVS service removed, the route withdrawn, kube-proxy's rules for
-// the VIP gone. (The status goes with the object.)
-func (s *scenario) step7() {
-	t := s.t
-	s.client.signal(syscall.SIGTERM, 10*time.Second)
-	nOK, per := s.loop.snapshot()
-	first := s.loop.first()
-	s.result("loop", "client loop: %d requests OK, per pod %v; %d failed after the first success", nOK, per, s.loop.failedSince(first))
-	if f := s.loop.failedSince(first); f != 0 {
-		t.Errorf("client loop: %d requests failed after the first success: %v", f, s.loop.failLines())
-	}
-	ctx, cancel := s.ctx()
-	defer cancel()
-	t0 := time.Now()
-	must(t, s.kc.CoreV1().Services(nsShop).Delete(ctx, svcName, metav1.DeleteOptions{}))
-	// Bound: generous, since this is the first change after the API server came back
-	// (client-go re-lists after a backoff); the time is reported.
-	var dIPVS, dRoute, dProxy, dAddr time.Duration
-	_, ok := testutil.Poll(90*time.Second, 50*time.Millisecond, func() bool {
-		if dIPVS == 0 && !s.ipvsHasService() {
-			dIPVS = time.Since(t0)
-		}
-		if dRoute == 0 && !s.routeAtBird() {
-			dRoute = time.Since(t0)
-		}
-		if dAddr == 0 && !s.vipOnLo() {
-			dAddr = time.Since(t0)
-		}
-		if dProxy == 0 && !strings.Contains(s.nft("node1"), s.vip) {
-			dProxy = time.Since(t0)
-		}
-		return dIPVS != 0 && dRoute != 0 && dProxy != 0 && dAddr != 0
-	})
-	if !ok {
-		t.Errorf("step 7: after deleting web: IPVS service gone after %s, route withdrawn after %s, VIP off lo after %s, kube-proxy rules gone after %s (0 = not within 90 s)", dIPVS, dRoute, dAddr, dProxy)
-	}
-	ctx2, cancel2 := s.ctx()
-	defer cancel2()
-	if _, err := s.kc.CoreV1().Services(nsShop).Get(ctx2, svcName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("step 7: web still readable: %v", err)
-	}
-	if strings.Contains(httpGet(primaryAPI+"/pools"), poolName) {
-		t.Errorf("step 7: %s still in /pools", poolName)
-	}
-	s.result("7", "delete web -> IPVS service removed after %s, BIRD route withdrawn after %s, VIP off the director's lo after %s (kubal); kube-proxy's rules for %s gone (node1) after %s; %s no longer in /pools",
-		ms(dIPVS), ms(dRoute), ms(dAddr), s.vip, ms(dProxy), poolName)
+	s.stopLoop("7")
 }
 
 // ---- helpers ----
@@ -824,7 +855,9 @@ func (s *scenario) ipvsHasService() bool {
 	return exec.Command("/sbin/ipvsadm", "-Ln", "-t", net.JoinHostPort(s.vip, fmt.Sprint(svcPort))).Run() == nil
 }
 
-// ipvsRaw is the whole IPVS table without the connection counters.
+// ipvsRaw is the whole IPVS table without the connection counters and without
+// draining destinations (weight 0: out of the pool, deleted when the drain timer that
+// started before ends).
 func (s *scenario) ipvsRaw() string {
 	out, _ := exec.Command("/sbin/ipvsadm", "-Ln").CombinedOutput()
 	var b strings.Builder
@@ -832,6 +865,9 @@ func (s *scenario) ipvsRaw() string {
 		f := strings.Fields(l)
 		if len(f) > 4 && f[0] == "->" {
 			f = f[:4]
+		}
+		if len(f) == 4 && f[0] == "->" && f[3] == "0" {
+			continue
 		}
 		b.WriteString(strings.Join(f, " ") + "; ")
 	}
@@ -844,6 +880,14 @@ func (s *scenario) nft(node string) string {
 		return "ERROR " + err.Error() + ": " + string(out)
 	}
 	return string(out)
+}
+
+func toSet(m map[string]bool) map[string]string {
+	out := make(map[string]string, len(m))
+	for k := range m {
+		out[k] = ""
+	}
+	return out
 }
 
 func keys(m map[string]string) []string {

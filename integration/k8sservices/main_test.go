@@ -181,7 +181,7 @@ func (s *loopStats) read(r io.Reader) {
 			}
 		case "FAIL":
 			s.failStart = append(s.failStart, time.Unix(0, start))
-			if len(s.fails) < 20 {
+			if len(s.fails) < 500 {
 				s.fails = append(s.fails, time.Unix(0, start).Format("15:04:05.000")+" "+f[3])
 			}
 		}
@@ -218,8 +218,15 @@ func (s *loopStats) first() time.Time {
 	return s.firstOK
 }
 
-func (s *loopStats) failLines() []string {
+// failLinesSince returns (up to 20 of) the failures that started at or after t.
+func (s *loopStats) failLinesSince(t time.Time) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]string(nil), s.fails...)
+	var out []string
+	for i, st := range s.failStart {
+		if i < len(s.fails) && !st.Before(t) && len(out) < 20 {
+			out = append(out, s.fails[i])
+		}
+	}
+	return out
 }
