@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	k8srig "github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/internal/testutil"
 )
 
@@ -137,7 +138,7 @@ func guest(t *testing.T) {
 	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") || !s.kubal.alive() }); !ok || !s.kubal.alive() {
 		t.Fatalf("kubal not ready (alive: %v)", s.kubal.alive())
 	}
-	s.result("0", "3 kube-proxy %s (nftables mode) healthy and kubal ready %s after the start", k8sVersion, ms(time.Since(t0)))
+	s.result("0", "3 kube-proxy %s (nftables mode) healthy and kubal ready %s after the start", k8srig.KubeVersion, ms(time.Since(t0)))
 
 	s.step1()
 	s.step2()

@@ -37,9 +37,6 @@ import (
 // known to the rig's API server by a static token: least privilege, as in production.
 var saToken = k8srig.Token{Token: "kubal-k8ss-sa-token", User: "system:serviceaccount:kubal-system:kubal", Groups: []string{"system:serviceaccounts"}}
 
-// k8sVersion is the kube-proxy of integration/k8s/setup.sh (same pin as kube-apiserver).
-const k8sVersion = "v1.36.3"
-
 // nodes of the scenario: name, address on br0, the node's pod subnet (.1 on the node,
 // .2 the pod).
 var nodes = []struct{ name, addr, podNet string }{
@@ -92,7 +89,7 @@ func host(t *testing.T) {
 	if _, _, err := k8srig.Binaries(); err != nil {
 		rigMissing(t, "%v", err)
 	}
-	proxyBin := filepath.Join(cache, "kube-proxy-"+k8sVersion)
+	proxyBin := filepath.Join(cache, "kube-proxy-"+k8srig.KubeVersion)
 	if !isStatic(proxyBin) {
 		rigMissing(t, "%s missing or not static: run integration/k8s/setup.sh", proxyBin)
 	}
