@@ -102,6 +102,7 @@ type Service struct {
 	source      source.Set
 	applied     admin.Intent
 	sourceSeen  bool
+	settled     bool // published a settled State once (Settled stays true)
 	srcErr      error
 	problems    map[string]string
 	watches     map[string]*watch
@@ -437,13 +438,17 @@ func (s *Service) publish() {
 
 func (s *Service) publishSnap(snap *pool.Snapshot) {
 	synced := s.sourceSeen && s.applied.Loaded
+	// Settled once, settled for good: a server added later and still resolving must
+	// not unsettle the service (an active-active director would withdraw its VIP for
+	// every added host name, and the kernel's removed destinations would linger).
 	settled := synced
 	for _, sv := range snap.Servers {
-		if !sv.Ready && sv.Why == "resolving" {
+		if !s.settled && !sv.Ready && sv.Why == "resolving" {
 			settled = false
 			break
 		}
 	}
+	s.settled = s.settled || settled
 	old := s.state.Load()
 	next := &State{
 		Config:    s.cfg,

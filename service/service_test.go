@@ -214,3 +214,39 @@ func TestBoundedResolver(t *testing.T) {
 		t.Errorf("%d lookups at once, want at most (and, with 100 waiting, exactly) 4", most)
 	}
 }
+
+// Issue 18 (found by the ECMP rig): a host name added to a settled pool resolves
+// while the service stays settled, so an active-active director keeps its VIP
+// announced (plan.Announcing) and the plan does not fall back to keeping the kernel.
+func TestSettledStaysSettledWhileANewHostResolves(t *testing.T) {
+	src := chanSource{sets: make(chan source.Set, 2)}
+	release := make(chan struct{})
+	resolve := func(ctx context.Context, host string, v6 bool) (netip.Addr, error) {
+		select {
+		case <-release:
+			return netip.MustParseAddr("10.0.0.9"), nil
+		case <-ctx.Done():
+			return netip.Addr{}, ctx.Err()
+		}
+	}
+	s := New(&config.Service{Name: "web_80", DepoolThreshold: 0.5},
+		Deps{Source: src, Store: &memStore{in: admin.Intent{Revision: 1, Loaded: true}}, Log: slog.New(slog.DiscardHandler), Resolve: resolve})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { close(release); cancel(); <-done }()
+
+	set := nodes("")
+	src.sets <- set
+	waitState(t, s, "settled", func(st *State) bool { return st.Settled })
+	set = nodes("")
+	set["new.example.org"] = source.Server{Host: "new.example.org", Weight: 1, Enabled: true}
+	src.sets <- set
+	st := waitState(t, s, "the new host resolving", func(st *State) bool {
+		sv, ok := st.Snapshot.Server("new.example.org")
+		return ok && sv.Why == "resolving"
+	})
+	if !st.Settled {
+		t.Error("a host added to a settled pool unsettled the service while it resolves")
+	}
+}
