@@ -94,7 +94,11 @@ type recorder struct {
 	updates []source.Set
 	times   []time.Time // of each Update
 	failed  []error     // every Failed call in order (nil = recovered)
-	poke    chan struct{}
+	// setAtFailed is the latest set when each Failed call came: a recovery must not
+	// be reported before the resynced set.
+	setAtFailed []source.Set
+	failedAt    []time.Time
+	poke        chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{poke: make(chan struct{}, 1)} }
@@ -111,6 +115,8 @@ func (r *recorder) Update(s source.Set) {
 func (r *recorder) Failed(err error) {
 	r.mu.Lock()
 	r.failed = append(r.failed, err)
+	r.setAtFailed = append(r.setAtFailed, r.last)
+	r.failedAt = append(r.failedAt, time.Now())
 	r.mu.Unlock()
 	r.signal()
 }
