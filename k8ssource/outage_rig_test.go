@@ -224,7 +224,6 @@ func TestAPIServerOutageCatchUp(t *testing.T) {
 	if err := f.c.CoreV1().Services(f.ns).Delete(f.ctx(), "old", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	changed := time.Now()
 	if err := proxy.up(); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +255,7 @@ func TestAPIServerOutageCatchUp(t *testing.T) {
 		}
 	}
 	for _, cl := range clients {
-		from := changed
+		from := up // the changes are made once the API server is ready
 		if cl.name == "held" {
 			from = opened
 		}
