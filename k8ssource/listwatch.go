@@ -71,7 +71,7 @@ func newRetryLW(res string, h *health, client any,
 	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)) *retryLW {
 	return &retryLW{res: res, list: list, watch: watch, h: h,
 		noWatchList: watchlist.DoesClientNotSupportWatchListSemantics(client),
-		every: retryEvery, quiet: resumeQuiet, resume: resumeFor}
+		every:       retryEvery, quiet: resumeQuiet, resume: resumeFor}
 }
 
 // IsWatchListSemanticsUnSupported tells the reflector whether it may stream the
