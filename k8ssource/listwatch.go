@@ -69,9 +69,11 @@ var _ cache.ListerWatcherWithContext = (*retryLW)(nil)
 func newRetryLW(res string, h *health, client any,
 	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
 	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)) *retryLW {
-	return &retryLW{res: res, list: list, watch: watch, h: h,
+	return &retryLW{
+		res: res, list: list, watch: watch, h: h,
 		noWatchList: watchlist.DoesClientNotSupportWatchListSemantics(client),
-		every:       retryEvery, quiet: resumeQuiet, resume: resumeFor}
+		every:       retryEvery, quiet: resumeQuiet, resume: resumeFor,
+	}
 }
 
 // IsWatchListSemanticsUnSupported tells the reflector whether it may stream the
