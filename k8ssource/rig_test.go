@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -677,8 +678,8 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	}
 	rec2 := f.start("", nil, nobody, nil)
 	err = rec2.waitFailed(t, settle, true)
-	if !strings.Contains(err.Error(), "403") {
-		t.Errorf("Failed(%v), want a 403", err)
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "kubal-nobody") {
+		t.Errorf("Failed(%v), want a 403 naming the user", err)
 	}
 	if _, n, _ := rec2.snapshot(); n != 0 {
 		t.Errorf("%d Updates without permission, want 0", n)
