@@ -70,7 +70,7 @@ func fastLW(h *health, list func() (runtime.Object, error), w func() (watch.Inte
 	lw := newRetryLW(resNodes, h, nil,
 		func(context.Context, metav1.ListOptions) (runtime.Object, error) { return list() },
 		func(context.Context, metav1.ListOptions) (watch.Interface, error) { return w() })
-	lw.every, lw.quiet, lw.resume = time.Millisecond, 50*time.Millisecond, 30*time.Millisecond
+	lw.every, lw.quiet, lw.resume = time.Millisecond, 50*time.Millisecond, time.Minute
 	return lw
 }
 
@@ -234,6 +234,7 @@ func TestRetryLWWatch(t *testing.T) {
 		h := newHealth()
 		var calls atomic.Int32
 		lw := fastLW(h, nil, func() (watch.Interface, error) { calls.Add(1); return nil, refused(t) })
+		lw.resume = 30 * time.Millisecond
 		_, err := lw.WatchWithContext(context.Background(), metav1.ListOptions{ResourceVersion: "5"})
 		var relist *relistError
 		if !errors.As(err, &relist) || utilnet.IsConnectionRefused(err) || apierrors.IsResourceExpired(err) || apierrors.IsTooManyRequests(err) {
