@@ -22,8 +22,9 @@ import (
 const (
 	// retryEvery (plus up to as much again of jitter) is how often a List or Watch
 	// is retried while the API server is unreachable or overloaded: a change reaches
-	// kubal within about a second of the API server answering again, for ~1-2
-	// requests/s per informer (a few per LVS host) during an outage.
+	// kubal within about a second of the API server answering again, for 1-2
+	// requests/s per informer during an outage (the [k8s-services] controller has 3,
+	// plus one per critical-pods entry; each k8s:// service 1 or 2), per LVS host.
 	retryEvery = 500 * time.Millisecond
 	// resumeQuiet: a watch resumed after an outage counts as a resync when its first
 	// event is not an error, or when it stays quiet this long (the API server sends a
@@ -44,8 +45,8 @@ const (
 // outage a reflector waited up to a minute before it even tried again. Here a List or
 // Watch that fails at the connection level (refused, reset, timeout, EOF) or with a
 // 5xx or 429 is retried in place every 0.5-1 s until it succeeds or ctx ends, so the
-// reflector never sees it and its backoff does not grow. Anything else goes to the
-// reflector unchanged: a 410 Gone / too old resource version must make it relist,
+// reflector's backoff takes at most one step per outage (resumeFor), while the API
+// server is still down. Anything else goes to the reflector unchanged: a 410 Gone / too old resource version must make it relist,
 // and 401/403/404 are configuration errors the operator must see.
 //
 // It is also where health is decided: a failure is recorded at once; "answering
