@@ -11,11 +11,11 @@ import (
 	"sync/atomic"
 )
 
-// health tracks whether the API server answers each informer's requests. It sits in
-// the client's transport because a reflector does not report every outage: a refused
-// watch is retried inside the reflector with backoff and never reaches the informer's
-// watch error handler, so the handler alone would keep claiming "connected" while the
-// API server is down.
+// health tracks whether the API server answers each informer. The informers'
+// ListerWatcher (retryLW) records every failed List/Watch and decides when a resource
+// is answered again (after a relist, not on the first 200); the client's transport
+// adds what neither sees: a watch stream broken mid-body (API server killed,
+// connection reset) is a failure at once, not only when the next request fails.
 type health struct {
 	mu     sync.Mutex
 	state  map[string]error // resource -> last outcome (nil = ok); absent = no answer yet
@@ -39,6 +39,14 @@ func (h *health) set(resource string, err error) {
 		default:
 		}
 	}
+}
+
+// ok reports whether the resource has answered and its last outcome was a success.
+func (h *health) ok(resource string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	err, seen := h.state[resource]
+	return seen && err == nil
 }
 
 // status returns the first failure (nil when every resource has answered and none
@@ -75,31 +83,17 @@ func resourceOf(path string) string {
 	return ""
 }
 
-// transport observes every API response of the source's client.
+// transport observes the API responses of the source's client for broken watch
+// streams (successes and failed requests are the ListerWatcher's to judge).
 type transport struct {
 	next http.RoundTripper
 	h    *health
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	res := resourceOf(req.URL.Path)
 	resp, err := t.next.RoundTrip(req)
-	if res == "" {
-		return resp, err
-	}
-	if err != nil {
-		if req.Context().Err() == nil && !errors.Is(err, context.Canceled) {
-			t.h.set(res, fmt.Errorf("%s %s: %w", req.Method, req.URL.Host, err))
-		}
-		return resp, err
-	}
-	switch {
-	case resp.StatusCode >= 200 && resp.StatusCode < 300:
-		t.h.set(res, nil)
+	if res := resourceOf(req.URL.Path); res != "" && err == nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		resp.Body = &body{ReadCloser: resp.Body, req: req, res: res, h: t.h}
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden ||
-		resp.StatusCode >= 500:
-		t.h.set(res, fmt.Errorf("%s %s: HTTP %s", req.Method, req.URL.Path, resp.Status))
 	}
 	return resp, err
 }

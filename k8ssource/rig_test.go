@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -94,7 +95,11 @@ type recorder struct {
 	updates []source.Set
 	times   []time.Time // of each Update
 	failed  []error     // every Failed call in order (nil = recovered)
-	poke    chan struct{}
+	// setAtFailed is the latest set when each Failed call came: a recovery must not
+	// be reported before the resynced set.
+	setAtFailed []source.Set
+	failedAt    []time.Time
+	poke        chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{poke: make(chan struct{}, 1)} }
@@ -111,6 +116,8 @@ func (r *recorder) Update(s source.Set) {
 func (r *recorder) Failed(err error) {
 	r.mu.Lock()
 	r.failed = append(r.failed, err)
+	r.setAtFailed = append(r.setAtFailed, r.last)
+	r.failedAt = append(r.failedAt, time.Now())
 	r.mu.Unlock()
 	r.signal()
 }
@@ -671,8 +678,8 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	}
 	rec2 := f.start("", nil, nobody, nil)
 	err = rec2.waitFailed(t, settle, true)
-	if !strings.Contains(err.Error(), "403") {
-		t.Errorf("Failed(%v), want a 403", err)
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "kubal-nobody") {
+		t.Errorf("Failed(%v), want a 403 naming the user", err)
 	}
 	if _, n, _ := rec2.snapshot(); n != 0 {
 		t.Errorf("%d Updates without permission, want 0", n)

@@ -25,7 +25,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -249,12 +248,9 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 	defer cancel()
 	d := newServiceDirty()
 
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.t.Nodes }))
-	factory := informers.NewSharedInformerFactory(s.client, 0)
-	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
-	sliceInf := factory.Discovery().V1().EndpointSlices().Informer()
-	svcInf := factory.Core().V1().Services().Informer()
+	nodeInf := newInformer(nodesLW(s.client, s.health, s.t.Nodes), &corev1.Node{})
+	sliceInf := newInformer(sliceLW(s.client, s.health, metav1.NamespaceAll, ""), &discoveryv1.EndpointSlice{})
+	svcInf := newInformer(servicesLW(s.client, s.health), &corev1.Service{})
 	for _, x := range []struct {
 		inf  cache.SharedIndexInformer
 		res  string
@@ -265,32 +261,26 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 		}
 	}
 	resources := []string{resNodes, resEndpointSlices, resServices}
-	factories := []informers.SharedInformerFactory{nodeFactory, factory}
+	infs := []cache.SharedIndexInformer{nodeInf, sliceInf, svcInf}
 	synced := []cache.InformerSynced{nodeInf.HasSynced, sliceInf.HasSynced, svcInf.HasSynced}
 	var podStores []cache.Store
 	for i, c := range s.t.CriticalPods {
 		// One label-selected informer per entry, in its namespace: only those Pods.
-		pf := informers.NewSharedInformerFactoryWithOptions(s.client, 0, informers.WithNamespace(c.Namespace),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = c.Selector }))
-		inf := pf.Core().V1().Pods().Informer()
+		inf := newInformer(podsLW(s.client, s.health, c.Namespace, c.Selector), &corev1.Pod{})
 		if err := s.setup(inf, resPods, trimPod, d, strconv.Itoa(i)+"|"); err != nil {
 			return err
 		}
-		factories = append(factories, pf)
+		infs = append(infs, inf)
 		synced = append(synced, inf.HasSynced)
 		podStores = append(podStores, inf.GetStore())
 	}
 	if len(podStores) > 0 {
 		resources = append(resources, resPods)
 	}
-	for _, f := range factories {
-		f.StartWithContext(ctx)
-	}
+	stop := runInformers(ctx, infs)
 	defer func() {
 		cancel()
-		for _, f := range factories {
-			f.Shutdown()
-		}
+		stop()
 	}()
 	s.svcStore = svcInf.GetStore()
 
@@ -326,12 +316,18 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 	}
 	var (
 		inSync, failed bool
+		downSince      time.Time
 		lastRun        time.Time
 		timer          = time.NewTimer(time.Hour)
 		armed          bool
+		// settle: every informer answered again; recovery is declared when it fires.
+		settle   = time.NewTimer(time.Hour)
+		settling bool
 	)
 	timer.Stop()
+	settle.Stop()
 	defer timer.Stop()
+	defer settle.Stop()
 	s.m.connected.Set(0)
 	apply := func(full bool) {
 		defer func() { lastRun = time.Now() }()
@@ -356,8 +352,14 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 		case <-syncedCh:
 			syncedCh = nil
 			inSync = true
-			s.m.connected.Set(1)
 			apply(true)
+			if !failed {
+				s.m.connected.Set(1)
+			} else if err, answered := s.health.status(resources); err == nil && answered {
+				// Unreachable at first, answered since: recover as after an outage.
+				settle.Reset(resyncSettle)
+				settling = true
+			}
 		case <-d.poke:
 			if !inSync || armed {
 				break
@@ -376,18 +378,32 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 			switch {
 			case err != nil:
 				s.m.connected.Set(0)
+				if settling {
+					settle.Stop()
+					settling = false
+				}
 				if !failed {
 					failed = true
+					downSince = time.Now()
 					s.log.Warn("k8s API server unreachable or refusing; keeping the declared services and their last known nodes", "err", err)
 					s.hub.fail(fmt.Errorf("[%s]: %w", config.K8sServicesSection, err))
 				}
-			case answered && inSync && failed:
-				failed = false
-				s.m.connected.Set(1)
-				s.log.Info("k8s API server reachable again; resyncing")
-				apply(true)
-				s.hub.fail(nil)
+			case answered && inSync && failed && !settling:
+				// Every informer has relisted (or resumed its watch): let client-go
+				// hand the relisted objects to the caches, then recover.
+				settle.Reset(resyncSettle)
+				settling = true
 			}
+		case <-settle.C:
+			settling = false
+			if err, answered := s.health.status(resources); err != nil || !answered || !failed {
+				break
+			}
+			failed = false
+			s.m.connected.Set(1)
+			s.log.Info("k8s API server reachable again; caches resynced", "down_for", time.Since(downSince).Round(time.Millisecond))
+			apply(true)
+			s.hub.fail(nil)
 		}
 	}
 }

@@ -29,6 +29,8 @@ type desiredRecorder struct {
 	mu   sync.Mutex
 	last *Desired
 	n    int
+	hist []Desired // every delivery, with its time
+	at   []time.Time
 	poke chan struct{}
 }
 
@@ -38,6 +40,8 @@ func (r *desiredRecorder) out(d Desired) {
 	r.mu.Lock()
 	r.last = &d
 	r.n++
+	r.hist = append(r.hist, d)
+	r.at = append(r.at, time.Now())
 	r.mu.Unlock()
 	select {
 	case r.poke <- struct{}{}:

@@ -25,9 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -46,6 +44,11 @@ const (
 	// relist of thousands of objects costs one recomputation, and a single change
 	// still reaches the pool well under 50 ms.
 	coalesce = 10 * time.Millisecond
+	// resyncSettle is how long after every informer has answered again (a List
+	// succeeded, a watch-list stream ended its initial state) recovery is declared:
+	// client-go applies a relist to its cache through a queue after the List returns,
+	// and the full pass that goes with recovery must see it.
+	resyncSettle = 100 * time.Millisecond
 	// maxLoggedChanges bounds per-node change lines per Update; the rest is summarised.
 	maxLoggedChanges = 20
 )
@@ -172,42 +175,32 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 	ctx, cancel := context.WithCancel(ctx)
 	d := newDirty()
 
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.url.Nodes }))
-	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
+	nodeInf := newInformer(nodesLW(s.client, s.health, s.url.Nodes), &corev1.Node{})
 	if err := s.setup(nodeInf, resNodes, trimNode, d); err != nil {
 		cancel()
 		return err
 	}
 	resources := []string{resNodes}
 	synced := []cache.InformerSynced{nodeInf.HasSynced}
-	factories := []informers.SharedInformerFactory{nodeFactory}
+	infs := []cache.SharedIndexInformer{nodeInf}
 
 	var sliceStore keyStore
 	if s.url.Gated() {
-		epFactory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-			informers.WithNamespace(s.url.Namespace),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-				o.LabelSelector = labels.Set{ServiceNameLabel: s.url.Service}.String()
-			}))
-		epsInf := epFactory.Discovery().V1().EndpointSlices().Informer()
+		epsInf := newInformer(sliceLW(s.client, s.health, s.url.Namespace,
+			labels.Set{ServiceNameLabel: s.url.Service}.String()), &discoveryv1.EndpointSlice{})
 		if err := s.setup(epsInf, resEndpointSlices, trimEndpointSlice, d); err != nil {
 			cancel()
 			return err
 		}
 		resources = append(resources, resEndpointSlices)
 		synced = append(synced, epsInf.HasSynced)
-		factories = append(factories, epFactory)
+		infs = append(infs, epsInf)
 		sliceStore = epsInf.GetStore()
 	}
-	for _, f := range factories {
-		f.StartWithContext(ctx)
-	}
+	stop := runInformers(ctx, infs)
 	defer func() {
 		cancel()
-		for _, f := range factories {
-			f.Shutdown() // waits for the informer goroutines
-		}
+		stop() // waits for the informer goroutines
 	}()
 
 	// The first Update waits for every cache: with endpoints= gating, nodes seen before
@@ -224,13 +217,19 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 		sent      bool // an Update has been delivered
 		inSync    bool
 		failed    bool // ev.Failed(err) reported, no recovery yet
+		downSince time.Time
 		connected bool
 		lastRun   time.Time
 		timer     = time.NewTimer(time.Hour)
 		armed     bool
+		// settle: every informer answered again; recovery is declared when it fires.
+		settle   = time.NewTimer(time.Hour)
+		settling bool
 	)
 	timer.Stop()
+	settle.Stop()
 	defer timer.Stop()
+	defer settle.Stop()
 	s.m.connected.Set(0)
 
 	apply := func(full bool) {
@@ -275,7 +274,7 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 			apply(true)
 			if connected && failed {
 				failed = false
-				s.log.Info("k8s API server reachable; caches in sync")
+				s.log.Info("k8s API server reachable; caches in sync", "down_for", time.Since(downSince).Round(time.Millisecond))
 				ev.Failed(nil)
 			}
 		case <-d.poke:
@@ -297,8 +296,13 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 			case err != nil:
 				connected = false
 				s.m.connected.Set(0)
+				if settling {
+					settle.Stop()
+					settling = false
+				}
 				if !failed {
 					failed = true
+					downSince = time.Now()
 					s.log.Warn("k8s API server unreachable or refusing; keeping the last known servers", "err", err)
 					ev.Failed(fmt.Errorf("k8s source %s: %w", s.url, err))
 				}
@@ -306,18 +310,31 @@ func (s *Source) Run(ctx context.Context, ev source.Events) error {
 				if !inSync {
 					break // connected once the caches are filled (syncedCh)
 				}
-				connected = true
-				s.m.connected.Set(1)
-				if failed {
-					failed = false
-					s.log.Info("k8s API server reachable again; resyncing")
-					// The informers relist on their own and their events follow;
-					// a full pass now confirms the state is current even if
-					// nothing changed.
-					apply(true)
-					ev.Failed(nil)
+				if failed && !settling {
+					// Every informer has relisted (or resumed its watch): let client-go
+					// hand the relisted objects to the caches, then recover.
+					settle.Reset(resyncSettle)
+					settling = true
+					break
+				}
+				if !failed {
+					connected = true
+					s.m.connected.Set(1)
 				}
 			}
+		case <-settle.C:
+			settling = false
+			if err, answered := s.health.status(resources); err != nil || !answered || !failed {
+				break
+			}
+			connected = true
+			s.m.connected.Set(1)
+			failed = false
+			s.log.Info("k8s API server reachable again; caches resynced", "down_for", time.Since(downSince).Round(time.Millisecond))
+			// The relist's events are being applied as they come; a full pass now
+			// confirms the state is current even where nothing changed.
+			apply(true)
+			ev.Failed(nil)
 		}
 	}
 }
@@ -362,7 +379,8 @@ func (s *Source) setup(inf cache.SharedIndexInformer, res string, trim cache.Tra
 }
 
 func isRoutineWatchEnd(err error) bool {
-	return apierrors.IsResourceExpired(err) || apierrors.IsGone(err) ||
+	var relist *relistError
+	return apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || errors.As(err, &relist) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
