@@ -25,9 +25,13 @@ import (
 // treated as not empty: its pool is not known yet (start-up), and a restart must
 // announce before it withdraws.
 //
-// pooled maps service (section) name -> number of pooled servers. The result is
-// sorted by prefix.
-func Desired(cfg *config.Config, pooled map[string]int) []Announcement {
+// active-active (kubal): the other directors carry the VIP's flows, so a service holds
+// a reference only once its pool is known (a new or restarted director announces
+// after its first sync) and while it can serve (plan.Announcing).
+//
+// serving maps service (section) name -> number of servers that keep it announced
+// (pooled ones; plan.Announcing). The result is sorted by prefix.
+func Desired(cfg *config.Config, serving map[string]int) []Announcement {
 	if cfg == nil || !cfg.Global.BGP {
 		return nil
 	}
@@ -69,9 +73,12 @@ func Desired(cfg *config.Config, pooled map[string]int) []Announcement {
 			v.ann.MED, v.med = *s.BGPMED, true
 		}
 		v.ann.Communities = appendUnique(v.ann.Communities, s.BGPCommunities...)
-		if !s.BGPWithdrawWhenEmpty {
-			v.refs++
-		} else if n, known := pooled[s.Name]; !known || n > 0 {
+		switch n, known := serving[s.Name]; {
+		case s.ActiveActive:
+			if known && n > 0 {
+				v.refs++
+			}
+		case !s.BGPWithdrawWhenEmpty, !known, n > 0:
 			v.refs++
 		}
 	}

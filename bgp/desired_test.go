@@ -29,6 +29,7 @@ func TestDesired(t *testing.T) {
 	p4 := func(s string) netip.Prefix { return netip.PrefixFrom(netip.MustParseAddr(s), 32) }
 	p6 := func(s string) netip.Prefix { return netip.PrefixFrom(netip.MustParseAddr(s), 128) }
 	withdrawEmpty := func(s *config.Service) { s.BGPWithdrawWhenEmpty = true }
+	activeActive := func(s *config.Service) { s.ActiveActive = true }
 
 	tests := []struct {
 		name     string
@@ -103,6 +104,23 @@ func TestDesired(t *testing.T) {
 			name:     "withdraw-when-empty: unknown pool size (start-up) keeps it announced",
 			services: []*config.Service{svc("a", "192.0.2.1", withdrawEmpty)},
 			pooled:   map[string]int{},
+			want: []Announcement{{Prefix: p4("192.0.2.1"), NextHop: nh4, MED: 5,
+				ASPath: []uint32{64512}, Communities: []string{"64512:1"}}},
+		},
+		{
+			name:     "active-active: unknown pool (a new or restarted director) is not announced",
+			services: []*config.Service{svc("a", "192.0.2.1", activeActive)},
+			pooled:   map[string]int{},
+		},
+		{
+			name:     "active-active: no server it can serve withdraws, even without withdraw-when-empty",
+			services: []*config.Service{svc("a", "192.0.2.1", activeActive)},
+			pooled:   map[string]int{"a": 0},
+		},
+		{
+			name:     "active-active: a server it can serve announces",
+			services: []*config.Service{svc("a", "192.0.2.1", activeActive)},
+			pooled:   map[string]int{"a": 1},
 			want: []Announcement{{Prefix: p4("192.0.2.1"), NextHop: nh4, MED: 5,
 				ASPath: []uint32{64512}, Communities: []string{"64512:1"}}},
 		},

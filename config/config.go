@@ -74,6 +74,8 @@ type Global struct {
 	// removes it when the service goes. Off by default: PyBal never touched addresses
 	// (Puppet puts the VIPs on lo), and a PyBal config must behave as under PyBal.
 	VIPAddresses bool
+	// ActiveActive is the default of every service's active-active key.
+	ActiveActive bool
 
 	Options Options // every key of the section, raw, with its position
 }
@@ -106,6 +108,12 @@ type Service struct {
 	VIPInterface         string // default "lo"
 	K8sCordoned          string // depool (default) or keep
 	K8sTaints            []string
+	// ActiveActive: several directors announce the VIP alike and the router spreads
+	// flows over them by ECMP (docs/active-active.md). Needs scheduler = mh, so every
+	// director sends a flow to the same real server; kubal then sets the IPVS sysctls
+	// a director needs to carry flows it never saw start (plan.Sysctls), and announces
+	// the VIP only while it has synced and can serve (plan.Announcing).
+	ActiveActive bool
 
 	Options Options // every key of the section, raw, with its position
 }

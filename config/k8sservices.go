@@ -34,6 +34,9 @@ type K8sServices struct {
 	// Options are the section's keys minus the template-only ones: the defaults of
 	// every declared service, read by DeclaredService with the pybal.conf parser.
 	Options Options
+	// ActiveActive is [global]'s active-active: the default of every declared service
+	// whose template or annotations do not set it.
+	ActiveActive bool
 
 	rangesPos Pos
 }
@@ -59,7 +62,7 @@ var k8sPerServiceKeys = []string{"protocol", "ip", "port", "config"}
 // k8sTemplate reads [k8s-services]. Its service keys are checked with the same code
 // as a service section (p.service), without the keys each Service provides.
 func (p *parser) k8sTemplate(s *iniSection, o Options, inherited map[string]bool) *K8sServices {
-	t := &K8sServices{Pos: s.pos, Options: Options{}}
+	t := &K8sServices{Pos: s.pos, Options: Options{}, ActiveActive: p.activeActive}
 	for k, v := range o {
 		if !k8sTemplateKeys[k] {
 			t.Options[k] = v
@@ -154,7 +157,7 @@ func validNamespace(ns string) bool {
 // Pos (e.g. the annotation's name) for the errors. The result is valid when the
 // Diagnostics are empty; warnings (unknown keys, no monitors) are returned apart.
 func DeclaredService(t *K8sServices, name string, pos Pos, set Options, checks ...func(*Service) Diagnostics) (svc *Service, errs, warns Diagnostics) {
-	p := &parser{}
+	p := &parser{activeActive: t.ActiveActive}
 	o := Options{}
 	for k, v := range t.Options {
 		o[k] = v

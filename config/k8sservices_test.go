@@ -123,3 +123,30 @@ func TestDeclaredService(t *testing.T) {
 		t.Fatalf("errors %v, want %q", errs, want)
 	}
 }
+
+// TestActiveActiveDefault: [global]'s active-active is the default of every service,
+// static or Kubernetes-declared; a section or an annotation may opt out.
+func TestActiveActiveDefault(t *testing.T) {
+	text := "[global]\nactive-active = yes\n\n" + section("on", "scheduler = mh") + "\n" +
+		section("off", "port = 81", "active-active = no") +
+		"\n[k8s-services]\nclass = kubal.io/lvs\nscheduler = mh\n"
+	cfg, err := Parse("t.conf", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Global.ActiveActive || !cfg.Services[0].ActiveActive || cfg.Services[1].ActiveActive {
+		t.Errorf("global %v, [on] %v, [off] %v: want true, true, false", cfg.Global.ActiveActive, cfg.Services[0].ActiveActive, cfg.Services[1].ActiveActive)
+	}
+	pos := Pos{File: "Service default/web"}
+	own := Options{"protocol": {Raw: "tcp", Pos: pos}, "ip": {Raw: "192.0.2.1", Pos: pos}, "port": {Raw: "443", Pos: pos},
+		"config": {Raw: "k8s://?endpoints=default/web", Pos: pos}, "monitors": {Raw: "[]", Pos: pos}}
+	svc, errs, _ := DeclaredService(cfg.K8sServices, "default.web:443", pos, own)
+	if len(errs) > 0 || !svc.ActiveActive {
+		t.Fatalf("declared service: errors %v, active-active %v; want none, true", errs, svc.ActiveActive)
+	}
+	ann := Pos{File: "Service default/web annotation lvs.kubal.io/scheduler"}
+	own["scheduler"] = Value{Raw: "wrr", Pos: ann}
+	if _, errs, _ = DeclaredService(cfg.K8sServices, "default.web:443", pos, own); !strings.Contains(errs.Error(), "needs scheduler = mh, not wrr") {
+		t.Errorf("an annotation's wrr on an active-active template: errors %v", errs)
+	}
+}

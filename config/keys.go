@@ -19,6 +19,7 @@ var globalKeys = map[string]bool{
 	"admin-client-ca": true, "state-file": true, "bgp-hold-time": true,
 	"bgp-communities": true, "bgp-bfd": true, "bgp-bfd-min-rx": true, "bgp-bfd-min-tx": true,
 	"bgp-bfd-multiplier": true, "bgp-graceful-restart": true, "vip-addresses": true,
+	"active-active": true,
 }
 
 // serviceKeys are the per-service keys (SPEC §1.3, §12, DESIGN.md); `<monitor>.<option>`
@@ -31,7 +32,7 @@ var serviceKeys = map[string]bool{
 	// kubal
 	"forwarding": true, "scheduler-flags": true, "depool-mode": true, "drain-timeout": true,
 	"bgp-communities": true, "bgp-withdraw-when-empty": true, "conftool": true,
-	"vip-interface": true, "k8s-cordoned": true, "k8s-taints": true,
+	"vip-interface": true, "k8s-cordoned": true, "k8s-taints": true, "active-active": true,
 }
 
 // cliKeys are keys PyBal reads from every section but always overrides with the

@@ -168,6 +168,8 @@ type parser struct {
 	explicit map[*Service]map[string]bool
 	// globalExplicit: the same for [global].
 	globalExplicit map[string]bool
+	// activeActive is the default of a service's active-active ([global]'s).
+	activeActive bool
 }
 
 func (p *parser) errorf(pos Pos, key, format string, args ...any) {
@@ -447,6 +449,8 @@ func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[strin
 	g.BGPBFDMultiplier = int(p.integer(o, "bgp-bfd-multiplier", 3, 1, 255))
 	g.BGPGracefulRestart = p.bool(o, "bgp-graceful-restart", false)
 	g.VIPAddresses = p.bool(o, "vip-addresses", false)
+	g.ActiveActive = p.bool(o, "active-active", false)
+	p.activeActive = g.ActiveActive
 }
 
 func (p *parser) nextHop(o Options, key string, v6 bool) netip.Addr {
@@ -758,6 +762,19 @@ func (p *parser) serviceWith(s *iniSection, o Options, inherited map[string]bool
 				p.warnf(v.Pos, key, "has no effect: the servers do not come from k8s://")
 			}
 		}
+	}
+
+	svc.ActiveActive = p.bool(o, "active-active", p.activeActive)
+	if svc.ActiveActive && svc.Scheduler != "mh" {
+		pos, from := s.pos, " (active-active = yes in [global])"
+		if v, ok := o["active-active"]; ok {
+			pos, from = v.Pos, ""
+		}
+		sched := svc.Scheduler
+		if sched == "" {
+			sched = "the kernel's default (wlc)"
+		}
+		p.errorf(pos, "active-active", "[%s] is active-active%s and needs scheduler = mh, not %s: with any other scheduler each director picks its own real server for a flow, and a flow moved to another director by the router breaks", s.name, from, sched)
 	}
 
 	p.serviceKeys(svc, o, inherited)

@@ -165,6 +165,13 @@ func TestValidation(t *testing.T) {
 				{"bgp-withdraw-when-empty", "bgp-withdraw-when-empty", "has no effect: bgp = no for [svc]"}}},
 		{name: "vip-interface without vip-addresses", text: conf(nil, "vip-interface = dummy0"),
 			warns: []finding{{"vip-interface", "vip-interface", "only with vip-addresses = yes"}}},
+		// Issue 18: active-active needs the same real server for a flow on every director.
+		{name: "active-active needs mh", text: conf(nil, "active-active = yes"),
+			errs: []finding{{"active-active", "active-active", "[svc] is active-active and needs scheduler = mh, not wrr"}}},
+		{name: "active-active with mh", text: conf(nil, "active-active = yes", "scheduler = mh")},
+		{name: "active-active from [global]", global: []string{"active-active = yes"}, text: conf([]string{"active-active = yes"}) + "\n" + section("svc2", "port = 81", "scheduler = mh"),
+			errs: []finding{{"[svc]", "active-active", "active-active (active-active = yes in [global]) and needs scheduler = mh"}}},
+		{name: "a service opts out of [global] active-active", text: conf([]string{"active-active = yes"}, "active-active = no")},
 		{name: "vip-interface with vip-addresses", global: []string{"vip-addresses = yes"}, text: conf([]string{"vip-addresses = yes"}, "vip-interface = dummy0")},
 		{name: "bfd timers without bfd", global: append(bgpOn[:4:4], "bgp-bfd-min-rx = 100"), text: conf(append(bgpOn[:4:4], "bgp-bfd-min-rx = 100")),
 			warns: []finding{{"bgp-bfd-min-rx", "bgp-bfd-min-rx", "unless bgp-bfd = yes"}}},

@@ -323,6 +323,7 @@ func (d *Daemon) converge(all bool) {
 	if all {
 		want := d.planner.Desired()
 		d.ipvs.Set(want.Pools)
+		d.ipvs.SetSysctls(want.Sysctls)
 		if cfg.Global.VIPAddresses { // off by default: PyBal hosts get their VIPs from Puppet
 			d.addrs.Set(want.VIPs)
 		}

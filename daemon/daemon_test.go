@@ -379,3 +379,25 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// Issue 18: an active-active service makes kubal set the IPVS sysctls a director
+// needs to carry flows it never saw start, and keep them set (repaired on resync).
+func TestActiveActiveSetsKernelSettings(t *testing.T) {
+	r := newRig(t)
+	b, err := os.ReadFile(r.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.Replace(string(b), "scheduler = wrr\n", "scheduler = mh\nactive-active = yes\n", 1)
+	if err := os.WriteFile(r.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := startDaemon(t, r)
+	sysctl := func(name string) string { v, _ := r.fake.Sysctl(name); return v }
+	testutil.Eventually(t, 5*time.Second, "sloppy_tcp and schedule_icmp set", func() bool {
+		return sysctl("net.ipv4.vs.sloppy_tcp") == "1" && sysctl("net.ipv4.vs.schedule_icmp") == "1"
+	})
+	_ = r.fake.SetSysctl("net.ipv4.vs.sloppy_tcp", "0") // someone's sysctl.conf
+	testutil.Eventually(t, 8*time.Second, "sloppy_tcp repaired by the resync", func() bool { return sysctl("net.ipv4.vs.sloppy_tcp") == "1" })
+	testutil.Eventually(t, 5*time.Second, "no alert", func() bool { return len(d.Alerts()) == 0 })
+}

@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
 	"strings"
 
 	"github.com/kubal/kubal/admin"
 	"github.com/kubal/kubal/api"
-	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/pool"
 	"github.com/kubal/kubal/service"
 )
@@ -76,9 +73,8 @@ func (d *Daemon) Alerts() []api.Alert {
 		warn("restart kubal to apply changed [global] settings: %s", strings.Join(keys, ", "))
 	}
 	if d.ipvs != nil {
-		errs := d.ipvs.Errors()
-		for _, k := range slices.SortedFunc(maps.Keys(errs), func(a, b ipvs.ServiceKey) int { return strings.Compare(a.String(), b.String()) }) {
-			warn("IPVS %s: not in the kernel yet, retrying: %s", k, service.FirstLine(errs[k].Error()))
+		for _, msg := range d.ipvs.Alerts() {
+			warn("%s", msg)
 		}
 	}
 	for _, msg := range d.declared.Load().Alerts() {

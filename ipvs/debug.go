@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 )
 
@@ -12,6 +13,25 @@ func Debug(b Backend, log *slog.Logger) Backend { return debugBackend{Backend: b
 type debugBackend struct {
 	Backend
 	log *slog.Logger
+}
+
+// Sysctl implements SysctlBackend when the wrapped backend does.
+func (b debugBackend) Sysctl(name string) (string, error) {
+	sb, ok := b.Backend.(SysctlBackend)
+	if !ok {
+		return "", fmt.Errorf("sysctl %s: this IPVS backend has no sysctls", name)
+	}
+	return sb.Sysctl(name)
+}
+
+// SetSysctl implements SysctlBackend when the wrapped backend does.
+func (b debugBackend) SetSysctl(name, value string) error {
+	sb, ok := b.Backend.(SysctlBackend)
+	if !ok {
+		return fmt.Errorf("sysctl %s: this IPVS backend has no sysctls", name)
+	}
+	b.log.Debug("sysctl -w " + name + "=" + value)
+	return sb.SetSysctl(name, value)
 }
 
 func (b debugBackend) AddService(ctx context.Context, s Service) error {

@@ -33,6 +33,14 @@ func (d *DryRun) emit(line string, op func() error) error {
 	return nil
 }
 
+// Sysctl implements SysctlBackend: the values this dry run "set", else "0".
+func (d *DryRun) Sysctl(name string) (string, error) { return d.tab.Sysctl(name) }
+
+// SetSysctl implements SysctlBackend: printed as the sysctl command, not applied.
+func (d *DryRun) SetSysctl(name, value string) error {
+	return d.emit("sysctl -w "+name+"="+value, func() error { return d.tab.SetSysctl(name, value) })
+}
+
 // Services implements Backend.
 func (d *DryRun) Services(ctx context.Context) ([]Service, error) { return d.tab.Services(ctx) }
 

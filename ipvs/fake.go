@@ -39,6 +39,29 @@ type Fake struct {
 	order []ServiceKey // insertion order, for stable dumps
 	calls map[string]int
 	fail  func(op string, k ServiceKey, d Destination) error
+	// sysctls: every sysctl reads "0" (the kernel's IPVS defaults) until set.
+	sysctls map[string]string
+}
+
+// Sysctl implements SysctlBackend.
+func (f *Fake) Sysctl(name string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.sysctls[name]; ok {
+		return v, nil
+	}
+	return "0", nil
+}
+
+// SetSysctl implements SysctlBackend.
+func (f *Fake) SetSysctl(name, value string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sysctls == nil {
+		f.sysctls = map[string]string{}
+	}
+	f.sysctls[name] = value
+	return nil
 }
 
 type fakeService struct {

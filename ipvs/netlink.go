@@ -31,6 +31,25 @@ type Netlink struct {
 	mu sync.Mutex
 	h  *mobyipvs.Handle // dumps
 	w  *genlWriter      // changes, batched
+	// netns is the namespace's path ("" = this process's): sysctls are read and
+	// written under /proc/sys, which is this process's namespace only.
+	netns string
+}
+
+// Sysctl implements SysctlBackend (in the current network namespace only).
+func (n *Netlink) Sysctl(name string) (string, error) {
+	if n.netns != "" {
+		return "", fmt.Errorf("sysctl %s: cannot read the sysctls of netns %q from this process", name, n.netns)
+	}
+	return ProcSys("").Sysctl(name)
+}
+
+// SetSysctl implements SysctlBackend (in the current network namespace only).
+func (n *Netlink) SetSysctl(name, value string) error {
+	if n.netns != "" {
+		return fmt.Errorf("sysctl %s: cannot set the sysctls of netns %q from this process", name, n.netns)
+	}
+	return ProcSys("").SetSysctl(name, value)
 }
 
 // NewNetlink opens the IPVS table of the network namespace at netnsPath ("" = the
@@ -53,7 +72,7 @@ func NewNetlink(netnsPath string) (*Netlink, error) {
 		h.Close()
 		return nil, err
 	}
-	return &Netlink{h: h, w: w}, nil
+	return &Netlink{h: h, w: w, netns: netnsPath}, nil
 }
 
 // CheckKernel reports whether the running kernel offers IPVS (the generic netlink

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +55,11 @@ type Reconciler struct {
 	kick    chan struct{}
 	idle    func(due time.Time)   // tests: see loop.idle
 	sweep   func(ServiceKey) bool // Sweep's, until a pass takes it
+	// The kernel settings to keep (SetSysctls), whether a pass must apply them before
+	// the next resync, and what is wrong with them.
+	sysctls      []Sysctl
+	sysctlsDirty bool
+	sysctlErrs   []error
 
 	// Owned by the Run goroutine.
 	pools    map[ServiceKey]*poolRun       // per pool: what to apply, what was, errors
@@ -289,6 +295,59 @@ func (r *Reconciler) removeLocked(k ServiceKey, v uint64) {
 	r.status[k] = st
 }
 
+// SetSysctls replaces the kernel settings the Reconciler keeps: a pass sets them at
+// once, and every resync checks and repairs them (SysctlBackend); what cannot be set
+// is in Alerts. nil keeps none (settings set before are left as they are).
+func (r *Reconciler) SetSysctls(want []Sysctl) {
+	r.mu.Lock()
+	r.sysctls, r.sysctlsDirty = slices.Clone(want), true
+	r.mu.Unlock()
+	r.poke()
+}
+
+// syncSysctls applies the wanted sysctls on a full pass or after SetSysctls.
+func (r *Reconciler) syncSysctls(full bool) {
+	r.mu.Lock()
+	want, dirty := r.sysctls, r.sysctlsDirty
+	r.sysctlsDirty = false
+	r.mu.Unlock()
+	if !full && !dirty {
+		return
+	}
+	errs := syncSysctls(r.b, want, func(s Sysctl, was string) {
+		r.log.Info("ipvs: setting a kernel setting", "sysctl", s.Name, "from", was, "to", s.Value, "why", s.Why)
+	})
+	for _, err := range errs {
+		r.log.Warn("ipvs: kernel setting not in force; retrying at the next resync", "error", err)
+	}
+	r.mu.Lock()
+	r.sysctlErrs = errs
+	r.mu.Unlock()
+}
+
+// Alerts are the Reconciler's problems for /alerts: pools not in the kernel yet
+// (each retried with backoff) and kernel settings not in force.
+func (r *Reconciler) Alerts() []string {
+	errs := r.Errors()
+	var out []string
+	for _, k := range sortedKeys(errs) {
+		out = append(out, fmt.Sprintf("IPVS %s: not in the kernel yet, retrying: %s", k, firstLine(errs[k].Error())))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, err := range r.sysctlErrs {
+		out = append(out, "IPVS kernel setting: "+firstLine(err.Error()))
+	}
+	return out
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
 func (r *Reconciler) poke() {
 	select {
 	case r.kick <- struct{}{}:
@@ -430,6 +489,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (want time.Time, err, 
 		}
 	}()
 	now := start
+	r.syncSysctls(full)
 	r.work = reset(r.work)
 	work := r.work
 	for _, u := range r.take() {

@@ -37,7 +37,7 @@ const (
 // monitors are allowed too (lvs.kubal.io/proxyfetch.url).
 var annotationKeys = []string{
 	"scheduler", "scheduler-flags", "monitors", "depool-threshold", "depool-mode", "drain-timeout",
-	"bgp", "bgp-med", "bgp-communities", "bgp-withdraw-when-empty",
+	"bgp", "bgp-med", "bgp-communities", "bgp-withdraw-when-empty", "active-active",
 }
 
 // DeclaredName is the kubal service (pool) name of one port of one family of a

@@ -27,6 +27,7 @@ type Desired struct {
 	Pools         []ipvs.Pool // config order, then the forwarded-probe helpers (ProbePools)
 	VIPs          []ipvs.VIP
 	Announcements []bgp.Announcement
+	Sysctls       []ipvs.Sysctl // kernel settings the services need (Sysctls)
 }
 
 // Build is the whole plan. states maps service name -> state; a configured service
@@ -39,6 +40,7 @@ func Build(cfg *config.Config, states map[string]Service) Desired {
 	d.Pools = append(d.Pools, ProbePools(cfg, states).Pools...)
 	d.VIPs = VIPs(cfg)
 	d.Announcements = Announcements(cfg, states)
+	d.Sysctls = Sysctls(cfg)
 	return d
 }
 
@@ -88,14 +90,17 @@ func VIPs(cfg *config.Config) []ipvs.VIP {
 	return out
 }
 
-// Pooled counts a service's pooled servers for bgp-withdraw-when-empty; known is false
-// until the service settled (a restart announces before it withdraws).
-func Pooled(st Service) (n int, known bool) {
+// Announcing counts the servers that keep a service's VIP announced (bgp.Desired):
+// its pooled servers, and for an active-active service only those that are also up
+// with a weight, since a director that cannot reach a real server must leave the
+// flows to the others (a PyBal pool can be pooled but down under the depool
+// threshold). known is false until the service settled.
+func Announcing(svc *config.Service, st Service) (n int, known bool) {
 	if !st.Settled || st.Snapshot == nil {
 		return 0, false
 	}
 	for _, sv := range st.Snapshot.Servers {
-		if sv.Pooled && sv.Addr.IsValid() {
+		if sv.Pooled && sv.Addr.IsValid() && (!svc.ActiveActive || sv.Up && sv.Weight > 0) {
 			n++
 		}
 	}
@@ -105,13 +110,13 @@ func Pooled(st Service) (n int, known bool) {
 // Announcements are the BGP routes (see bgp.Desired for the attributes and
 // withdraw-when-empty).
 func Announcements(cfg *config.Config, states map[string]Service) []bgp.Announcement {
-	pooled := map[string]int{}
-	for name, st := range states {
-		if n, ok := Pooled(st); ok {
-			pooled[name] = n
+	serving := map[string]int{}
+	for _, svc := range cfg.Services {
+		if n, ok := Announcing(svc, states[svc.Name]); ok {
+			serving[svc.Name] = n
 		}
 	}
-	return bgp.Desired(cfg, pooled)
+	return bgp.Desired(cfg, serving)
 }
 
 // Planner keeps the last plan per service, so a change to one service costs that
@@ -163,8 +168,8 @@ func (p *Planner) Update(name string, st Service) (announce bool) {
 	if !ok {
 		return false
 	}
-	on, known := Pooled(st)
-	was, wasKnown := Pooled(p.states[name])
+	on, known := Announcing(svc, st)
+	was, wasKnown := Announcing(svc, p.states[name])
 	p.states[name] = st
 	p.pools[name] = Pool(svc, st)
 	p.changed[name] = true
@@ -193,10 +198,31 @@ func (p *Planner) Pool(name string) (ipvs.Pool, bool) {
 
 // Desired is the whole current plan.
 func (p *Planner) Desired() Desired {
-	d := Desired{VIPs: VIPs(p.cfg), Announcements: Announcements(p.cfg, p.states)}
+	d := Desired{VIPs: VIPs(p.cfg), Announcements: Announcements(p.cfg, p.states), Sysctls: Sysctls(p.cfg)}
 	for _, svc := range p.cfg.Services {
 		d.Pools = append(d.Pools, p.pools[svc.Name])
 	}
 	d.Pools = append(d.Pools, ProbePools(p.cfg, p.states).Pools...)
 	return d
+}
+
+// Sysctls are the kernel settings the config's services need in kubal's network
+// namespace. Active-active directors (docs/active-active.md): the router may move a
+// flow to a director that never saw it start, so
+//   - sloppy_tcp lets IPVS schedule a TCP flow from any packet, not only a SYN (else
+//     the moved flow's packets are passed to the director's own stack and reset);
+//   - schedule_icmp schedules ICMP errors of such flows (e.g. "fragmentation needed",
+//     which path MTU discovery needs) to the same real server.
+//
+// With mh every director then picks the same real server, so the flow survives.
+func Sysctls(cfg *config.Config) []ipvs.Sysctl {
+	for _, svc := range cfg.Services {
+		if svc.ActiveActive {
+			return []ipvs.Sysctl{
+				{Name: "net.ipv4.vs.sloppy_tcp", Value: "1", Why: "active-active: schedule flows another director started"},
+				{Name: "net.ipv4.vs.schedule_icmp", Value: "1", Why: "active-active: ICMP errors of flows another director started"},
+			}
+		}
+	}
+	return nil
 }

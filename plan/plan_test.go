@@ -74,11 +74,13 @@ func TestPool(t *testing.T) {
 
 func TestVIPsAndAnnouncements(t *testing.T) {
 	empty := func(s *config.Service) { s.BGPWithdrawWhenEmpty = true }
+	aa := func(s *config.Service) { s.ActiveActive, s.Scheduler = true, "mh" }
+	vip3 := netip.MustParseAddr("192.0.2.30")
 	cfg := &config.Config{
 		Global:   config.Global{BGP: true, BGPLocalASN: 64600, BGPNextHopIPv4: netip.MustParseAddr("10.0.0.254")},
-		Services: []*config.Service{svc("web", vip1), svc("web443", vip1), svc("api", vip2, empty)},
+		Services: []*config.Service{svc("web", vip1), svc("web443", vip1), svc("api", vip2, empty), svc("ecmp", vip3, aa)},
 	}
-	if got := VIPs(cfg); len(got) != 2 || got[0].Addr != vip1 || got[1].Addr != vip2 {
+	if got := VIPs(cfg); len(got) != 3 || got[0].Addr != vip1 || got[1].Addr != vip2 {
 		t.Errorf("VIPs %+v: want each address once, in config order", got)
 	}
 	tests := []struct {
@@ -89,6 +91,11 @@ func TestVIPsAndAnnouncements(t *testing.T) {
 		{"not settled: announced (a restart announces before it withdraws)", map[string]Service{"api": {Snapshot: snap()}}, []netip.Addr{vip1, vip2}},
 		{"settled and empty: withdrawn", map[string]Service{"api": {Snapshot: snap(), Settled: true}}, []netip.Addr{vip1}},
 		{"settled with a pooled server: announced", map[string]Service{"api": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true}), Settled: true}}, []netip.Addr{vip1, vip2}},
+		// Active-active: the other directors carry the VIP until this one can serve it.
+		{"active-active, not settled: not announced", map[string]Service{"ecmp": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true, Up: true, Weight: 1})}}, []netip.Addr{vip1, vip2}},
+		{"active-active, pooled but down (held by the threshold): withdrawn", map[string]Service{"ecmp": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true, Weight: 1}), Settled: true}}, []netip.Addr{vip1, vip2}},
+		{"active-active, pooled and up at weight 0: withdrawn", map[string]Service{"ecmp": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true, Up: true}), Settled: true}}, []netip.Addr{vip1, vip2}},
+		{"active-active, pooled, up, weighted: announced", map[string]Service{"ecmp": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true, Up: true, Weight: 1}), Settled: true}}, []netip.Addr{vip1, vip2, vip3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
