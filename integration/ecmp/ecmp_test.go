@@ -14,13 +14,10 @@ import (
 	"github.com/kubal/kubal/internal/testutil"
 )
 
-// The active-active mode's config key, and whether kubal sets the kernel settings the
-// mode needs (net.ipv4.vs.sloppy_tcp and schedule_icmp) in its namespace. Without it
-// the rig would set them itself.
-const (
-	activeActiveKey  = ""
-	kubalSetsSysctls = false
-)
+// The active-active mode's config key ([global]; docs/config.md). kubal sets the
+// kernel settings the mode needs (aaSysctls) in its network namespace: the rig leaves
+// them at the kernel's default and checks that kubal set them.
+const activeActiveKey = "active-active = yes\n"
 
 // aaSysctls are the settings an active-active director needs: sloppy_tcp so that a
 // director that never saw a flow's SYN schedules its mid-flow packets (the router moved
@@ -112,6 +109,14 @@ func TestECMP(t *testing.T) {
 			t.Errorf("step 1: %s holds no connection entry: the router does not spread the flows", dd.name)
 		}
 	}
+	// kubal keeps the setting: something else resetting it is undone at the next
+	// IPVS resync (5 s).
+	sysctl(t, d1.name, "net.ipv4.vs.sloppy_tcp=0")
+	dFix, ok := testutil.Poll(15*time.Second, 100*time.Millisecond, func() bool { v, _ := readSysctl(d1.name, "net.ipv4.vs.sloppy_tcp"); return v == "1" })
+	s.result("1b", "net.ipv4.vs.sloppy_tcp reset to 0 in %s -> set to 1 again by kubal after %s (%v)", d1.name, ms(dFix), ok)
+	if !ok {
+		t.Errorf("step 1b: kubal did not set net.ipv4.vs.sloppy_tcp back to 1 within 15 s")
+	}
 
 	s.newDirector(tr, d3)
 	s.restart(tr, d2)
@@ -124,17 +129,12 @@ func TestECMP(t *testing.T) {
 		bfdMs, bfdMult, mhKill, wrrKill)
 }
 
-// kernelSettings prepares the directors' namespaces: with kubal's active-active mode
-// the settings start at the kernel's default (0) and kubal must set them; before that
-// mode existed, the rig set them itself.
+// kernelSettings puts the directors' active-active settings at the kernel's default
+// (0): kubal must set them.
 func (s *scenario) kernelSettings(ds []*director) {
 	for _, d := range ds {
 		for _, k := range aaSysctls {
-			v := "0"
-			if !kubalSetsSysctls {
-				v = "1"
-			}
-			sysctl(s.t, d.name, k+"="+v)
+			sysctl(s.t, d.name, k+"=0")
 		}
 	}
 }
@@ -182,6 +182,9 @@ func (s *scenario) checkSettings(ds []*director, scheduler string) {
 			if err != nil || v != "1" {
 				s.t.Errorf("%s: %s = %q (%v), want 1 in an active-active director", d.name, k, v, err)
 			}
+		}
+		if a := d.api("/alerts"); !strings.HasPrefix(a, "OK") {
+			s.t.Errorf("%s: /alerts = %q, want OK (every setting in force)", d.name, a)
 		}
 	}
 }
@@ -268,7 +271,7 @@ func (s *scenario) kill(tr *traffic, d *director, scheduler string) killResult {
 	stop := make(chan struct{})
 	tl := tr.timeline(250*time.Millisecond, stop)
 	d.blackhole(t, true)
-	t0 := time.Now()
+	t0 := time.Now() // the director is gone from the LAN: BFD's detection starts
 	d.signal(syscall.SIGKILL, 10*time.Second)
 	_, ok := testutil.Poll(10*time.Second, 10*time.Millisecond, func() bool { return !s.router.has(d.ip) })
 	dRoute := time.Since(t0)
@@ -278,9 +281,9 @@ func (s *scenario) kill(tr *traffic, d *director, scheduler string) killResult {
 	time.Sleep(max(s.p.hold, 2*reqTimeoutBound()))
 	dl := tr.since(a)
 	close(stop)
-	fmt.Printf("kill (%s): answers per 250 ms from the kill: %v\n", scheduler, <-tl)
-	fmt.Printf("kill (%s): router paths: %s\n", scheduler, s.router.timeline(a.at))
-	fmt.Printf("kill (%s): connections broke at (from the kill): %v\n", scheduler, dl.brokeAt)
+	fmt.Printf("kill (%s): answers per 250 ms from the snapshot before the cut: %v\n", scheduler, <-tl)
+	fmt.Printf("kill (%s): router paths (from the cut): %s\n", scheduler, s.router.timeline(t0))
+	fmt.Printf("kill (%s): connections broke at (from the snapshot before the cut): %v\n", scheduler, dl.brokeAt)
 	if b, err := os.ReadFile(workDir + "/bird.log"); err == nil {
 		fmt.Printf("kill (%s): bird.log (tail):\n%s\n", scheduler, tail(string(b), 1500))
 	}
@@ -290,8 +293,8 @@ func (s *scenario) kill(tr *traffic, d *director, scheduler string) killResult {
 	// the first retransmission after the path is gone (at dRoute) comes at most
 	// dRoute + RTO later with backoff; 300 ms more for TCG scheduling.
 	bound := 2*dRoute + 200*time.Millisecond + 300*time.Millisecond
-	s.result("4-"+scheduler, "kill -9 %s (cut off the LAN first), %s: router path gone %s after the kill (%s); %s; stall bound %s; router paths %v; flaps %d",
-		d.name, scheduler, ms(dRoute), why, dl, ms(bound), s.router.paths(), k.flaps)
+	s.result("4-"+scheduler, "kill -9 %s (cut off the LAN first), %s: router path gone %s after the cut (BFD detection %s; %s); %s; stall bound %s; router paths %v; flaps %d",
+		d.name, scheduler, ms(dRoute), bfdDetect, why, dl, ms(bound), s.router.paths(), k.flaps)
 	if dRoute > time.Second {
 		t.Errorf("kill (%s): the router removed the path after %s, want <= 1 s", scheduler, ms(dRoute))
 	}
@@ -381,10 +384,16 @@ func (s *scenario) control(dead *director) killResult {
 		}
 	}
 	dead.blackhole(t, false)
+	// A fresh router: the control starts from the same state as the mh run (BIRD's
+	// sessions with the stopped kubals gone).
+	s.birdP.Stop(10 * time.Second)
+	s.bird.Close()
+	s.birdP, s.bird = startBird(t, s.ds)
 	for _, d := range s.ds {
 		if out, err := exec.Command("/sbin/ip", "netns", "exec", d.name, "/sbin/ipvsadm", "-C").CombinedOutput(); err != nil {
 			t.Fatalf("control: ipvsadm -C in %s: %v: %s", d.name, err, out)
 		}
+		// The same kernel settings as the mh run, so that only the scheduler differs.
 		for _, k := range aaSysctls {
 			sysctl(t, d.name, k+"=1")
 		}
