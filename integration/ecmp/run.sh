@@ -5,9 +5,11 @@
 # (cached under $KUBAL_CACHE), builds a static kubal from this tree, packs it with BIRD
 # (and its libraries) into an initramfs layer on top of the VM rig's base image, and
 # runs TestECMP in the VM through integration/vm/vmexec. Extra arguments go to go test.
-# Env: KUBAL_ECMP_CONNS (long-lived connections, default 300), KUBAL_ECMP_HOLD (seconds
-# of traffic observed after each step, default 3), KUBAL_ECMP_FLOWS (synthetic flows,
-# default 300), KUBAL_VM_MEM (MiB, default 1536), KUBAL_VM_TIMEOUT (s, default 600).
+# Env: KUBAL_ECMP_CONNS (long-lived connections, default 300), KUBAL_ECMP_INTERVAL_MS
+# (one request per connection per interval, default 1000; the issue's 200 saturates the
+# single TCG vCPU, README.md), KUBAL_ECMP_HOLD (seconds of traffic observed after each
+# step, default 3), KUBAL_ECMP_FLOWS (synthetic flows, default 300), KUBAL_VM_MEM (MiB,
+# default 1536), KUBAL_VM_TIMEOUT (s, default 600).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${KUBAL_CACHE:-$HOME/.cache/kubal}"
