@@ -124,6 +124,8 @@ func TestECMP(t *testing.T) {
 	s.addRemove(tr, []*director{d1, d2})
 	tr.close()
 
+	resets, stale := birdLogCounts()
+	s.result("bfd", "mh run: kubal reset its BGP session for BFD %d times; BIRD dropped %d BFD packets for an unknown session (a stale discriminator)", resets, stale)
 	wrrKill := s.control(d3)
 	s.result("kill-9", "side by side, kill -9 of one of 3 directors (BFD %d ms x %d): mh: %s | wrr (control): %s",
 		bfdMs, bfdMult, mhKill, wrrKill)
@@ -285,7 +287,10 @@ func (s *scenario) kill(tr *traffic, d *director, scheduler string) killResult {
 	fmt.Printf("kill (%s): router paths (from the cut): %s\n", scheduler, s.router.timeline(t0))
 	fmt.Printf("kill (%s): connections broke at (from the snapshot before the cut): %v\n", scheduler, dl.brokeAt)
 	if b, err := os.ReadFile(workDir + "/bird.log"); err == nil {
-		fmt.Printf("kill (%s): bird.log (tail):\n%s\n", scheduler, tail(string(b), 1500))
+		fmt.Printf("kill (%s): bird.log (tail):\n%s\n", scheduler, tail(string(b), 6000))
+	}
+	if len(s.router.paths()) < len(s.ds)-1 {
+		fmt.Printf("kill (%s): the router lost more than the killed director's path:\n%s\n%s\n", scheduler, s.birdDebug(), s.kubalBFDLog())
 	}
 	why := birdLastError(s.bird.String("show protocols all " + d.name))
 	k := killResult{route: dRoute, d: dl, flaps: s.router.lost(a.at, d.ip)}
@@ -418,6 +423,13 @@ func entries(d *director) string {
 	return mapString(c)
 }
 
+// birdLogCounts counts, in BIRD's log, the BGP sessions kubal reset because its BFD
+// session expired, and the BFD packets BIRD dropped for an unknown session.
+func birdLogCounts() (resets, stale int) {
+	b, _ := os.ReadFile(workDir + "/bird.log")
+	return strings.Count(string(b), `Administrative reset: "BFD is down"`), strings.Count(string(b), "unknown session id")
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
@@ -465,6 +477,26 @@ func birdLastError(proto string) string {
 	return proto
 }
 
+// kubalBFDLog returns the BFD and BGP session lines of every kubal log of the run.
+func (s *scenario) kubalBFDLog() string {
+	var b strings.Builder
+	for _, d := range s.ds {
+		for i := 1; i <= d.runs; i++ {
+			f := fmt.Sprintf("%s/kubal-%d.log", d.dir, i)
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(raw), "\n") {
+				if strings.Contains(l, "[bgp]") || strings.Contains(strings.ToLower(l), "bfd") {
+					fmt.Fprintf(&b, "%s: %s\n", f, l)
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
 func (s *scenario) dumpLogs() {
 	for _, d := range s.ds {
 		if d.proc != nil {
@@ -472,9 +504,7 @@ func (s *scenario) dumpLogs() {
 		}
 	}
 	if b, err := os.ReadFile(workDir + "/bird.log"); err == nil {
-		if len(b) > 4000 {
-			b = b[len(b)-4000:]
-		}
-		fmt.Printf("---- bird.log (tail)\n%s\n", b)
+		fmt.Printf("---- bird.log (tail)\n%s\n", tail(string(b), 8000))
 	}
+	fmt.Printf("---- kubal BGP/BFD lines\n%s\n", s.kubalBFDLog())
 }

@@ -174,6 +174,7 @@ func birdConf(ds []*director) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `router id %s;
 log "%s/bird.log" all;
+debug protocols { states, events };
 protocol device { scan time 10; }
 # ECMP into the kernel: the BGP routes of several directors for the VIP are merged
 # into one multipath route (they are mergeable: same local preference, AS path length,
@@ -184,7 +185,7 @@ protocol kernel {
 }
 protocol bfd {
 	interface "*" { min rx interval %d ms; min tx interval %d ms; multiplier %d; };
-}
+%s}
 template bgp director {
 	local %s as %d;
 	connect delay time 1;
@@ -195,9 +196,27 @@ template bgp director {
 	graceful restart off;
 	ipv4 { import all; export none; };
 }
-`, routerLAN, workDir, bfdMs, bfdMs, bfdMult, routerLAN, routerASN)
+`, routerLAN, workDir, bfdMs, bfdMs, bfdMult, bfdNeighbors(ds), routerLAN, routerASN)
 	for _, d := range ds {
 		fmt.Fprintf(&b, "protocol bgp %s from director { neighbor %s as %d; }\n", d.name, d.ip, kubalASN)
+	}
+	return b.String()
+}
+
+// bfdNeighbors declares the BFD sessions in BIRD's bfd protocol, so that each one
+// lives as long as BIRD rather than as long as one BGP session. Without them, BIRD
+// makes a new session (a new discriminator) each time the BGP session restarts, and
+// GoBGP's BFD (kubal's) drops the new session's Down packets while it is still bound to
+// the old discriminator (pkg/server/bfd_peer.go rxPacket, v4.8.0): it expires, resets
+// BGP, BIRD makes yet another session, and the route flaps every few seconds. Measured
+// in this rig (README.md); KUBAL_ECMP_BFD_DYNAMIC=1 runs without them.
+func bfdNeighbors(ds []*director) string {
+	if os.Getenv("KUBAL_ECMP_BFD_DYNAMIC") == "1" {
+		return ""
+	}
+	var b strings.Builder
+	for _, d := range ds {
+		fmt.Fprintf(&b, "\tneighbor %s;\n", d.ip)
 	}
 	return b.String()
 }
