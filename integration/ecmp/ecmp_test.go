@@ -126,9 +126,10 @@ func TestECMP(t *testing.T) {
 
 	resets, stale := birdLogCounts()
 	s.result("bfd", "mh run: kubal reset its BGP session for BFD %d times; BIRD dropped %d BFD packets for an unknown session (a stale discriminator)", resets, stale)
-	wrrKill := s.control(d3)
-	s.result("kill-9", "side by side, kill -9 of one of 3 directors (BFD %d ms x %d): mh: %s | wrr (control): %s",
-		bfdMs, bfdMult, mhKill, wrrKill)
+	wrrKill := s.control(d3, "wrr", "1")
+	noSloppy := s.control(d3, "mh", "0")
+	s.result("kill-9", "side by side, kill -9 of one of 3 directors (BFD %d ms x %d): mh active-active: %s | wrr (control): %s | mh with sloppy_tcp = 0 (control): %s",
+		bfdMs, bfdMult, mhKill, wrrKill, noSloppy)
 }
 
 // kernelSettings puts the directors' active-active settings at the kernel's default
@@ -143,11 +144,12 @@ func (s *scenario) kernelSettings(ds []*director) {
 
 // startDirectors starts kubal in each director and waits for the router's ECMP route
 // to hold all of them.
-func (s *scenario) startDirectors(scheduler string, ds ...*director) {
+func (s *scenario) startDirectors(mode string, ds ...*director) {
 	t := s.t
 	t0 := time.Now()
+	scheduler, _, _ := strings.Cut(mode, "-")
 	for _, d := range ds {
-		d.start(t, scheduler)
+		d.start(t, scheduler, mode == "mh")
 	}
 	var want []string
 	for _, d := range ds {
@@ -162,20 +164,20 @@ func (s *scenario) startDirectors(scheduler string, ds ...*director) {
 		return true
 	})
 	if !ok {
-		t.Fatalf("start (%s): the router's route to %s has paths %v after %s, want %v\n%s", scheduler, vip, s.router.paths(), ms(took), want, s.birdDebug())
+		t.Fatalf("start (%s): the router's route to %s has paths %v after %s, want %v\n%s", mode, vip, s.router.paths(), ms(took), want, s.birdDebug())
 	}
 	for _, d := range ds {
 		if n := d.poolSize(); n != 3 || d.scheduler() != scheduler {
 			t.Fatalf("start: %s's IPVS has %d pooled destinations with scheduler %q, want 3 with %s", d.name, n, d.scheduler(), scheduler)
 		}
 	}
-	s.checkSettings(ds, scheduler)
-	s.result("start-"+scheduler, "%d directors up, router ECMP route to %s via %v %s after the start", len(ds), vip, s.router.paths(), ms(time.Since(t0)))
+	s.checkSettings(ds, mode)
+	s.result("start-"+mode, "%d directors up, router ECMP route to %s via %v %s after the start", len(ds), vip, s.router.paths(), ms(time.Since(t0)))
 }
 
 // checkSettings asserts the kernel settings of active-active directors.
-func (s *scenario) checkSettings(ds []*director, scheduler string) {
-	if scheduler != "mh" {
+func (s *scenario) checkSettings(ds []*director, mode string) {
+	if mode != "mh" {
 		return
 	}
 	for _, d := range ds {
@@ -196,7 +198,7 @@ func (s *scenario) checkSettings(ds []*director, scheduler string) {
 func (s *scenario) newDirector(tr *traffic, d *director) {
 	t := s.t
 	a := tr.snap()
-	t0 := d.start(t, "mh")
+	t0 := d.start(t, "mh", true)
 	pool := -1
 	_, ok := testutil.Poll(120*time.Second, 20*time.Millisecond, func() bool {
 		if s.router.has(d.ip) {
@@ -235,7 +237,7 @@ func (s *scenario) restart(tr *traffic, d *director) {
 	if !ok {
 		t.Fatalf("step 3: the router kept %s's path after kubal stopped", d.name)
 	}
-	t1 := d.start(t, "mh")
+	t1 := d.start(t, "mh", true)
 	dBack, ok := testutil.Poll(120*time.Second, 20*time.Millisecond, func() bool { return s.router.has(d.ip) })
 	if !ok {
 		t.Fatalf("step 3: %s's path not back after the restart\n%s", d.name, s.birdDebug())
@@ -303,7 +305,7 @@ func (s *scenario) kill(tr *traffic, d *director, scheduler string) killResult {
 	if dRoute > time.Second {
 		t.Errorf("kill (%s): the router removed the path after %s, want <= 1 s", scheduler, ms(dRoute))
 	}
-	if scheduler == "mh" {
+	if scheduler == "mh" { // the active-active run; the controls are only reported
 		if dl.broken != 0 {
 			t.Errorf("kill (mh): %d connections broke, want 0", dl.broken)
 		}
@@ -338,8 +340,9 @@ func (s *scenario) addRemove(tr *traffic, ds []*director) {
 			toNew++
 		}
 	}
-	s.result("5", "add b4 (3 -> 4 backends), applied on %d directors in %s: established: %s; synthetic flows: %d of %d changed backend (%.1f %%, Maglev ~1/4 = 25 %%), %d of them to b4; before %s after %s",
-		len(ds), ms(dApply), dl, diff, both, pct(diff, both), toNew, mapString(countBy(p0)), mapString(countBy(p1)))
+	s.result("5", "add b4 (3 -> 4 backends), applied on %d directors in %s: established: %s; synthetic flows: %d of %d changed backend (%.1f %%, Maglev ~1/4 = 25 %%), %d of them to b4; before %s after %s; flaps %d",
+		len(ds), ms(dApply), dl, diff, both, pct(diff, both), toNew, mapString(countBy(p0)), mapString(countBy(p1)), s.router.lost(a.at, ""))
+	s.brokenDetail("5", dl, a.at)
 	if dl.broken != 0 || dl.moved != 0 {
 		t.Errorf("step 5: adding a backend broke %d and moved %d established connections, want 0", dl.broken, dl.moved)
 	}
@@ -356,10 +359,41 @@ func (s *scenario) addRemove(tr *traffic, ds []*director) {
 	dl = tr.since(a)
 	both2, diff2 := changed(p1, p2)
 	same0, diff0 := changed(p0, p2)
-	s.result("6", "remove b4 (drained, 4 -> 3 backends), applied in %s: established: %s; synthetic flows: %d of %d changed backend (%.1f %%); against before the add: %d of %d differ; now %s",
-		ms(dApply), dl, diff2, both2, pct(diff2, both2), diff0, same0, mapString(countBy(p2)))
+	s.result("6", "remove b4 (drained, 4 -> 3 backends), applied in %s: established: %s; synthetic flows: %d of %d changed backend (%.1f %%); against before the add: %d of %d differ; now %s; flaps %d",
+		ms(dApply), dl, diff2, both2, pct(diff2, both2), diff0, same0, mapString(countBy(p2)), s.router.lost(a.at, ""))
+	s.brokenDetail("6", dl, a.at)
 	if dl.broken != 0 {
 		t.Errorf("step 6: removing (draining) a backend broke %d established connections, want 0", dl.broken)
+	}
+}
+
+// brokenDetail prints, for each connection that broke in a step, the directors'
+// connection entries of its client port, the router's path changes and kubal's IPVS
+// log lines: what it takes to tell why.
+func (s *scenario) brokenDetail(step string, dl delta, t0 time.Time) {
+	if dl.broken == 0 {
+		return
+	}
+	fmt.Printf("step %s: broken: %v\nrouter paths since the step: %s\n", step, dl.brokePorts, s.router.timeline(t0))
+	for _, d := range s.ds {
+		var b []byte
+		_ = vmrig.InNS(d.name, func() (err error) { b, err = os.ReadFile("/proc/thread-self/net/ip_vs_conn"); return err })
+		for _, p := range dl.brokePorts {
+			var port int
+			fmt.Sscanf(p, "port %d", &port)
+			for _, l := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(l); len(f) > 2 && f[2] == fmt.Sprintf("%04X", port) {
+					fmt.Printf("%s ip_vs_conn: %s\n", d.name, l)
+				}
+			}
+		}
+		if d.proc != nil {
+			for _, l := range strings.Split(d.proc.Tail(6000), "\n") {
+				if strings.Contains(l, "ipvs") || strings.Contains(l, "10.0.0.14") {
+					fmt.Printf("%s log: %s\n", d.name, l)
+				}
+			}
+		}
 	}
 }
 
@@ -379,9 +413,10 @@ func (s *scenario) waitPool(ds []*director, n int) time.Duration {
 	return took
 }
 
-// 7. The control: the same kill -9 with wrr (no active-active mode; the same kernel
-// settings, so that only the scheduler differs).
-func (s *scenario) control(dead *director) killResult {
+// 7. The controls: the same kill -9 without the active-active mode, with the kernel
+// settings given: wrr with sloppy_tcp = 1 (only the scheduler differs from the mh
+// run), and mh with sloppy_tcp = 0 (only the kernel setting differs).
+func (s *scenario) control(dead *director, scheduler, sloppy string) killResult {
 	t := s.t
 	for _, d := range s.ds {
 		if d.alive() && !d.signal(syscall.SIGTERM, 30*time.Second) {
@@ -398,19 +433,19 @@ func (s *scenario) control(dead *director) killResult {
 		if out, err := exec.Command("/sbin/ip", "netns", "exec", d.name, "/sbin/ipvsadm", "-C").CombinedOutput(); err != nil {
 			t.Fatalf("control: ipvsadm -C in %s: %v: %s", d.name, err, out)
 		}
-		// The same kernel settings as the mh run, so that only the scheduler differs.
 		for _, k := range aaSysctls {
-			sysctl(t, d.name, k+"=1")
+			sysctl(t, d.name, k+"="+sloppy)
 		}
 	}
-	s.startDirectors("wrr", s.ds...)
+	name := scheduler + "-sloppy" + sloppy
+	s.startDirectors(name, s.ds...)
 	tr := openConns(t, s.p.conns, s.p.interval)
 	defer tr.close()
 	a := tr.snap()
 	time.Sleep(s.p.hold)
 	d := tr.since(a)
-	s.result("7", "control, wrr, directors d1 d2 d3: %s", d)
-	return s.kill(tr, dead, "wrr")
+	s.result("7-"+name, "control, %s, net.ipv4.vs.sloppy_tcp = %s, no active-active, directors d1 d2 d3: %s", scheduler, sloppy, d)
+	return s.kill(tr, dead, name)
 }
 
 // ---- helpers ----

@@ -371,10 +371,12 @@ func (r *routerView) has(ip string) bool {
 // kubalConf is one director's configuration: all directors share everything but the
 // next hop (their own address) and their files. The control run uses `wrr` and no
 // active-active mode.
-func kubalConf(d *director, scheduler string) string {
+func kubalConf(d *director, scheduler string, activeActive bool) string {
 	aa, flags := "", ""
-	if scheduler == "mh" {
+	if activeActive {
 		aa = activeActiveKey
+	}
+	if scheduler == "mh" {
 		flags = "scheduler-flags = mh-port\n"
 	}
 	return fmt.Sprintf(`# kubal, director %[1]s of the ECMP rig
@@ -427,10 +429,10 @@ func writeServers(t *testing.T, names ...string) {
 	must(t, os.Rename(tmp, filepath.Join(workDir, "servers.list")))
 }
 
-func (d *director) start(t *testing.T, scheduler string) time.Time {
+func (d *director) start(t *testing.T, scheduler string, activeActive bool) time.Time {
 	t.Helper()
 	conf := filepath.Join(d.dir, "kubal.conf")
-	must(t, os.WriteFile(conf, []byte(kubalConf(d, scheduler)), 0o644))
+	must(t, os.WriteFile(conf, []byte(kubalConf(d, scheduler, activeActive)), 0o644))
 	d.runs++
 	t0 := time.Now()
 	p, err := vmrig.Start(fmt.Sprintf("kubal-%s-%d", d.name, d.runs), filepath.Join(d.dir, fmt.Sprintf("kubal-%d.log", d.runs)), nil,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,7 @@ type conn struct {
 	err     string
 	reqs    int
 	sent    time.Time // the request waiting for its answer (zero if none)
+	port    int       // client port
 }
 
 // traffic is the client side: the connections and every slow answer.
@@ -109,7 +111,7 @@ func openConns(t *testing.T, n int, interval time.Duration) *traffic {
 			if err != nil {
 				return fmt.Errorf("connection %d of %d: %w", i+1, n, err)
 			}
-			tr.conns = append(tr.conns, &conn{id: i, c: c})
+			tr.conns = append(tr.conns, &conn{id: i, c: c, port: c.LocalAddr().(*net.TCPAddr).Port})
 		}
 		return nil
 	})
@@ -222,10 +224,11 @@ type snap struct {
 	broken   []bool
 	reqs     int
 	inflight time.Duration // the longest wait of a request still unanswered
+	cpu      cpuTimes
 }
 
 func (tr *traffic) snap() snap {
-	s := snap{at: time.Now()}
+	s := snap{at: time.Now(), cpu: readCPU()}
 	for _, c := range tr.conns {
 		c.mu.Lock()
 		s.backend = append(s.backend, c.backend)
@@ -252,12 +255,15 @@ type delta struct {
 	stallsOver1s  int
 	stallsOver200 int
 	brokeAt       []time.Duration // when each broken connection broke, from the start
+	busy          float64         // the VM's CPU busy share in between (%)
+	brokePorts    []string        // the broken connections: client port, backend, error, when
 }
 
 func (tr *traffic) since(a snap) delta {
 	b := tr.snap()
 	// A request still unanswered counts as a stall of its age so far.
-	d := delta{conns: len(a.backend), errs: map[string]int{}, perBackend: map[string]int{}, reqs: b.reqs - a.reqs, maxStall: b.inflight}
+	d := delta{conns: len(a.backend), errs: map[string]int{}, perBackend: map[string]int{}, reqs: b.reqs - a.reqs, maxStall: b.inflight,
+		busy: b.cpu.busySince(a.cpu)}
 	for i := range a.backend {
 		if a.broken[i] {
 			continue
@@ -269,6 +275,7 @@ func (tr *traffic) since(a snap) delta {
 			c.mu.Lock()
 			d.errs[c.err]++
 			d.brokeAt = append(d.brokeAt, c.broken.Sub(a.at))
+			d.brokePorts = append(d.brokePorts, fmt.Sprintf("port %d (backend %s, %s, +%s)", c.port, c.backend, c.err, ms(c.broken.Sub(a.at))))
 			c.mu.Unlock()
 			continue
 		}
@@ -295,8 +302,8 @@ func (tr *traffic) since(a snap) delta {
 }
 
 func (d delta) String() string {
-	return fmt.Sprintf("%d/%d connections broken %s, %d moved backend, longest stall %s (%d answers > 200 ms, %d > 1 s), %d requests answered; per backend %s",
-		d.broken, d.alive, mapString(d.errs), d.moved, ms(d.maxStall), d.stallsOver200, d.stallsOver1s, d.reqs, mapString(d.perBackend))
+	return fmt.Sprintf("%d/%d connections broken %s, %d moved backend, longest stall %s (%d answers > 200 ms, %d > 1 s), %d requests answered; per backend %s; VM CPU busy %.0f %%",
+		d.broken, d.alive, mapString(d.errs), d.moved, ms(d.maxStall), d.stallsOver200, d.stallsOver1s, d.reqs, mapString(d.perBackend), d.busy)
 }
 
 func mapString(m map[string]int) string {
@@ -453,4 +460,33 @@ func (tr *traffic) timeline(step time.Duration, stop <-chan struct{}) <-chan []i
 		}
 	}()
 	return out
+}
+
+// cpuTimes is the first line of /proc/stat: total and idle (idle + iowait) jiffies.
+type cpuTimes struct{ total, idle uint64 }
+
+func readCPU() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var c cpuTimes
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		c.total += n
+		if i == 3 || i == 4 {
+			c.idle += n
+		}
+	}
+	return c
+}
+
+// busySince is the CPU busy share (%) since an earlier reading.
+func (c cpuTimes) busySince(a cpuTimes) float64 {
+	if c.total <= a.total {
+		return 0
+	}
+	return 100 * (1 - float64(c.idle-a.idle)/float64(c.total-a.total))
 }
