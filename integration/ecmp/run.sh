@@ -6,7 +6,7 @@
 # (and its libraries) into an initramfs layer on top of the VM rig's base image, and
 # runs TestECMP in the VM through integration/vm/vmexec. Extra arguments go to go test.
 # Env: KUBAL_ECMP_CONNS (long-lived connections, default 300), KUBAL_ECMP_INTERVAL_MS
-# (one request per connection per interval, default 1000; the 200 saturates the
+# (one request per connection per interval, default 2000; the 200 saturates the
 # single TCG vCPU, README.md), KUBAL_ECMP_HOLD (seconds of traffic observed after each
 # step, default 3), KUBAL_ECMP_FLOWS (synthetic flows, default 300), KUBAL_VM_MEM (MiB,
 # default 1536), KUBAL_VM_TIMEOUT (s, default 600).
