@@ -5,7 +5,7 @@ GO       ?= go
 export KUBAL_CACHE ?= $(HOME)/.cache/kubal
 BIN      := bin
 
-.PHONY: all build demo test unit lint setup test-vm test-e2e test-ecmp fuzz docs-check bench clean
+.PHONY: all build demo test unit lint setup test-vm test-e2e test-ecmp test-k8s-services fuzz docs-check bench clean
 
 all: build
 
@@ -18,7 +18,8 @@ demo: build
 # The README's test command: lint, unit tests, rig tests (real etcd, kube-apiserver,
 # BIRD2, backends in namespaces; rigs required, a missing rig fails), the IPVS VM, the
 # end-to-end ingress scenario (integration/e2e), the active-active ECMP rig
-# (integration/ecmp), the Debian package under systemd, the
+# (integration/ecmp), Kubernetes-declared services with real kube-proxy
+# (integration/k8sservices), the Debian package under systemd, the
 # keepalived peer benchmark's smoke run, and the docs check. The VM stages run one after
 # the other: several TCG guests on 2 cores would starve their timing assertions.
 test: lint setup
@@ -26,6 +27,7 @@ test: lint setup
 	$(MAKE) test-vm
 	$(MAKE) test-e2e
 	$(MAKE) test-ecmp
+	$(MAKE) test-k8s-services
 	$(MAKE) test-systemd
 	$(MAKE) peerbench-smoke
 	$(MAKE) docs-check
@@ -52,6 +54,11 @@ test-e2e: setup
 # VM, ~2 min; KUBAL_ECMP_HOLD/CONNS/INTERVAL_MS/FLOWS for longer runs (integration/ecmp).
 test-ecmp: setup
 	./integration/ecmp/run.sh
+
+# Kubernetes-declared services ([k8s-services]) end to end: kube-apiserver on the host,
+# kubal + BIRD2 + three nodes each with a real kube-proxy (nftables) in the IPVS VM.
+test-k8s-services: setup
+	./integration/k8sservices/run.sh
 
 # Every parser of outside input, plus the daemon model (random operation sequences):
 # FUZZTIME each (default 5m; `make fuzz FUZZTIME=1m` for a quick pass).

@@ -150,3 +150,14 @@ func TestActiveActiveDefault(t *testing.T) {
 		t.Errorf("an annotation's wrr on an active-active template: errors %v", errs)
 	}
 }
+
+// kubeconfig is used by [k8s-services] alone: no "has no effect" warning.
+func TestKubeconfigUsedByTemplate(t *testing.T) {
+	cfg, err := Parse("k.conf", []byte("[global]\nkubeconfig = /etc/kubal/kubeconfig\n\n[k8s-services]\nclass = kubal.io/lvs\nscheduler = rr\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(cfg.Warnings.Error(), "kubeconfig") {
+		t.Errorf("warnings: %v", cfg.Warnings)
+	}
+}

@@ -1071,12 +1071,12 @@ func (p *parser) noEffect(cfg *Config, hasGlobal bool) {
 		}
 	}
 	if p.globalExplicit["kubeconfig"] {
-		k8s := false
+		k8s := cfg.K8sServices != nil // the template's controller reads Kubernetes too
 		for _, s := range cfg.Services {
 			k8s = k8s || strings.HasPrefix(s.ConfigURL, "k8s://")
 		}
 		if !k8s {
-			warnf(g.Options, "kubeconfig", "has no effect: no service has config = k8s://")
+			warnf(g.Options, "kubeconfig", "has no effect: no service has config = k8s:// and there is no [k8s-services]")
 		}
 	}
 }

@@ -358,7 +358,7 @@ func (d *Daemon) checkReady() {
 	switch {
 	case err == nil:
 		d.log.Info("all sources synced; ready", "services", len(d.Config().Services))
-		d.ipvs.Sweep(ipvs.IsProbeHelper) // the plan is complete: unwanted helpers are leftovers
+		d.ipvs.Sweep(plan.Leftover(d.Config())) // the plan is complete: what else matches is a leftover
 	case d.opts.Clock.Since(d.started) > d.opts.ReadyTimeout:
 		d.log.Warn("not every source has synced; reporting ready anyway", "waited", d.opts.ReadyTimeout, "why", err)
 	default:

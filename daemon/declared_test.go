@@ -73,7 +73,7 @@ monitors = []
 		t.Fatal(err)
 	}
 	fake := ipvs.NewFake()
-	d, _ := startDaemonWith(t, conf, fake)
+	d, stopDaemon := startDaemonWith(t, conf, fake)
 
 	class := "kubal.io/lvs"
 	svc := &corev1.Service{
@@ -111,5 +111,135 @@ monitors = []
 	testutil.Eventually(t, 20*time.Second, "the deleted Service's pool and IPVS service gone", func() bool {
 		_, inKernel := fake.Table()[key]
 		return !slices.Contains(d.Pools(), name) && !inKernel
+	})
+
+	// A Service deleted while kubal is down: the restarted kubal removes its IPVS
+	// service once the Services are listed (a leftover in the VIP ranges), and leaves
+	// a service outside the ranges alone.
+	svc.Name = "api"
+	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, "default.api:80 in IPVS", func() bool {
+		for k, p := range fake.Table() {
+			if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) && len(p.Destinations) == 2 {
+				key = k
+				return true
+			}
+		}
+		return false
+	})
+	foreign := ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr("198.51.100.1"), Port: 80}
+	if err := fake.AddService(ctx, ipvs.Service{ServiceKey: foreign, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	stopDaemon()
+	if err := c.CoreV1().Services("default").Delete(ctx, "api", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = startDaemonWith(t, conf, fake)
+	testutil.Eventually(t, 20*time.Second, "ready, and the Service deleted while down gone from IPVS", func() bool {
+		_, inKernel := fake.Table()[key]
+		return d.Ready() == nil && !inKernel
+	})
+	if _, ok := fake.Table()[foreign]; !ok {
+		t.Error("the IPVS service outside the VIP ranges was removed")
+	}
+}
+
+// A dual-stack Service (issue 14) through the daemon and a dual-stack kube-apiserver:
+// one pool per family, each with the nodes' addresses of its family, a VIP of each
+// family's range, and both in status.loadBalancer.ingress.
+func TestKubernetesDeclaredDualStackService(t *testing.T) {
+	apiserver, _, err := k8s.Binaries()
+	if err != nil || apiserver == "" {
+		k8s.SkipOrFail(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rig, err := k8s.Start(ctx)
+	if err != nil {
+		k8s.SkipOrFail(t, err)
+	}
+	t.Cleanup(func() { rig.Close() })
+	c, err := rig.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"node-a", "node-b"} {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		created, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status = corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
+			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.7.0.%d", i+1)},
+				{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("2001:db8:7::%d", i+1)}},
+		}
+		if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := rig.WriteKubeconfig(kc, "admin", k8s.AdminToken); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "pybal.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `[global]
+bgp = no
+kubeconfig = %s
+state-file = %s/state.json
+
+[k8s-services]
+class = kubal.io/lvs
+vip-ranges = 192.0.2.0/28, 2001:db8:ed1a::/124
+scheduler = wrr
+monitors = []
+`, kc, dir), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := ipvs.NewFake()
+	d, _ := startDaemonWith(t, conf, fake)
+
+	class, policy := "kubal.io/lvs", corev1.IPFamilyPolicyRequireDualStack
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "dual", Namespace: "default"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
+			IPFamilyPolicy: &policy, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyCluster,
+			Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}
+	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ranges := map[bool]netip.Prefix{false: netip.MustParsePrefix("192.0.2.0/28"), true: netip.MustParsePrefix("2001:db8:ed1a::/124")}
+	vips := map[bool]netip.Addr{}
+	testutil.Eventually(t, 20*time.Second, "both families' pools in /pools and IPVS", func() bool {
+		if !slices.Contains(d.Pools(), "default.dual:80") || !slices.Contains(d.Pools(), "default.dual:80-v6") {
+			return false
+		}
+		for k, p := range fake.Table() {
+			v6 := k.Addr.Is6()
+			if k.Port != 80 || !ranges[v6].Contains(k.Addr) || len(p.Destinations) != 2 {
+				continue
+			}
+			for _, dst := range p.Destinations {
+				if dst.Addr.Is6() != v6 {
+					t.Fatalf("%s has destination %s of the other family", k, dst.Addr)
+				}
+			}
+			vips[v6] = k.Addr
+		}
+		return vips[false].IsValid() && vips[true].IsValid()
+	})
+	testutil.Eventually(t, 10*time.Second, "both VIPs in status.loadBalancer.ingress", func() bool {
+		s, err := c.CoreV1().Services("default").Get(ctx, "dual", metav1.GetOptions{})
+		if err != nil || len(s.Status.LoadBalancer.Ingress) != 2 {
+			return false
+		}
+		got := []string{s.Status.LoadBalancer.Ingress[0].IP, s.Status.LoadBalancer.Ingress[1].IP}
+		return slices.Contains(got, vips[false].String()) && slices.Contains(got, vips[true].String())
 	})
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kubal/kubal/admin"
 	"github.com/kubal/kubal/api"
+	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/pool"
 	"github.com/kubal/kubal/service"
 )
@@ -43,6 +44,9 @@ func (d *Daemon) Ready() error {
 		if s := d.service(name); s != nil && !s.State().Synced {
 			waiting = append(waiting, name)
 		}
+	}
+	if d.Config().K8sServices != nil && d.declared.Load() == nil {
+		waiting = append(waiting, "["+config.K8sServicesSection+"] (the Kubernetes Services)")
 	}
 	if len(waiting) > 0 {
 		sort.Strings(waiting)

@@ -208,6 +208,7 @@ type servicesState struct {
 	owned               map[string]bool                 // Services owned at some point in this run
 	sources             map[string]*groupSource         // declared name -> its source (stable)
 	lastSig             string                          // of the last Desired delivered
+	delivered           bool                            // a first Desired was (the set is known)
 	pods                []cache.Store                   // per critical-pods entry
 	podContrib          map[string]podContrib           // "<entry>|ns/name" -> what it counted
 	critical            []map[string]int                // per entry: node -> ready Pods
@@ -673,7 +674,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 					}
 				}
 			}
-			s.setStatus(key, ips)
+			s.setStatus(key, ips, ingressIPs(svc))
 		}
 	}
 	// Services no longer owned (type changed, opt-in annotation removed) lose the
@@ -687,8 +688,12 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		delete(st.good, key)
 		delete(st.reported, key)
 		delete(st.sigs, key)
-		if _, exists, _ := st.svcs.GetByKey(key); exists {
-			s.setStatus(key, nil)
+		if obj, exists, _ := st.svcs.GetByKey(key); exists {
+			if svc, ok := obj.(*corev1.Service); ok {
+				s.setStatus(key, nil, ingressIPs(svc))
+			}
+		} else {
+			s.forgetStatus(key)
 		}
 	}
 	inUse := make(map[string]bool, len(desired))
@@ -725,8 +730,10 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 
 	sort.Slice(desired, func(i, j int) bool { return desired[i].Config.Name < desired[j].Config.Name })
 	sig := desiredSig(desired, fps, problems)
-	if sig != st.lastSig {
-		st.lastSig = sig
+	if sig != st.lastSig || !st.delivered {
+		// The first one is delivered even when empty: it says the set is known, so the
+		// daemon may remove what no Service declares any more.
+		st.lastSig, st.delivered = sig, true
 		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
 		out(Desired{Services: desired, Problems: problems})
 	}
@@ -796,7 +803,11 @@ func (s *Services) event(st *servicesState, rec record.EventRecorder, svc *corev
 }
 
 // setStatus records the ingress IPs a Service should carry and queues a check.
-func (s *Services) setStatus(key string, ips []string) {
+// setStatus records the status kubal wants for the Service and queues a write when
+// that changed or the Service's status (cur) differs from it: a Service created again
+// under the same name, or whose status someone else cleared, must get it back, since
+// without it kube-proxy drops the VIP's traffic.
+func (s *Services) setStatus(key string, ips, cur []string) {
 	if s.queue == nil {
 		return
 	}
@@ -804,10 +815,26 @@ func (s *Services) setStatus(key string, ips []string) {
 	old, had := s.want[key]
 	s.want[key] = ips
 	s.statusMu.Unlock()
-	if had && slices.Equal(old, ips) {
+	if had && slices.Equal(old, ips) && slices.Equal(cur, ips) {
 		return
 	}
 	s.queue.Add(key)
+}
+
+// forgetStatus drops what kubal wanted for a deleted Service.
+func (s *Services) forgetStatus(key string) {
+	s.statusMu.Lock()
+	delete(s.want, key)
+	s.statusMu.Unlock()
+}
+
+// ingressIPs is the Service's status.loadBalancer.ingress as kubal writes it.
+func ingressIPs(svc *corev1.Service) []string {
+	var ips []string
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		ips = append(ips, in.IP)
+	}
+	return ips
 }
 
 // statusWorker writes status.loadBalancer.ingress. It writes only when the Service's
@@ -848,11 +875,7 @@ func (s *Services) writeStatus(ctx context.Context, key string) error {
 	if !ok || !exists || !isSvc {
 		return nil
 	}
-	var cur []string
-	for _, in := range svc.Status.LoadBalancer.Ingress {
-		cur = append(cur, in.IP)
-	}
-	if slices.Equal(cur, ips) {
+	if slices.Equal(ingressIPs(svc), ips) {
 		return nil
 	}
 	ingress := make([]map[string]string, len(ips))

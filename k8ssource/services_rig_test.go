@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubal/kubal/config"
@@ -596,4 +597,55 @@ func TestK8sServicesCriticalPods(t *testing.T) {
 	nodes.waitSet(t, settle, "a without calico-node", func(s source.Set) bool {
 		return hasServer(s, a, false, f.ns+"/calico-node not ready on "+a) && hasServer(s, b, true, "")
 	})
+}
+
+// TestK8sServicesRecreatedGetsStatus: a Service deleted and created again under the
+// same name with the same VIP (`kubectl delete -f web.yaml; kubectl apply -f
+// web.yaml` with lvs.kubal.io/vip) gets its status written again, and so does one
+// whose status someone else cleared: without status.loadBalancer.ingress kube-proxy
+// drops the VIP's traffic that IPVS sends to the nodes. (Found by
+// integration/k8sservices: the controller remembered the deleted Service's status
+// and skipped the write for the new one.)
+func TestK8sServicesRecreatedGetsStatus(t *testing.T) {
+	f := newFixture(t)
+	ctx := f.ctx()
+	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.createNode(f.readyNode("a", "10.8.0.1"))
+	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
+		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := f.startServices(cfg.K8sServices, f.rig.Kubeconfig, "lvs1001", nil)
+	name := f.ns + ".web:80"
+	web := func() *corev1.Service {
+		return f.lbService("web", corev1.ServiceExternalTrafficPolicyCluster, class, map[string]string{AnnotationVIP: "192.0.2.5"},
+			corev1.ServicePort{Port: 80, Protocol: corev1.ProtocolTCP})
+	}
+	if _, err := f.c.CoreV1().Services(f.ns).Create(ctx, web(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t, settle, "web declared", func(d Desired) bool { _, ok := find(d, name); return ok })
+	f.waitIngress("web", []string{"192.0.2.5"})
+
+	if err := f.c.CoreV1().Services(f.ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t, settle, "web gone", func(d Desired) bool { _, ok := find(d, name); return !ok })
+	if _, err := f.c.CoreV1().Services(f.ns).Create(ctx, web(), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t, settle, "web declared again", func(d Desired) bool { _, ok := find(d, name); return ok })
+	f.waitIngress("web", []string{"192.0.2.5"})
+
+	// Someone else clears the status: kubal writes it back.
+	if _, err := f.c.CoreV1().Services(f.ns).Patch(ctx, "web", types.MergePatchType,
+		[]byte(`{"status":{"loadBalancer":{"ingress":null}}}`), metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitIngress("web", []string{"192.0.2.5"})
 }

@@ -5,12 +5,14 @@
 package plan
 
 import (
+	"maps"
+	"net/netip"
+	"slices"
+
 	"github.com/kubal/kubal/bgp"
 	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/pool"
-	"maps"
-	"slices"
 )
 
 // Service is what plan needs of one service's published state.
@@ -225,4 +227,28 @@ func Sysctls(cfg *config.Config) []ipvs.Sysctl {
 		}
 	}
 	return nil
+}
+
+// Leftover matches the IPVS services only kubal makes, whether or not cfg still wants
+// them: forwarded-probe helpers (ipvs.IsProbeHelper) and the services of the
+// [k8s-services] VIP ranges, which belong to kubal alone. Once the plan is complete
+// (every source synced, the Kubernetes Services listed), those not in it are
+// leftovers of an option removed or a Service deleted while kubal was down
+// (ipvs.Reconciler.Sweep).
+func Leftover(cfg *config.Config) func(ipvs.ServiceKey) bool {
+	var ranges []netip.Prefix
+	if cfg.K8sServices != nil {
+		ranges = cfg.K8sServices.VIPRanges
+	}
+	return func(k ipvs.ServiceKey) bool {
+		if ipvs.IsProbeHelper(k) {
+			return true
+		}
+		for _, r := range ranges {
+			if !k.IsFWMark() && r.Contains(k.Addr.Unmap()) {
+				return true
+			}
+		}
+		return false
+	}
 }

@@ -144,3 +144,26 @@ func TestPlannerEqualsBuild(t *testing.T) {
 		}
 	}
 }
+
+func TestLeftover(t *testing.T) {
+	cfg := &config.Config{K8sServices: &config.K8sServices{VIPRanges: []netip.Prefix{netip.MustParsePrefix("192.0.2.64/28")}}}
+	tests := []struct {
+		key  ipvs.ServiceKey
+		want bool
+	}{
+		{ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr("192.0.2.65"), Port: 80}, true},
+		{ipvs.ServiceKey{Protocol: ipvs.UDP, Addr: netip.MustParseAddr("192.0.2.79"), Port: 53}, true},
+		{ipvs.ServiceKey{Protocol: ipvs.TCP, Addr: netip.MustParseAddr("192.0.2.80"), Port: 80}, false}, // outside
+		{ipvs.ServiceKey{FWMark: 42}, false},                    // someone's firewall-mark service
+		{ipvs.ServiceKey{FWMark: ipvs.ProbeMarkBase | 7}, true}, // a forwarded-probe helper
+	}
+	match := Leftover(cfg)
+	for _, tt := range tests {
+		if got := match(tt.key); got != tt.want {
+			t.Errorf("Leftover(%s) = %v, want %v", tt.key, got, tt.want)
+		}
+	}
+	if Leftover(&config.Config{})(tests[0].key) {
+		t.Error("without [k8s-services], a VIP is no leftover")
+	}
+}

@@ -190,7 +190,7 @@ func (r *Rig) StartAPIServer(ctx context.Context) error {
 		"--token-auth-file="+filepath.Join(r.dir, "tokens.csv"),
 		"--authorization-mode=RBAC",
 		// Room for the 1,000 LoadBalancer Services of BenchmarkK8sServices.
-		"--service-cluster-ip-range=10.96.0.0/20",
+		"--service-cluster-ip-range=10.96.0.0/20,fd00:10:96::/112", // dual-stack: Services may ask for both families
 		"--profiling=false")
 	if err != nil {
 		return err
