@@ -174,7 +174,7 @@ func birdConf(ds []*director) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `router id %s;
 log "%s/bird.log" all;
-debug protocols { states, events };
+debug protocols { states, events, routes };
 protocol device { scan time 10; }
 # ECMP into the kernel: the BGP routes of several directors for the VIP are merged
 # into one multipath route (they are mergeable: same local preference, AS path length,
