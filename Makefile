@@ -5,7 +5,7 @@ GO       ?= go
 export KUBAL_CACHE ?= $(HOME)/.cache/kubal
 BIN      := bin
 
-.PHONY: all build demo test unit lint setup test-vm test-e2e test-k8s-services fuzz docs-check bench clean
+.PHONY: all build demo test unit lint setup test-vm test-e2e test-ecmp test-k8s-services fuzz docs-check bench clean
 
 all: build
 
@@ -17,14 +17,16 @@ demo: build
 
 # The README's test command: lint, unit tests, rig tests (real etcd, kube-apiserver,
 # BIRD2, backends in namespaces; rigs required, a missing rig fails), the IPVS VM, the
-# end-to-end ingress scenario (integration/e2e), Kubernetes-declared services with real
-# kube-proxy (integration/k8sservices), the Debian package under systemd, the
+# end-to-end ingress scenario (integration/e2e), the active-active ECMP rig
+# (integration/ecmp), Kubernetes-declared services with real kube-proxy
+# (integration/k8sservices), the Debian package under systemd, the
 # keepalived peer benchmark's smoke run, and the docs check. The VM stages run one after
 # the other: several TCG guests on 2 cores would starve their timing assertions.
 test: lint setup
 	KUBAL_REQUIRE_RIGS=1 $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) test-vm
 	$(MAKE) test-e2e
+	$(MAKE) test-ecmp
 	$(MAKE) test-k8s-services
 	$(MAKE) test-systemd
 	$(MAKE) peerbench-smoke
@@ -47,6 +49,11 @@ test-vm: setup
 
 test-e2e: setup
 	./integration/e2e/run.sh
+
+# Active-active directors (issue 18): 3 kubal directors behind BIRD2 ECMP with BFD in the
+# VM, ~2 min; KUBAL_ECMP_HOLD/CONNS/INTERVAL_MS/FLOWS for longer runs (integration/ecmp).
+test-ecmp: setup
+	./integration/ecmp/run.sh
 
 # Kubernetes-declared services ([k8s-services]) end to end: kube-apiserver on the host,
 # kubal + BIRD2 + three nodes each with a real kube-proxy (nftables) in the IPVS VM.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kubal/kubal/integration/vmrig"
 	"github.com/kubal/kubal/internal/testutil"
 )
 
@@ -114,7 +114,7 @@ type scenario struct {
 	procs   []*proc
 	kubal   *proc
 	backup  *proc
-	bird    *birdClient
+	bird    *vmrig.Bird
 	loop    *loopStats
 	kc      kubernetes.Interface
 	etcd    *clientv3.Client
@@ -273,7 +273,7 @@ func (s *scenario) startBird() {
 	s.start("bird", nil, "/sbin/ip", "netns", "exec", "bird", "/usr/sbin/bird", "-f", "-c", filepath.Join(workDir, "bird.conf"), "-s", filepath.Join(workDir, "bird.ctl"))
 	var err error
 	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		s.bird, err = dialBird(filepath.Join(workDir, "bird.ctl"))
+		s.bird, err = vmrig.DialBird(filepath.Join(workDir, "bird.ctl"))
 		return err == nil
 	}); !ok {
 		b, _ := os.ReadFile(filepath.Join(workDir, "bird.log"))
@@ -869,58 +869,4 @@ func birdLastError(proto string) string {
 		}
 	}
 	return firstLineOf(proto)
-}
-
-// birdClient speaks BIRD's control-socket protocol (numbered reply lines).
-type birdClient struct {
-	mu   sync.Mutex
-	conn net.Conn
-	rd   *bufio.Reader
-}
-
-func dialBird(path string) (*birdClient, error) {
-	conn, err := net.Dial("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	c := &birdClient{conn: conn, rd: bufio.NewReader(conn)}
-	if _, err := c.read(); err != nil { // the greeting
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *birdClient) Cmd(cmd string) ([]string, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.conn.Write([]byte(cmd + "\n")); err != nil {
-		return nil, err
-	}
-	return c.read()
-}
-
-func (c *birdClient) read() ([]string, error) {
-	var out []string
-	for {
-		line, err := c.rd.ReadString('\n')
-		if err != nil {
-			return out, err
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if strings.HasPrefix(line, " ") {
-			out = append(out, line[1:])
-			continue
-		}
-		if len(line) < 5 {
-			return out, fmt.Errorf("bad BIRD reply line %q", line)
-		}
-		if line[5:] != "" || line[4] == '-' {
-			out = append(out, line[5:])
-		}
-		if line[4] == ' ' {
-			return out, nil
-		}
-	}
 }

@@ -7,14 +7,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/kubal/kubal/integration/vmrig"
 )
 
 // inVM is set by integration/vm/vmexec inside the VM (KUBAL_IN_VM=1).
@@ -36,33 +35,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// inNS runs fn on an OS thread switched into the named network namespace. Sockets
-// created there stay in that namespace, whichever goroutine uses them later.
-func inNS(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("restore netns: %w", err) // thread stays locked: it dies with the goroutine
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
+// inNS runs fn in the named network namespace (vmrig.InNS).
+func inNS(name string, fn func() error) error { return vmrig.InNS(name, fn) }
 
 // Topology (one kernel): the VM's root namespace is the director (the daemons run
 // there and program its IPVS); namespace "rs" holds every real server address on one
