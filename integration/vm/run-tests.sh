@@ -18,9 +18,7 @@ export KUBAL_REQUIRE_RIGS=1
 # The kubal binary the restart test runs in the VM (static, stripped: it goes into the
 # initramfs). KUBAL_VM_KUBAL=/path/to/kubal runs another build (e.g. an old one).
 if [ -z "${KUBAL_VM_KUBAL:-}" ]; then
-	bindir=$(mktemp -d)
-	trap 'rm -rf "$bindir"' EXIT
-	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$bindir/kubal" ./cmd/kubal
-	export KUBAL_VM_KUBAL="$bindir/kubal"
+	KUBAL_VM_KUBAL="$(./integration/build-static.sh)/kubal"
+	export KUBAL_VM_KUBAL
 fi
 CGO_ENABLED=0 go test "${args[@]}" -exec "$PWD/integration/vm/vmexec" ./integration/vm/... "$@"
