@@ -22,8 +22,10 @@ demo: build
 # (integration/k8sservices), the Debian package under systemd, the
 # keepalived peer benchmark's smoke run, and the docs check. The VM stages run one after
 # the other: several TCG guests on 2 cores would starve their timing assertions.
+# -p 4: most packages' tests wait (rigs, monitors, timeouts; ~30% CPU at -p 2), so 4 at
+# a time on 2 cores; the daemon package's ~65 s is then the critical path.
 test: lint setup
-	KUBAL_REQUIRE_RIGS=1 $(GO) test -count=1 -timeout 30m ./...
+	KUBAL_REQUIRE_RIGS=1 $(GO) test -p 4 -count=1 -timeout 30m ./...
 	$(MAKE) test-vm
 	$(MAKE) test-e2e
 	$(MAKE) test-ecmp

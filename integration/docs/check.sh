@@ -3,7 +3,7 @@
 # docs show), runs every shell block of the given Markdown files that is marked
 # runnable (<!-- runnable --> above the fence; see integration/docs/runblocks), and
 # fails when a command's output no longer matches the doc. Needs the demo's ports
-# (9090, 9091, 127.0.0.x:8080/15021) free; takes about 30 s.
+# (9090, 9091, 127.0.0.x:8080/15021) free; takes about 15 s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 files=("$@")

@@ -11,12 +11,11 @@ cd "$(dirname "$0")/../.."
 ./integration/vm/setup.sh
 ./integration/k8s/setup.sh
 ./integration/bgp/setup.sh
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 echo "e2e: building static kubal, kubalctl and the scenario binary"
-CGO_ENABLED=0 go build -ldflags='-s -w' -o "$work/" ./cmd/kubal ./cmd/kubalctl
-CGO_ENABLED=0 go test -c -ldflags='-s -w' -o "$work/e2e.test" ./integration/e2e
+# Into bin/static (integration/build-static.sh): stable paths, relinked only on change.
+bin=$(./integration/build-static.sh)
+CGO_ENABLED=0 go test -c -ldflags='-s -w' -o "$bin/e2e.test" ./integration/e2e
 # The test reads configs/k8s/rbac.yaml relative to its package directory.
 cd integration/e2e
-KUBAL_E2E=1 KUBAL_E2E_BIN="$work" KUBAL_REQUIRE_RIGS="${KUBAL_REQUIRE_RIGS:-1}" \
-	"$work/e2e.test" -test.v -test.count=1 -test.timeout 12m "$@"
+KUBAL_E2E=1 KUBAL_E2E_BIN="$bin" KUBAL_REQUIRE_RIGS="${KUBAL_REQUIRE_RIGS:-1}" \
+	"$bin/e2e.test" -test.v -test.count=1 -test.timeout 12m "$@"

@@ -21,7 +21,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/vm" "$work/layer/usr/sbin"
-CGO_ENABLED=0 go build -o "$work/layer/usr/sbin/kubal" ./cmd/kubal
+cp "$(./integration/build-static.sh)/kubal" "$work/layer/usr/sbin/kubal"
 (cd "$work/layer" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/kubal.cpio.gz"
 # vmexec boots $KUBAL_CACHE/vm/{vmlinuz,base.cpio.gz} + the test binary: give it a
 # cache whose base is the rig's base + keepalived + this kubal (the kernel unpacks
