@@ -18,7 +18,8 @@ cache="${KUBAL_CACHE:-$HOME/.cache/kubal}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/vm" "$work/layer/usr/sbin"
-CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$work/layer/usr/sbin/kubal" ./cmd/kubal
+# The shared static build (integration/build-static.sh): relinked only when the code changed.
+cp "$(./integration/build-static.sh)/kubal" "$work/layer/usr/sbin/kubal"
 # BIRD with its shared libraries at the same paths (the guest has the same loader).
 bird=$(command -v bird)
 cp "$bird" "$work/layer/usr/sbin/bird"

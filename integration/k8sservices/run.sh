@@ -11,12 +11,11 @@ cd "$(dirname "$0")/../.."
 ./integration/k8s/setup.sh
 ./integration/bgp/setup.sh
 ./integration/k8sservices/setup.sh
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 echo "k8s-services: building static kubal and the scenario binary"
-CGO_ENABLED=0 go build -ldflags='-s -w' -o "$work/" ./cmd/kubal
-CGO_ENABLED=0 go test -c -ldflags='-s -w' -o "$work/k8ss.test" ./integration/k8sservices
+# Into bin/static (integration/build-static.sh): stable paths, relinked only on change.
+bin=$(./integration/build-static.sh)
+CGO_ENABLED=0 go test -c -ldflags='-s -w' -o "$bin/k8ss.test" ./integration/k8sservices
 # The test reads configs/k8s/*.yaml relative to its package directory.
 cd integration/k8sservices
-KUBAL_K8SS=1 KUBAL_K8SS_BIN="$work" KUBAL_REQUIRE_RIGS="${KUBAL_REQUIRE_RIGS:-1}" \
-	"$work/k8ss.test" -test.v -test.count=1 -test.timeout 12m "$@"
+KUBAL_K8SS=1 KUBAL_K8SS_BIN="$bin" KUBAL_REQUIRE_RIGS="${KUBAL_REQUIRE_RIGS:-1}" \
+	"$bin/k8ss.test" -test.v -test.count=1 -test.timeout 12m "$@"

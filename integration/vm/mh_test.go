@@ -94,11 +94,48 @@ func execCmd(ns string, args ...string) *osexec.Cmd {
 	return osexec.Command(args[0], args[1:]...)
 }
 
-// sendFlows sends one datagram from each of mhFlows source ports to each VIP.
-func sendFlows(t *testing.T, keys ...ipvs.ServiceKey) {
+// sendFlowsSeen sends the flows (sendFlows) and reads the connection table; the
+// flows that left no entry on some VIP are sent there again, up to 3 times. A burst of
+// 60,000 datagrams under TCG can overflow the receiving backlog (netdev_max_backlog)
+// before IPVS sees a packet: that is not the scheduler dropping it (seen once: "1
+// dropped"). A flow the scheduler drops stays without an entry however often it is sent.
+func sendFlowsSeen(t *testing.T, keys ...ipvs.ServiceKey) map[netip.Addr]map[int]string {
 	t.Helper()
-	err := inNS(mhCli, func() error {
+	sendFlows(t, nil, keys...)
+	all := conns(t)
+	for range 3 {
+		resent := 0
+		for _, k := range keys {
+			var missing []int
+			for p := mhPort0; p < mhPort0+mhFlows; p++ {
+				if all[k.Addr][p] == "" {
+					missing = append(missing, p-mhPort0)
+				}
+			}
+			if len(missing) > 0 {
+				sendFlows(t, missing, k)
+				resent += len(missing)
+			}
+		}
+		if resent == 0 {
+			break
+		}
+		all = conns(t)
+	}
+	return all
+}
+
+// sendFlows sends one datagram from each of mhFlows source ports (or those of the
+// given offsets) to each VIP.
+func sendFlows(t *testing.T, offsets []int, keys ...ipvs.ServiceKey) {
+	t.Helper()
+	if offsets == nil {
 		for p := range mhFlows {
+			offsets = append(offsets, p)
+		}
+	}
+	err := inNS(mhCli, func() error {
+		for _, p := range offsets {
 			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(mhClient), Port: mhPort0 + p})
 			if err != nil {
 				return err
@@ -131,12 +168,23 @@ func connTable(t *testing.T) (map[netip.Addr]map[int]string, map[netip.Addr]map[
 	t.Helper()
 	out := map[netip.Addr]map[int]string{}
 	exp := map[netip.Addr]map[int]int{}
+	// The table is read three times and the entries merged: a read of 50,000 entries
+	// takes many read(2) calls, each restarting the kernel's walk at an offset, and an
+	// entry can be skipped when the table changes in between (seen: 1-2 of 10,000 flows
+	// without an entry, in 2 of ~10 runs, flows that every resend had reached).
+	var b []byte
 	err := inNS(mhDir, func() error {
-		b, err := os.ReadFile("/proc/thread-self/net/ip_vs_conn") // this thread's netns, not the process's
-		if err != nil {
-			return err
+		for range 3 {
+			one, err := os.ReadFile("/proc/thread-self/net/ip_vs_conn") // this thread's netns, not the process's
+			if err != nil {
+				return err
+			}
+			b = append(b, one...)
 		}
-		for _, l := range strings.Split(string(b), "\n")[1:] {
+		return nil
+	})
+	if err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
 			f := strings.Fields(l)
 			if len(f) < 7 || f[0] != "UDP" {
 				continue
@@ -150,8 +198,7 @@ func connTable(t *testing.T) (map[netip.Addr]map[int]string, map[netip.Addr]map[
 				exp[vip][sport], _ = strconv.Atoi(f[8])
 			}
 		}
-		return nil
-	})
+	}
 	if err != nil {
 		t.Fatalf("connection table: %v", err)
 	}
@@ -322,8 +369,7 @@ func TestMHSameTableWhateverTheHistory(t *testing.T) {
 		t.Errorf("of %d established flows, %d lost or moved and %d no longer forwarded after the canonical re-adds", early, lost, stalled)
 	}
 
-	sendFlows(t, mhVIP(1), mhVIP(2), mhVIP(3), mhVIP(4), mhVIP(5), mhVIP(6))
-	all := conns(t)
+	all := sendFlowsSeen(t, mhVIP(1), mhVIP(2), mhVIP(3), mhVIP(4), mhVIP(5), mhVIP(6))
 	orderDiffer, spread1 := compare(t, all, mhVIP(1), mhVIP(2))
 	lastWeightDiffer, spread3 := compare(t, all, mhVIP(3), mhVIP(4))
 	kubalDiffer, spread := compare(t, all, mhVIP(5), mhVIP(6))
