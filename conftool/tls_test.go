@@ -100,7 +100,9 @@ func TestNewClientTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer noCert.Close()
-	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	// 5 s: time for the refused handshake to surface as the error (1 s ran out under
+	// load on 2 cores and left only "context deadline exceeded").
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel2()
 	if _, err := noCert.Get(ctx2, testPrefix+"a"); err == nil {
 		t.Fatal("read without a client certificate succeeded; want refused")
@@ -120,14 +122,14 @@ func TestNewClientTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wrongCA.Close()
-	ctx3, cancel3 := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 3*time.Second) // it lasts the whole deadline
 	defer cancel3()
 	_, err = wrongCA.Get(ctx3, testPrefix+"a")
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "x509") {
 		t.Fatalf("wrong CA: got %v, want a deadline error naming the x509 failure", err)
 	}
 	t.Logf("wrong CA: %v", err)
-	ctx4, cancel4 := context.WithTimeout(context.Background(), time.Second)
+	ctx4, cancel4 := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel4()
 	if _, err := wrongCA.Txn(ctx4).If().Then(clientv3.OpGet(testPrefix + "a")).Commit(); err == nil || !strings.Contains(err.Error(), "x509") {
 		t.Fatalf("wrong CA txn: %v", err)
