@@ -1,7 +1,6 @@
 package k8sservices
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	k8srig "github.com/kubal/kubal/integration/k8s"
+	"github.com/kubal/kubal/integration/vmrig"
 	"github.com/kubal/kubal/internal/testutil"
 )
 
@@ -84,32 +83,25 @@ protocol bgp kubal {
 
 type scenario struct {
 	t       *testing.T
-	procs   []*proc
-	kubal   *proc
-	pods    map[string]*proc
-	bird    *birdClient
+	procs   []*vmrig.Proc
+	kubal   *vmrig.Proc
+	pods    map[string]*vmrig.Proc
+	bird    *vmrig.Bird
 	loop    *loopStats
-	client  *proc
+	client  *vmrig.Proc
 	kc      kubernetes.Interface
 	ctl     string
 	vip     string
 	hcPort  int32
 	settled time.Time // the client loop's phase settled (see apply)
-	results []string
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	steps   *vmrig.Steps
 }
 
 func guest(t *testing.T) {
 	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
 		t.Fatalf("no IPVS in the guest kernel: %v", err)
 	}
-	s := &scenario{t: t, ctl: os.Getenv("KUBAL_K8SS_CTL"), pods: map[string]*proc{}}
+	s := &scenario{t: t, ctl: os.Getenv("KUBAL_K8SS_CTL"), pods: map[string]*vmrig.Proc{}, steps: vmrig.NewSteps("K8SS-STEP")}
 	must(t, os.MkdirAll(workDir, 0o755))
 	t.Cleanup(s.stopAll)
 	must(t, os.WriteFile(filepath.Join(workDir, "pybal.conf"), []byte(kubalConf), 0o644))
@@ -135,8 +127,8 @@ func guest(t *testing.T) {
 	}
 	s.startBird()
 	s.kubal = s.start("kubal", nil, "/payload/kubal", "-c", filepath.Join(workDir, "pybal.conf"))
-	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") || !s.kubal.alive() }); !ok || !s.kubal.alive() {
-		t.Fatalf("kubal not ready (alive: %v)", s.kubal.alive())
+	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") || !s.kubal.Alive() }); !ok || !s.kubal.Alive() {
+		t.Fatalf("kubal not ready (alive: %v)", s.kubal.Alive())
 	}
 	s.result("0", "3 kube-proxy %s (nftables mode) healthy and kubal ready %s after the start", k8srig.KubeVersion, ms(time.Since(t0)))
 
@@ -267,68 +259,24 @@ func (s *scenario) startKubeProxies() {
 	}
 }
 
-func (s *scenario) start(name string, env []string, args ...string) *proc {
-	logPath := filepath.Join(workDir, name+".log")
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func (s *scenario) start(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.Start(name, filepath.Join(workDir, name+".log"), env, args...)
 	must(s.t, err)
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
-	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
 }
 
-func (s *scenario) startPiped(name string, env []string, args ...string) *proc {
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.StdoutPipe()
+// startPiped runs a client loop whose stdout the scenario's current loopStats counts.
+func (s *scenario) startPiped(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.StartPiped(name, env, s.loop.read, args...)
 	must(s.t, err)
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	loop := s.loop
-	go func() { defer wg.Done(); loop.read(out) }()
-	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
-}
-
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) signal(sig syscall.Signal, wait time.Duration) bool {
-	if !p.alive() {
-		return true
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(wait):
-		return false
-	}
 }
 
 func (s *scenario) stopAll() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		if !p.signal(syscall.SIGTERM, 10*time.Second) {
-			p.signal(syscall.SIGKILL, 5*time.Second)
-		}
+		s.procs[i].Stop(10 * time.Second)
 	}
 	if s.t.Failed() {
 		for _, name := range []string{"kubal", "kube-proxy-node1", "kube-proxy-node3", "bird"} {
@@ -352,7 +300,7 @@ func (s *scenario) startBird() {
 	s.start("bird", nil, "/sbin/ip", "netns", "exec", "bird", "/usr/sbin/bird", "-f", "-c", filepath.Join(workDir, "bird.conf"), "-s", filepath.Join(workDir, "bird.ctl"))
 	var err error
 	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		s.bird, err = dialBird(filepath.Join(workDir, "bird.ctl"))
+		s.bird, err = vmrig.DialBird(filepath.Join(workDir, "bird.ctl"))
 		return err == nil
 	}); !ok {
 		b, _ := os.ReadFile(filepath.Join(workDir, "bird.log"))
@@ -360,11 +308,7 @@ func (s *scenario) startBird() {
 	}
 }
 
-func (s *scenario) result(step, format string, args ...any) {
-	line := fmt.Sprintf("K8SS-STEP %s: %s", step, fmt.Sprintf(format, args...))
-	s.results = append(s.results, line)
-	fmt.Println(line)
-}
+func (s *scenario) result(step, format string, args ...any) { s.steps.Add(step, format, args...) }
 
 // ---- the Kubernetes objects ----
 
@@ -589,7 +533,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 
 // stopLoop stops the client loop and reports (and checks) its totals.
 func (s *scenario) stopLoop(step string) {
-	s.client.signal(syscall.SIGTERM, 10*time.Second)
+	s.client.Signal(syscall.SIGTERM, 10*time.Second)
 	nOK, per := s.loop.snapshot()
 	f := s.loop.failedSince(s.settled)
 	s.result(step, "client loop: %d requests OK, per pod %v; %d failed once settled", nOK, per, f)
@@ -637,7 +581,7 @@ func (s *scenario) step2() {
 	time.Sleep(time.Second)
 	s.updateSlice(map[string]epState{"node1": epReady, "node2": epReady})
 	time.Sleep(time.Second)
-	s.pods["node3"].signal(syscall.SIGTERM, 10*time.Second)
+	s.pods["node3"].Signal(syscall.SIGTERM, 10*time.Second)
 	_, per0 := s.loop.snapshot()
 	time.Sleep(2 * time.Second)
 	_, per1 := s.loop.snapshot()
@@ -912,17 +856,7 @@ func sameKeys(a, b map[string]string) bool {
 	return true
 }
 
-func (s *scenario) control(what string) {
-	resp, err := httpClient.Post(s.ctl+"/apiserver/"+what, "text/plain", nil)
-	if err != nil {
-		s.t.Fatalf("host control %s: %v", what, err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		s.t.Fatalf("host control %s: %s: %s", what, resp.Status, b)
-	}
-}
+func (s *scenario) control(what string) { must(s.t, vmrig.Control(httpClient, s.ctl, what)) }
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
@@ -956,68 +890,8 @@ func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
 // ---- BIRD ----
 
-func (s *scenario) birdCmd(cmd string) string {
-	lines, err := s.bird.Cmd(cmd)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *scenario) birdCmd(cmd string) string { return s.bird.String(cmd) }
 
 func (s *scenario) routeAtBird() bool {
 	return s.vip != "" && strings.Contains(s.birdCmd("show route for "+s.vip+"/32"), s.vip+"/32")
-}
-
-// birdClient speaks BIRD's control-socket protocol (numbered reply lines).
-type birdClient struct {
-	mu   sync.Mutex
-	conn net.Conn
-	rd   *bufio.Reader
-}
-
-func dialBird(path string) (*birdClient, error) {
-	conn, err := net.Dial("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	c := &birdClient{conn: conn, rd: bufio.NewReader(conn)}
-	if _, err := c.read(); err != nil { // the greeting
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *birdClient) Cmd(cmd string) ([]string, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.conn.Write([]byte(cmd + "\n")); err != nil {
-		return nil, err
-	}
-	return c.read()
-}
-
-func (c *birdClient) read() ([]string, error) {
-	var out []string
-	for {
-		line, err := c.rd.ReadString('\n')
-		if err != nil {
-			return out, err
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if strings.HasPrefix(line, " ") {
-			out = append(out, line[1:])
-			continue
-		}
-		if len(line) < 5 {
-			return out, fmt.Errorf("bad BIRD reply line %q", line)
-		}
-		if line[5:] != "" || line[4] == '-' {
-			out = append(out, line[5:])
-		}
-		if line[4] == ' ' {
-			return out, nil
-		}
-	}
 }

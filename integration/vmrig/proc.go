@@ -2,13 +2,16 @@ package vmrig
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// Proc is a child process whose output goes to a log file.
+// Proc is a child process whose output goes to a log file (or, from StartPiped, to a
+// reader).
 type Proc struct {
 	Name string
 	Log  string
@@ -31,6 +34,27 @@ func Start(name, log string, env []string, args ...string) (*Proc, error) {
 	}
 	p := &Proc{Name: name, Log: log, cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
+	return p, nil
+}
+
+// StartPiped runs args with the extra environment env and hands its stdout to read,
+// in a goroutine; the process counts as exited once read has returned too. It has no
+// log.
+func StartPiped(name string, env []string, read func(io.Reader), args ...string) (*Proc, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Proc{Name: name, cmd: cmd, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); read(out) }()
+	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
 	return p, nil
 }
 
