@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,32 +109,25 @@ protocol bgp kubal {
 
 // scenario is the guest's state.
 type scenario struct {
-	t       *testing.T
-	procs   []*proc
-	kubal   *proc
-	backup  *proc
-	bird    *vmrig.Bird
-	loop    *loopStats
-	kc      kubernetes.Interface
-	etcd    *clientv3.Client
-	ctl     string
-	conf    string
-	runs    int
-	results []string
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	t      *testing.T
+	procs  []*vmrig.Proc
+	kubal  *vmrig.Proc
+	backup *vmrig.Proc
+	bird   *vmrig.Bird
+	loop   *loopStats
+	kc     kubernetes.Interface
+	etcd   *clientv3.Client
+	ctl    string
+	conf   string
+	runs   int
+	steps  *vmrig.Steps
 }
 
 func guest(t *testing.T) {
 	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
 		t.Fatalf("no IPVS in the guest kernel: %v", err)
 	}
-	s := &scenario{t: t, ctl: os.Getenv("KUBAL_E2E_CTL"), loop: &loopStats{perNode: map[string]int{}}}
+	s := &scenario{t: t, ctl: os.Getenv("KUBAL_E2E_CTL"), loop: &loopStats{perNode: map[string]int{}}, steps: vmrig.NewSteps("E2E-STEP")}
 	must(t, os.MkdirAll(workDir, 0o755))
 	t.Cleanup(s.stopAll)
 	s.conf = strings.Replace(kubalConf, "@ETCD@", os.Getenv("KUBAL_E2E_ETCD"), 1)
@@ -181,21 +173,7 @@ func guest(t *testing.T) {
 // network builds the topology in the VM: the director is the root namespace (it also
 // reaches the host through eth0), the nodes, the client and the router hang off br0.
 func (s *scenario) network() {
-	script := `set -e
-ip() { /sbin/ip "$@"; }
-ip link add br0 type bridge
-ip link set br0 up
-ip addr add 10.0.0.1/24 dev br0
-add() { # ns addr
-	ip netns add $1
-	ip link add v$1 type veth peer name eth0 netns $1
-	ip link set v$1 master br0
-	ip link set v$1 up
-	ip -n $1 link set lo up
-	ip -n $1 addr add $2/24 dev eth0
-	ip -n $1 link set eth0 up
-}
-for n in 1 2 3; do
+	must(s.t, vmrig.Bridge(`for n in 1 2 3; do
 	add node$n 10.0.0.1$n
 	# DR real server: the VIP on lo, never answering ARP for it.
 	ip -n node$n addr add 192.0.2.80/32 dev lo
@@ -204,56 +182,19 @@ done
 add client 10.0.0.10
 ip -n client route add 192.0.2.80/32 via 10.0.0.1
 add bird 10.0.0.254
-`
-	if out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput(); err != nil {
-		s.t.Fatalf("network: %v: %s", err, out)
-	}
+`))
 }
 
-func (s *scenario) start(name string, env []string, args ...string) *proc {
-	logPath := filepath.Join(workDir, name+".log")
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func (s *scenario) start(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.Start(name, filepath.Join(workDir, name+".log"), env, args...)
 	must(s.t, err)
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
-	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
 }
 
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) signal(sig syscall.Signal, wait time.Duration) bool {
-	if !p.alive() {
-		return true
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(wait):
-		return false
-	}
-}
-
 func (s *scenario) stopAll() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		if !p.signal(syscall.SIGTERM, 10*time.Second) {
-			p.signal(syscall.SIGKILL, 5*time.Second)
-		}
+		s.procs[i].Stop(10 * time.Second)
 	}
 	if s.t.Failed() {
 		for _, name := range []string{"kubal-1", "kubal-2", "kubal-3", "kubal-4", "backup", "bird"} {
@@ -288,11 +229,7 @@ func (s *scenario) startKubal() time.Time {
 	return t0
 }
 
-func (s *scenario) result(step, format string, args ...any) {
-	line := fmt.Sprintf("E2E-STEP %s: %s", step, fmt.Sprintf(format, args...))
-	s.results = append(s.results, line)
-	fmt.Println(line)
-}
+func (s *scenario) result(step, format string, args ...any) { s.steps.Add(step, format, args...) }
 
 // ---- steps ----
 
@@ -301,9 +238,9 @@ func (s *scenario) step1() {
 	t := s.t
 	s.backup = s.start("backup", nil, "/payload/kubal", "-n", "-c", filepath.Join(workDir, "backup.conf"))
 	t0 := s.startKubal()
-	_, ok := testutil.Poll(90*time.Second, 50*time.Millisecond, func() bool { return len(s.ipvs()) == 3 || !s.kubal.alive() })
+	_, ok := testutil.Poll(90*time.Second, 50*time.Millisecond, func() bool { return len(s.ipvs()) == 3 || !s.kubal.Alive() })
 	dIPVS := time.Since(t0)
-	if !s.kubal.alive() {
+	if !s.kubal.Alive() {
 		t.Fatalf("step 1: kubal exited at start")
 	}
 	if !ok {
@@ -460,7 +397,7 @@ func (s *scenario) step5() {
 	_, fail0, _ := s.loop.snapshot()
 	before := s.ipvs()
 	t0 := time.Now()
-	if !s.kubal.signal(syscall.SIGTERM, 30*time.Second) {
+	if !s.kubal.Signal(syscall.SIGTERM, 30*time.Second) {
 		t.Fatalf("step 5: kubal did not exit within 30 s of SIGTERM")
 	}
 	dStop := time.Since(t0)
@@ -511,7 +448,7 @@ func (s *scenario) step6() {
 		t.Fatalf("step 6: tc: %v: %s", err, out)
 	}
 	t0 := time.Now()
-	s.kubal.signal(syscall.SIGKILL, 10*time.Second)
+	s.kubal.Signal(syscall.SIGKILL, 10*time.Second)
 	_, ok := testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool { return !s.routeAtBird() })
 	d := time.Since(t0) // from the SIGKILL
 	if out, err := exec.Command("/usr/sbin/tc", "qdisc", "del", "dev", "vbird", "root").CombinedOutput(); err != nil {
@@ -556,17 +493,17 @@ func (s *scenario) step7() {
 	bad := strings.Replace(s.conf, "scheduler = wrr", "scheduler = wrr # rr", 1)
 	must(t, os.WriteFile(conf, []byte(bad), 0o644))
 	t0 := time.Now()
-	_ = s.kubal.cmd.Process.Signal(syscall.SIGHUP)
+	_ = s.kubal.Send(syscall.SIGHUP)
 	dA, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return strings.Contains(s.alerts(), "config reload failed") })
 	alertA := s.alerts()
 	if !ok {
 		t.Errorf("step 7a: /alerts does not report the failed reload: %q", alertA)
 	}
-	if !s.kubal.alive() || !httpOK(primaryAPI+"/healthz") {
+	if !s.kubal.Alive() || !httpOK(primaryAPI+"/healthz") {
 		t.Fatalf("step 7a: kubal died on a bad config")
 	}
 	must(t, os.WriteFile(conf, []byte(s.conf), 0o644))
-	_ = s.kubal.cmd.Process.Signal(syscall.SIGHUP)
+	_ = s.kubal.Send(syscall.SIGHUP)
 	dA2, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return !strings.Contains(s.alerts(), "config reload failed") })
 	if !ok {
 		t.Errorf("step 7a: the alert did not clear after a good reload: %q", s.alerts())
@@ -649,19 +586,9 @@ func (s *scenario) step7() {
 
 // ---- helpers ----
 
-func (s *scenario) startPiped(name string, env []string, args ...string) *proc {
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.StdoutPipe()
+func (s *scenario) startPiped(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.StartPiped(name, env, s.loop.read, args...)
 	must(s.t, err)
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.loop.read(out) }()
-	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
 }
@@ -761,17 +688,7 @@ func (s *scenario) pools(api string) string { return httpGet(api + "/pools/" + p
 func (s *scenario) alerts() string          { return httpGet(primaryAPI + "/alerts") }
 func (s *scenario) metrics() string         { return httpGet(primaryAPI + "/metrics") }
 
-func (s *scenario) control(what string) {
-	resp, err := httpClient.Post(s.ctl+"/apiserver/"+what, "text/plain", nil)
-	if err != nil {
-		s.t.Fatalf("host control %s: %v", what, err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		s.t.Fatalf("host control %s: %s: %s", what, resp.Status, b)
-	}
-}
+func (s *scenario) control(what string) { must(s.t, vmrig.Control(httpClient, s.ctl, what)) }
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
@@ -841,13 +758,7 @@ func (s *scenario) birdc(cmd string) {
 	}
 }
 
-func (s *scenario) birdCmd(cmd string) string {
-	lines, err := s.bird.Cmd(cmd)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *scenario) birdCmd(cmd string) string { return s.bird.String(cmd) }
 
 func (s *scenario) routeAtBird() bool {
 	out := s.birdCmd("show route for " + vip + "/32")

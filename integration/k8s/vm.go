@@ -74,12 +74,14 @@ func (r *Rig) WriteGuestKubeconfig(path, name, server, token string) error {
 
 // ApplyManifest creates every object of a multi-document RBAC YAML file (Namespaces,
 // ServiceAccounts, ClusterRoles, ClusterRoleBindings); one that exists already is
-// left as it is.
+// left as it is. It gives up after 30 seconds.
 func ApplyManifest(ctx context.Context, c kubernetes.Interface, path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
 	for {
 		doc, err := r.Read()

@@ -170,21 +170,7 @@ func (s *scenario) proxySyncs() string {
 // host through eth0); the nodes, the client and the router hang off br0; each node
 // routes its pod subnet to one pod namespace behind a veth. No node has the VIP.
 func (s *scenario) network() {
-	script := `set -e
-ip() { /sbin/ip "$@"; }
-ip link add br0 type bridge
-ip link set br0 up
-ip addr add 10.0.0.1/24 dev br0
-add() { # ns addr
-	ip netns add $1
-	ip link add v$1 type veth peer name eth0 netns $1
-	ip link set v$1 master br0
-	ip link set v$1 up
-	ip -n $1 link set lo up
-	ip -n $1 addr add $2/24 dev eth0
-	ip -n $1 link set eth0 up
-}
-for n in 1 2 3; do
+	must(s.t, vmrig.Bridge(`for n in 1 2 3; do
 	add node$n 10.0.0.1$n
 	ip netns exec node$n sysctl -qw net.ipv4.ip_forward=1
 	ip netns add pod$n
@@ -204,10 +190,7 @@ ip -n client route add 192.0.2.80/29 via 10.0.0.1
 add probe 10.0.0.9
 ip -n probe route add 192.0.2.80/29 via 10.0.0.13
 add bird 10.0.0.254
-`
-	if out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput(); err != nil {
-		s.t.Fatalf("network: %v: %s", err, out)
-	}
+`))
 }
 
 // relay forwards relayAddr to the API server through qemu's user network: the node

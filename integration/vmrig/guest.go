@@ -1,9 +1,13 @@
 package vmrig
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
+	"time"
 )
 
 // Steps prints a scenario's measured results as "<mark> <step>: <text>" lines; the
@@ -39,4 +43,33 @@ func Control(c *http.Client, base, what string) error {
 		return fmt.Errorf("host control %s: %s: %s", what, resp.Status, b)
 	}
 	return nil
+}
+
+// OneRequest sends one HTTP/1.0 GET / with the Host header host on a new TCP
+// connection to addr and returns the response's body, trimmed, when the status is
+// 200. Its timeouts (3 s to connect, 3 s for the exchange) are generous under TCG; a
+// real failure (RST, no route, a dead real server) is fast.
+func OneRequest(addr, host string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: "+host+"\r\n\r\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	if !strings.HasPrefix(s, "HTTP/1.0 200") && !strings.HasPrefix(s, "HTTP/1.1 200") {
+		return "", fmt.Errorf("bad response %.60q", s)
+	}
+	i := strings.Index(s, "\r\n\r\n")
+	if i < 0 {
+		return "", errors.New("no body")
+	}
+	return strings.TrimSpace(s[i+4:]), nil
 }

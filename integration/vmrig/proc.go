@@ -68,6 +68,9 @@ func (p *Proc) Alive() bool {
 	}
 }
 
+// Send sends sig without waiting (e.g. SIGHUP for a reload).
+func (p *Proc) Send(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
 // Signal sends sig and waits up to wait for the exit; it reports whether the process
 // is gone.
 func (p *Proc) Signal(sig syscall.Signal, wait time.Duration) bool {
