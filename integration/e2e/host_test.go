@@ -58,15 +58,8 @@ func host(t *testing.T) {
 		t.Skip("SKIPPING the end-to-end scenario: it boots a VM for ~1.5 minutes; run it with `make test-e2e` (integration/e2e/run.sh sets KUBAL_E2E=1)")
 	}
 	vmCache := vmrig.VMCache()
-	for _, f := range []string{"vmlinuz", "base.cpio.gz", "kernel"} {
-		if _, err := os.Stat(filepath.Join(vmCache, f)); err != nil {
-			rigMissing(t, "%s missing: run integration/vm/setup.sh", filepath.Join(vmCache, f))
-		}
-	}
-	for _, b := range []string{"qemu-system-x86_64", "cpio", "gzip", "bird", "birdc", "tc", "ldd"} {
-		if _, err := exec.LookPath(b); err != nil {
-			rigMissing(t, "%s not found: run integration/e2e/run.sh (it runs the setup scripts)", b)
-		}
+	if err := vmrig.Missing(vmCache, "integration/e2e/run.sh", "qemu-system-x86_64", "cpio", "gzip", "bird", "birdc", "tc", "ldd"); err != nil {
+		rigMissing(t, "%v", err)
 	}
 	if _, _, err := k8srig.Binaries(); err != nil {
 		rigMissing(t, "%v", err)
@@ -143,21 +136,7 @@ exec /payload/e2e.test -test.v -test.run '^TestE2E$' -test.timeout 7m
 `, etcdPort, ctlPort, os.Getenv("KUBAL_REQUIRE_RIGS")))
 	must(t, os.WriteFile(filepath.Join(pay, "run.sh"), []byte(runSh), 0o755))
 
-	initrd := filepath.Join(dir, "initrd.cpio.gz")
-	must(t, vmrig.Initramfs(root, filepath.Join(vmCache, "base.cpio.gz"), initrd))
-	t.Logf("host: rigs up and initramfs built in %s; booting the VM (qemu TCG)", time.Since(start).Round(time.Millisecond))
-
-	rc, summary, err := vmrig.Boot(ctx, filepath.Join(vmCache, "vmlinuz"), initrd, "E2E-STEP ")
-	must(t, err)
-	t.Logf("measured (guest):\n%s", strings.Join(summary, "\n"))
-	t.Logf("host: total %s", time.Since(start).Round(time.Second))
-	if rc != 0 {
-		logs := rig.Logs()
-		if len(logs) > 2000 {
-			logs = logs[len(logs)-2000:]
-		}
-		t.Fatalf("the scenario in the VM failed (rc=%d); see the guest output above\nhost servers (tail):\n%s", rc, logs)
-	}
+	vmrig.Run(t, ctx, vmCache, root, "E2E-STEP ", start, rig.Logs)
 }
 
 // startEtcd runs the cached etcd binary on a free loopback port (the conftool cluster).

@@ -62,15 +62,8 @@ func host(t *testing.T) {
 	}
 	cache := k8srig.CacheDir()
 	vmCache := vmrig.VMCache()
-	for _, f := range []string{"vmlinuz", "base.cpio.gz", "kernel"} {
-		if _, err := os.Stat(filepath.Join(vmCache, f)); err != nil {
-			rigMissing(t, "%s missing: run integration/vm/setup.sh", filepath.Join(vmCache, f))
-		}
-	}
-	for _, b := range []string{"qemu-system-x86_64", "cpio", "gzip", "bird", "birdc", "ldd", "modprobe"} {
-		if _, err := exec.LookPath(b); err != nil {
-			rigMissing(t, "%s not found: run integration/k8sservices/run.sh (it runs the setup scripts)", b)
-		}
+	if err := vmrig.Missing(vmCache, "integration/k8sservices/run.sh", "qemu-system-x86_64", "cpio", "gzip", "bird", "birdc", "ldd", "modprobe"); err != nil {
+		rigMissing(t, "%v", err)
 	}
 	if _, _, err := k8srig.Binaries(); err != nil {
 		rigMissing(t, "%v", err)
@@ -180,21 +173,7 @@ exec /payload/k8ss.test -test.v -test.run '^TestK8sServices$' -test.timeout 7m
 `, ctlPort, apiURL.Port(), os.Getenv("KUBAL_REQUIRE_RIGS")))
 	must(t, os.WriteFile(filepath.Join(pay, "run.sh"), []byte(runSh), 0o755))
 
-	initrd := filepath.Join(dir, "initrd.cpio.gz")
-	must(t, vmrig.Initramfs(root, filepath.Join(vmCache, "base.cpio.gz"), initrd))
-	t.Logf("host: rigs up and initramfs built in %s; booting the VM (qemu TCG)", time.Since(start).Round(time.Millisecond))
-
-	rc, summary, err := vmrig.Boot(ctx, filepath.Join(vmCache, "vmlinuz"), initrd, "K8SS-STEP ")
-	must(t, err)
-	t.Logf("measured (guest):\n%s", strings.Join(summary, "\n"))
-	t.Logf("host: total %s", time.Since(start).Round(time.Second))
-	if rc != 0 {
-		logs := rig.Logs()
-		if len(logs) > 2000 {
-			logs = logs[len(logs)-2000:]
-		}
-		t.Fatalf("the scenario in the VM failed (rc=%d); see the guest output above\nhost servers (tail):\n%s", rc, logs)
-	}
+	vmrig.Run(t, ctx, vmCache, root, "K8SS-STEP ", start, rig.Logs)
 }
 
 // createObjects makes the cluster: three Ready nodes labelled as LVS real servers with

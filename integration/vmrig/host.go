@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"testing"
+	"time"
 )
 
 // The host side of the scenarios that run their test binary inside the IPVS VM with
@@ -211,4 +213,47 @@ func Boot(ctx context.Context, kernel, initrd, stepMark string) (int, []string, 
 		return rc, summary, fmt.Errorf("the VM reported no result (crash, panic or timeout)\nconsole outside the test:\n%s", boot.String())
 	}
 	return rc, summary, nil
+}
+
+// Missing names the first thing the host side of a VM scenario lacks, or is nil: a
+// file of the VM cache, or one of tools on PATH (setup is the script that installs
+// them).
+func Missing(vmCache, setup string, tools ...string) error {
+	for _, f := range []string{"vmlinuz", "base.cpio.gz", "kernel"} {
+		if _, err := os.Stat(filepath.Join(vmCache, f)); err != nil {
+			return fmt.Errorf("%s missing: run integration/vm/setup.sh", filepath.Join(vmCache, f))
+		}
+	}
+	for _, b := range tools {
+		if _, err := exec.LookPath(b); err != nil {
+			return fmt.Errorf("%s not found: run %s (it runs the setup scripts)", b, setup)
+		}
+	}
+	return nil
+}
+
+// Run packs root over the cached base image, boots it (see Boot) and logs the guest's
+// summary and the time since start. It fails t when the VM reports no result, or when
+// the guest's test failed: then with the tail of hostLogs (the host's servers).
+func Run(t testing.TB, ctx context.Context, vmCache, root, stepMark string, start time.Time, hostLogs func() string) {
+	t.Helper()
+	initrd := filepath.Join(t.TempDir(), "initrd.cpio.gz")
+	if err := Initramfs(root, filepath.Join(vmCache, "base.cpio.gz"), initrd); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("host: rigs up and initramfs built in %s; booting the VM (qemu TCG)", time.Since(start).Round(time.Millisecond))
+
+	rc, summary, err := Boot(ctx, filepath.Join(vmCache, "vmlinuz"), initrd, stepMark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("measured (guest):\n%s", strings.Join(summary, "\n"))
+	t.Logf("host: total %s", time.Since(start).Round(time.Second))
+	if rc != 0 {
+		logs := hostLogs()
+		if len(logs) > 2000 {
+			logs = logs[len(logs)-2000:]
+		}
+		t.Fatalf("the scenario in the VM failed (rc=%d); see the guest output above\nhost servers (tail):\n%s", rc, logs)
+	}
 }
