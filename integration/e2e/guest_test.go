@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,11 +17,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	k8srig "github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/integration/vmrig"
 	"github.com/kubal/kubal/internal/testutil"
 )
@@ -593,23 +591,10 @@ func (s *scenario) startPiped(name string, env []string, args ...string) *vmrig.
 	return p
 }
 
-// ipvs returns the real servers of the VIP's service: address -> weight.
+// ipvs returns the real servers of the VIP's service that take new connections:
+// address -> weight.
 func (s *scenario) ipvs() map[string]string {
-	out, err := exec.Command("/sbin/ipvsadm", "-Ln", "-t", fmt.Sprintf("%s:%d", vip, trafficPort)).CombinedOutput()
-	m := map[string]string{}
-	if err != nil {
-		return m
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		// A destination at weight 0 is draining: it takes no new connections, so it
-		// counts as out of the pool (it is deleted once idle or after drain-timeout).
-		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" && f[3] != "0" {
-			host, _, _ := net.SplitHostPort(f[1])
-			m[host] = f[3]
-		}
-	}
-	return m
+	return vmrig.IPVSDests(fmt.Sprintf("%s:%d", vip, trafficPort))
 }
 
 func sameKeys(a, b map[string]string) bool {
@@ -627,20 +612,7 @@ func sameKeys(a, b map[string]string) bool {
 func (s *scenario) setReady(node string, ready bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	n, err := s.kc.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	must(s.t, err)
-	st, reason := corev1.ConditionTrue, "KubeletReady"
-	if !ready {
-		st, reason = corev1.ConditionFalse, "KubeletNotReady"
-	}
-	for i := range n.Status.Conditions {
-		if n.Status.Conditions[i].Type == corev1.NodeReady {
-			n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = st, reason
-			n.Status.Conditions[i].LastTransitionTime = metav1.Now()
-		}
-	}
-	_, err = s.kc.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
-	must(s.t, err)
+	must(s.t, k8srig.SetNodeReady(ctx, s.kc, node, ready))
 }
 
 func (s *scenario) kubalctl(args ...string) (string, int) {

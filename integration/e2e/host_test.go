@@ -46,11 +46,7 @@ func TestE2E(t *testing.T) {
 // rigMissing skips loudly, or fails under KUBAL_REQUIRE_RIGS=1.
 func rigMissing(t *testing.T, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("KUBAL_REQUIRE_RIGS") == "1" {
-		t.Fatalf("KUBAL_REQUIRE_RIGS=1 and the e2e rig is unavailable: %s", msg)
-	}
-	t.Skipf("SKIPPING the end-to-end scenario: rig unavailable: %s", msg)
+	vmrig.Unavailable(t, "e2e", "the end-to-end scenario", fmt.Sprintf(format, args...))
 }
 
 func host(t *testing.T) {
@@ -180,17 +176,9 @@ func createObjects(t *testing.T, cs kubernetes.Interface) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, n := range nodes {
-		node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		must(t, k8srig.CreateReadyNode(ctx, cs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
 			Name: n.name, Labels: map[string]string{"kubal-e2e/ingress": "true"},
-		}}, metav1.CreateOptions{})
-		must(t, err)
-		node.Status = corev1.NodeStatus{
-			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
-				Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
-			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.addr}, {Type: corev1.NodeHostName, Address: n.name}},
-		}
-		_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		must(t, err)
+		}}, n.addr))
 	}
 	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{})
 	must(t, err)

@@ -116,3 +116,41 @@ func ApplyManifest(ctx context.Context, c kubernetes.Interface, path string) err
 		}
 	}
 }
+
+// CreateReadyNode creates node (as the test spells its metadata and spec) and gives it
+// the status a healthy kubelet reports: Ready, with internalIP as its InternalIP and
+// its name as its Hostname.
+func CreateReadyNode(ctx context.Context, c kubernetes.Interface, node *corev1.Node, internalIP string) error {
+	n, err := c.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	n.Status = corev1.NodeStatus{
+		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
+			Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
+		Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: internalIP}, {Type: corev1.NodeHostName, Address: n.Name}},
+	}
+	_, err = c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	return err
+}
+
+// SetNodeReady flips the node's Ready condition as its kubelet would (reason
+// KubeletReady or KubeletNotReady).
+func SetNodeReady(ctx context.Context, c kubernetes.Interface, name string, ready bool) error {
+	n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	st, reason := corev1.ConditionTrue, "KubeletReady"
+	if !ready {
+		st, reason = corev1.ConditionFalse, "KubeletNotReady"
+	}
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == corev1.NodeReady {
+			n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = st, reason
+			n.Status.Conditions[i].LastTransitionTime = metav1.Now()
+		}
+	}
+	_, err = c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	return err
+}

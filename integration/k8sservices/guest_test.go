@@ -393,20 +393,7 @@ func (s *scenario) setAllReady(ready bool) {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	for _, n := range nodes {
-		node, err := s.kc.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
-		must(s.t, err)
-		st, reason := corev1.ConditionTrue, "KubeletReady"
-		if !ready {
-			st, reason = corev1.ConditionFalse, "KubeletNotReady"
-		}
-		for i := range node.Status.Conditions {
-			if node.Status.Conditions[i].Type == corev1.NodeReady {
-				node.Status.Conditions[i].Status, node.Status.Conditions[i].Reason = st, reason
-				node.Status.Conditions[i].LastTransitionTime = metav1.Now()
-			}
-		}
-		_, err = s.kc.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		must(s.t, err)
+		must(s.t, k8srig.SetNodeReady(ctx, s.kc, n.name, ready))
 	}
 }
 
@@ -753,25 +740,13 @@ func inRange(ip string) bool {
 	return a != nil && n.Contains(a)
 }
 
-// ipvs returns the real servers of web's IPVS service with a weight above 0 (a
-// destination at weight 0 is draining: out of the pool): address -> weight.
+// ipvs returns the real servers of web's IPVS service that take new connections:
+// address -> weight.
 func (s *scenario) ipvs() map[string]string {
-	m := map[string]string{}
 	if s.vip == "" {
-		return m
+		return map[string]string{}
 	}
-	out, err := exec.Command("/sbin/ipvsadm", "-Ln", "-t", net.JoinHostPort(s.vip, fmt.Sprint(svcPort))).CombinedOutput()
-	if err != nil {
-		return m
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" && f[3] != "0" {
-			host, _, _ := net.SplitHostPort(f[1])
-			m[host] = f[3]
-		}
-	}
-	return m
+	return vmrig.IPVSDests(net.JoinHostPort(s.vip, fmt.Sprint(svcPort)))
 }
 
 func (s *scenario) vipOnLo() bool {

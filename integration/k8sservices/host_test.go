@@ -49,11 +49,7 @@ func TestK8sServices(t *testing.T) {
 // rigMissing skips loudly, or fails under KUBAL_REQUIRE_RIGS=1.
 func rigMissing(t *testing.T, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("KUBAL_REQUIRE_RIGS") == "1" {
-		t.Fatalf("KUBAL_REQUIRE_RIGS=1 and the k8s-services rig is unavailable: %s", msg)
-	}
-	t.Skipf("SKIPPING the Kubernetes-declared services scenario: rig unavailable: %s", msg)
+	vmrig.Unavailable(t, "k8s-services", "the Kubernetes-declared services scenario", fmt.Sprintf(format, args...))
 }
 
 func host(t *testing.T) {
@@ -183,18 +179,10 @@ func createObjects(t *testing.T, cs kubernetes.Interface) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, n := range nodes {
-		node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		must(t, k8srig.CreateReadyNode(ctx, cs, &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: n.name, Labels: map[string]string{nodeSel: "true", "kubernetes.io/hostname": n.name}},
 			Spec:       corev1.NodeSpec{PodCIDR: n.podNet + ".0/24", PodCIDRs: []string{n.podNet + ".0/24"}},
-		}, metav1.CreateOptions{})
-		must(t, err)
-		node.Status = corev1.NodeStatus{
-			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
-				Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
-			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.addr}, {Type: corev1.NodeHostName, Address: n.name}},
-		}
-		_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		must(t, err)
+		}, n.addr))
 	}
 	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsShop}}, metav1.CreateOptions{})
 	must(t, err)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"time"
 )
@@ -72,4 +73,24 @@ func OneRequest(addr, host string) (string, error) {
 		return "", errors.New("no body")
 	}
 	return strings.TrimSpace(s[i+4:]), nil
+}
+
+// IPVSDests returns the destinations of the IPVS TCP service svc (vip:port) that take
+// new connections: address -> weight. A destination at weight 0 is draining (deleted
+// once idle or after the drain timeout), so it counts as out of the pool. A service
+// ipvsadm cannot list has none.
+func IPVSDests(svc string) map[string]string {
+	out, err := exec.Command("/sbin/ipvsadm", "-Ln", "-t", svc).CombinedOutput()
+	m := map[string]string{}
+	if err != nil {
+		return m
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" && f[3] != "0" {
+			host, _, _ := net.SplitHostPort(f[1])
+			m[host] = f[3]
+		}
+	}
+	return m
 }

@@ -257,3 +257,13 @@ func Run(t testing.TB, ctx context.Context, vmCache, root, stepMark string, star
 		t.Fatalf("the scenario in the VM failed (rc=%d); see the guest output above\nhost servers (tail):\n%s", rc, logs)
 	}
 }
+
+// Unavailable skips t loudly because the rig cannot run here, or fails it under
+// KUBAL_REQUIRE_RIGS=1; rig and scenario name the rig and what is skipped.
+func Unavailable(t testing.TB, rig, scenario, msg string) {
+	t.Helper()
+	if os.Getenv("KUBAL_REQUIRE_RIGS") == "1" {
+		t.Fatalf("KUBAL_REQUIRE_RIGS=1 and the %s rig is unavailable: %s", rig, msg)
+	}
+	t.Skipf("SKIPPING %s: rig unavailable: %s", scenario, msg)
+}
