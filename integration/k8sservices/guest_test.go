@@ -269,26 +269,16 @@ func (s *scenario) stopAll() {
 }
 
 func (s *scenario) dumpLog(name string, tail int) {
-	b, err := os.ReadFile(filepath.Join(workDir, name+".log"))
-	if err != nil {
-		return
-	}
-	if len(b) > tail {
-		b = b[len(b)-tail:]
-	}
-	fmt.Printf("---- %s.log (tail)\n%s\n", name, b)
+	vmrig.DumpLog(filepath.Join(workDir, name+".log"), tail)
 }
 
 func (s *scenario) startBird() {
-	s.start("bird", nil, "/sbin/ip", "netns", "exec", "bird", "/usr/sbin/bird", "-f", "-c", filepath.Join(workDir, "bird.conf"), "-s", filepath.Join(workDir, "bird.ctl"))
-	var err error
-	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		s.bird, err = vmrig.DialBird(filepath.Join(workDir, "bird.ctl"))
-		return err == nil
-	}); !ok {
-		b, _ := os.ReadFile(filepath.Join(workDir, "bird.log"))
-		s.t.Fatalf("BIRD did not come up: %v\n%s", err, b)
+	p, b, err := vmrig.StartBird("bird", workDir)
+	if p != nil {
+		s.procs = append(s.procs, p)
 	}
+	must(s.t, err)
+	s.bird = b
 }
 
 func (s *scenario) result(step, format string, args ...any) { s.steps.Add(step, format, args...) }

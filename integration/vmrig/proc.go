@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -103,4 +104,17 @@ func (p *Proc) Tail(n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// DumpLog prints the last n bytes of the log file path under a "---- <name> (tail)"
+// header, for a failed scenario's output; a missing log prints nothing.
+func DumpLog(path string, n int) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	fmt.Printf("---- %s (tail)\n%s\n", filepath.Base(path), b)
 }
