@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -393,7 +392,7 @@ func (s *scenario) step5() {
 	if !ok {
 		t.Errorf("step 5: route still at BIRD after kubal stopped")
 	}
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Fatalf("step 5: IPVS changed by the stop: %v -> %v", before, after)
 	}
 	time.Sleep(500 * time.Millisecond) // traffic keeps flowing with no kubal at all
@@ -412,7 +411,7 @@ func (s *scenario) step5() {
 		t.Fatalf("step 5: after the restart: ready after %s, BGP route back after %s (0 = never)\n%s", dReady, dBGP, s.birdDebug())
 	}
 	time.Sleep(2 * time.Second)
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Errorf("step 5: IPVS after the restart %v, want %v", after, before)
 	}
 	_, fail, _ := s.loop.snapshot()
@@ -510,7 +509,7 @@ func (s *scenario) step7() {
 	if !okMetric {
 		t.Errorf("step 7b: kubal_conftool_malformed_values_total never rose")
 	}
-	if !sameKeys(before, s.ipvs()) {
+	if !vmrig.SameKeys(before, s.ipvs()) {
 		t.Errorf("step 7b: a malformed etcd value changed the pool: %v -> %v", before, s.ipvs())
 	}
 	s.result("7b", "malformed etcd value for node2 -> counted in kubal_conftool_malformed_values_total after %s, pool unchanged (%d dests), /alerts %q", ms(dB), len(s.ipvs()), alertB)
@@ -540,7 +539,7 @@ func (s *scenario) step7() {
 		if dC == 0 && strings.Contains(s.alerts(), "source") {
 			dC = time.Since(t1)
 		}
-		if !sameKeys(before, s.ipvs()) {
+		if !vmrig.SameKeys(before, s.ipvs()) {
 			changed = true
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -585,18 +584,6 @@ func (s *scenario) startPiped(name string, env []string, args ...string) *vmrig.
 // address -> weight.
 func (s *scenario) ipvs() map[string]string {
 	return vmrig.IPVSDests(fmt.Sprintf("%s:%d", vip, trafficPort))
-}
-
-func sameKeys(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *scenario) setReady(node string, ready bool) {
@@ -654,15 +641,7 @@ func (s *scenario) control(what string) { must(s.t, vmrig.Control(httpClient, s.
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
-func httpGet(url string) string {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b))
-}
+func httpGet(url string) string { return vmrig.Get(httpClient, url) }
 
 func httpOK(url string) bool {
 	c := &http.Client{Timeout: 3 * time.Second}

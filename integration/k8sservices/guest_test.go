@@ -438,7 +438,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 	}
 	var dIPVS, dRoute time.Duration
 	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		if got := s.ipvs(); dIPVS == 0 && len(got) == len(want) && sameKeys(got, toSet(want)) {
+		if got := s.ipvs(); dIPVS == 0 && len(got) == len(want) && vmrig.SameKeys(got, toSet(want)) {
 			dIPVS = time.Since(t0)
 		}
 		if dRoute == 0 && s.routeAtBird() {
@@ -460,7 +460,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 	var settled time.Time
 	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		_, per := s.loop.snapshot()
-		if len(per) == len(eps) && sameKeys(s.ipvs(), toSet(want)) {
+		if len(per) == len(eps) && vmrig.SameKeys(s.ipvs(), toSet(want)) {
 			settled = time.Now()
 			return true
 		}
@@ -584,7 +584,7 @@ func (s *scenario) step3() {
 	if ips, _ := s.statusIPs("bad"); len(ips) != 0 {
 		t.Errorf("step 3: bad got a VIP: %v", ips)
 	}
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Errorf("step 3: web's IPVS changed: %v -> %v", before, after)
 	}
 	s.result("3", "Service shop/bad (lvs.kubal.io/scheduler: fastest) -> Event after %s: %q; not load-balanced, web unchanged; failed requests: %d", ms(d), ev, s.loop.failedSince(t0))
@@ -614,7 +614,7 @@ func (s *scenario) step4() {
 	if ips, _ := s.statusIPs(svcName); len(ips) != 1 || ips[0] != s.vip {
 		t.Errorf("step 4: web's status is now %v, want [%s]", ips, s.vip)
 	}
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Errorf("step 4: web's IPVS changed: %v -> %v", before, after)
 	}
 	s.result("4", "Service shop/clash asking for %s -> refused, Event after %s: %q; web unchanged; failed requests: %d", s.vip, ms(d), ev, s.loop.failedSince(t0))
@@ -639,7 +639,7 @@ func (s *scenario) step5() {
 	s.setAllReady(true)
 	s.result("5", "all 3 nodes NotReady for 3 s -> IPVS %v (before %v; threshold .5 of 3 keeps 2 pooled); failed requests: %d", keys(after), keys(before), s.loop.failedSince(t0))
 	fmt.Printf("$ curl %s/pools/%s  (all NotReady)\n%s\n", primaryAPI, poolName, pools)
-	if !sameKeys(before, after) {
+	if !vmrig.SameKeys(before, after) {
 		t.Errorf("step 5: the pool was not held at its threshold: %v -> %v", before, after)
 	}
 	if f := s.loop.failedSince(t0); f != 0 {
@@ -792,31 +792,11 @@ func keys(m map[string]string) []string {
 	return ks
 }
 
-func sameKeys(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return true
-}
-
 func (s *scenario) control(what string) { must(s.t, vmrig.Control(httpClient, s.ctl, what)) }
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
-func httpGet(url string) string {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b))
-}
+func httpGet(url string) string { return vmrig.Get(httpClient, url) }
 
 func httpCode(url string) (int, string) {
 	c := &http.Client{Timeout: 3 * time.Second}

@@ -94,3 +94,29 @@ func IPVSDests(svc string) map[string]string {
 	}
 	return m
 }
+
+// Get returns the body of GET url through c, trimmed, or "ERROR <err>" when the
+// request fails (for assertions and logs).
+func Get(c *http.Client, url string) string {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "ERROR " + err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b))
+}
+
+// SameKeys reports whether a and b have the same keys (e.g. the same destinations,
+// whatever their weights).
+func SameKeys(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
