@@ -5,25 +5,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	k8srig "github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/integration/vmrig"
 	"github.com/kubal/kubal/internal/testutil"
 )
@@ -110,32 +106,25 @@ protocol bgp kubal {
 
 // scenario is the guest's state.
 type scenario struct {
-	t       *testing.T
-	procs   []*proc
-	kubal   *proc
-	backup  *proc
-	bird    *vmrig.Bird
-	loop    *loopStats
-	kc      kubernetes.Interface
-	etcd    *clientv3.Client
-	ctl     string
-	conf    string
-	runs    int
-	results []string
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	t      *testing.T
+	procs  []*vmrig.Proc
+	kubal  *vmrig.Proc
+	backup *vmrig.Proc
+	bird   *vmrig.Bird
+	loop   *loopStats
+	kc     kubernetes.Interface
+	etcd   *clientv3.Client
+	ctl    string
+	conf   string
+	runs   int
+	steps  *vmrig.Steps
 }
 
 func guest(t *testing.T) {
 	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
 		t.Fatalf("no IPVS in the guest kernel: %v", err)
 	}
-	s := &scenario{t: t, ctl: os.Getenv("KUBAL_E2E_CTL"), loop: &loopStats{perNode: map[string]int{}}}
+	s := &scenario{t: t, ctl: os.Getenv("KUBAL_E2E_CTL"), loop: &loopStats{perNode: map[string]int{}}, steps: vmrig.NewSteps("E2E-STEP")}
 	must(t, os.MkdirAll(workDir, 0o755))
 	t.Cleanup(s.stopAll)
 	s.conf = strings.Replace(kubalConf, "@ETCD@", os.Getenv("KUBAL_E2E_ETCD"), 1)
@@ -181,21 +170,7 @@ func guest(t *testing.T) {
 // network builds the topology in the VM: the director is the root namespace (it also
 // reaches the host through eth0), the nodes, the client and the router hang off br0.
 func (s *scenario) network() {
-	script := `set -e
-ip() { /sbin/ip "$@"; }
-ip link add br0 type bridge
-ip link set br0 up
-ip addr add 10.0.0.1/24 dev br0
-add() { # ns addr
-	ip netns add $1
-	ip link add v$1 type veth peer name eth0 netns $1
-	ip link set v$1 master br0
-	ip link set v$1 up
-	ip -n $1 link set lo up
-	ip -n $1 addr add $2/24 dev eth0
-	ip -n $1 link set eth0 up
-}
-for n in 1 2 3; do
+	must(s.t, vmrig.Bridge(`for n in 1 2 3; do
 	add node$n 10.0.0.1$n
 	# DR real server: the VIP on lo, never answering ARP for it.
 	ip -n node$n addr add 192.0.2.80/32 dev lo
@@ -204,81 +179,34 @@ done
 add client 10.0.0.10
 ip -n client route add 192.0.2.80/32 via 10.0.0.1
 add bird 10.0.0.254
-`
-	if out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput(); err != nil {
-		s.t.Fatalf("network: %v: %s", err, out)
-	}
+`))
 }
 
-func (s *scenario) start(name string, env []string, args ...string) *proc {
-	logPath := filepath.Join(workDir, name+".log")
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func (s *scenario) start(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.Start(name, filepath.Join(workDir, name+".log"), env, args...)
 	must(s.t, err)
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
-	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
 }
 
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) signal(sig syscall.Signal, wait time.Duration) bool {
-	if !p.alive() {
-		return true
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(wait):
-		return false
-	}
-}
-
 func (s *scenario) stopAll() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		if !p.signal(syscall.SIGTERM, 10*time.Second) {
-			p.signal(syscall.SIGKILL, 5*time.Second)
-		}
+		s.procs[i].Stop(10 * time.Second)
 	}
 	if s.t.Failed() {
 		for _, name := range []string{"kubal-1", "kubal-2", "kubal-3", "kubal-4", "backup", "bird"} {
-			b, err := os.ReadFile(filepath.Join(workDir, name+".log"))
-			if err != nil {
-				continue
-			}
-			if len(b) > 6000 {
-				b = b[len(b)-6000:]
-			}
-			fmt.Printf("---- %s.log (tail)\n%s\n", name, b)
+			vmrig.DumpLog(filepath.Join(workDir, name+".log"), 6000)
 		}
 	}
 }
 
 func (s *scenario) startBird() {
-	s.start("bird", nil, "/sbin/ip", "netns", "exec", "bird", "/usr/sbin/bird", "-f", "-c", filepath.Join(workDir, "bird.conf"), "-s", filepath.Join(workDir, "bird.ctl"))
-	var err error
-	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		s.bird, err = vmrig.DialBird(filepath.Join(workDir, "bird.ctl"))
-		return err == nil
-	}); !ok {
-		b, _ := os.ReadFile(filepath.Join(workDir, "bird.log"))
-		s.t.Fatalf("BIRD did not come up: %v\n%s", err, b)
+	p, b, err := vmrig.StartBird("bird", workDir)
+	if p != nil {
+		s.procs = append(s.procs, p)
 	}
+	must(s.t, err)
+	s.bird = b
 }
 
 func (s *scenario) startKubal() time.Time {
@@ -288,11 +216,7 @@ func (s *scenario) startKubal() time.Time {
 	return t0
 }
 
-func (s *scenario) result(step, format string, args ...any) {
-	line := fmt.Sprintf("E2E-STEP %s: %s", step, fmt.Sprintf(format, args...))
-	s.results = append(s.results, line)
-	fmt.Println(line)
-}
+func (s *scenario) result(step, format string, args ...any) { s.steps.Add(step, format, args...) }
 
 // ---- steps ----
 
@@ -301,9 +225,9 @@ func (s *scenario) step1() {
 	t := s.t
 	s.backup = s.start("backup", nil, "/payload/kubal", "-n", "-c", filepath.Join(workDir, "backup.conf"))
 	t0 := s.startKubal()
-	_, ok := testutil.Poll(90*time.Second, 50*time.Millisecond, func() bool { return len(s.ipvs()) == 3 || !s.kubal.alive() })
+	_, ok := testutil.Poll(90*time.Second, 50*time.Millisecond, func() bool { return len(s.ipvs()) == 3 || !s.kubal.Alive() })
 	dIPVS := time.Since(t0)
-	if !s.kubal.alive() {
+	if !s.kubal.Alive() {
 		t.Fatalf("step 1: kubal exited at start")
 	}
 	if !ok {
@@ -460,7 +384,7 @@ func (s *scenario) step5() {
 	_, fail0, _ := s.loop.snapshot()
 	before := s.ipvs()
 	t0 := time.Now()
-	if !s.kubal.signal(syscall.SIGTERM, 30*time.Second) {
+	if !s.kubal.Signal(syscall.SIGTERM, 30*time.Second) {
 		t.Fatalf("step 5: kubal did not exit within 30 s of SIGTERM")
 	}
 	dStop := time.Since(t0)
@@ -468,7 +392,7 @@ func (s *scenario) step5() {
 	if !ok {
 		t.Errorf("step 5: route still at BIRD after kubal stopped")
 	}
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Fatalf("step 5: IPVS changed by the stop: %v -> %v", before, after)
 	}
 	time.Sleep(500 * time.Millisecond) // traffic keeps flowing with no kubal at all
@@ -487,7 +411,7 @@ func (s *scenario) step5() {
 		t.Fatalf("step 5: after the restart: ready after %s, BGP route back after %s (0 = never)\n%s", dReady, dBGP, s.birdDebug())
 	}
 	time.Sleep(2 * time.Second)
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Errorf("step 5: IPVS after the restart %v, want %v", after, before)
 	}
 	_, fail, _ := s.loop.snapshot()
@@ -511,7 +435,7 @@ func (s *scenario) step6() {
 		t.Fatalf("step 6: tc: %v: %s", err, out)
 	}
 	t0 := time.Now()
-	s.kubal.signal(syscall.SIGKILL, 10*time.Second)
+	s.kubal.Signal(syscall.SIGKILL, 10*time.Second)
 	_, ok := testutil.Poll(10*time.Second, 50*time.Millisecond, func() bool { return !s.routeAtBird() })
 	d := time.Since(t0) // from the SIGKILL
 	if out, err := exec.Command("/usr/sbin/tc", "qdisc", "del", "dev", "vbird", "root").CombinedOutput(); err != nil {
@@ -556,17 +480,17 @@ func (s *scenario) step7() {
 	bad := strings.Replace(s.conf, "scheduler = wrr", "scheduler = wrr # rr", 1)
 	must(t, os.WriteFile(conf, []byte(bad), 0o644))
 	t0 := time.Now()
-	_ = s.kubal.cmd.Process.Signal(syscall.SIGHUP)
+	_ = s.kubal.Send(syscall.SIGHUP)
 	dA, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return strings.Contains(s.alerts(), "config reload failed") })
 	alertA := s.alerts()
 	if !ok {
 		t.Errorf("step 7a: /alerts does not report the failed reload: %q", alertA)
 	}
-	if !s.kubal.alive() || !httpOK(primaryAPI+"/healthz") {
+	if !s.kubal.Alive() || !httpOK(primaryAPI+"/healthz") {
 		t.Fatalf("step 7a: kubal died on a bad config")
 	}
 	must(t, os.WriteFile(conf, []byte(s.conf), 0o644))
-	_ = s.kubal.cmd.Process.Signal(syscall.SIGHUP)
+	_ = s.kubal.Send(syscall.SIGHUP)
 	dA2, ok := testutil.Poll(20*time.Second, 50*time.Millisecond, func() bool { return !strings.Contains(s.alerts(), "config reload failed") })
 	if !ok {
 		t.Errorf("step 7a: the alert did not clear after a good reload: %q", s.alerts())
@@ -585,7 +509,7 @@ func (s *scenario) step7() {
 	if !okMetric {
 		t.Errorf("step 7b: kubal_conftool_malformed_values_total never rose")
 	}
-	if !sameKeys(before, s.ipvs()) {
+	if !vmrig.SameKeys(before, s.ipvs()) {
 		t.Errorf("step 7b: a malformed etcd value changed the pool: %v -> %v", before, s.ipvs())
 	}
 	s.result("7b", "malformed etcd value for node2 -> counted in kubal_conftool_malformed_values_total after %s, pool unchanged (%d dests), /alerts %q", ms(dB), len(s.ipvs()), alertB)
@@ -615,7 +539,7 @@ func (s *scenario) step7() {
 		if dC == 0 && strings.Contains(s.alerts(), "source") {
 			dC = time.Since(t1)
 		}
-		if !sameKeys(before, s.ipvs()) {
+		if !vmrig.SameKeys(before, s.ipvs()) {
 			changed = true
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -649,71 +573,23 @@ func (s *scenario) step7() {
 
 // ---- helpers ----
 
-func (s *scenario) startPiped(name string, env []string, args ...string) *proc {
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.StdoutPipe()
+func (s *scenario) startPiped(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.StartPiped(name, env, s.loop.read, args...)
 	must(s.t, err)
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); s.loop.read(out) }()
-	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
 }
 
-// ipvs returns the real servers of the VIP's service: address -> weight.
+// ipvs returns the real servers of the VIP's service that take new connections:
+// address -> weight.
 func (s *scenario) ipvs() map[string]string {
-	out, err := exec.Command("/sbin/ipvsadm", "-Ln", "-t", fmt.Sprintf("%s:%d", vip, trafficPort)).CombinedOutput()
-	m := map[string]string{}
-	if err != nil {
-		return m
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		// A destination at weight 0 is draining: it takes no new connections, so it
-		// counts as out of the pool (it is deleted once idle or after drain-timeout).
-		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" && f[3] != "0" {
-			host, _, _ := net.SplitHostPort(f[1])
-			m[host] = f[3]
-		}
-	}
-	return m
-}
-
-func sameKeys(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return true
+	return vmrig.IPVSDests(fmt.Sprintf("%s:%d", vip, trafficPort))
 }
 
 func (s *scenario) setReady(node string, ready bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	n, err := s.kc.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	must(s.t, err)
-	st, reason := corev1.ConditionTrue, "KubeletReady"
-	if !ready {
-		st, reason = corev1.ConditionFalse, "KubeletNotReady"
-	}
-	for i := range n.Status.Conditions {
-		if n.Status.Conditions[i].Type == corev1.NodeReady {
-			n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = st, reason
-			n.Status.Conditions[i].LastTransitionTime = metav1.Now()
-		}
-	}
-	_, err = s.kc.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
-	must(s.t, err)
+	must(s.t, k8srig.SetNodeReady(ctx, s.kc, node, ready))
 }
 
 func (s *scenario) kubalctl(args ...string) (string, int) {
@@ -761,29 +637,11 @@ func (s *scenario) pools(api string) string { return httpGet(api + "/pools/" + p
 func (s *scenario) alerts() string          { return httpGet(primaryAPI + "/alerts") }
 func (s *scenario) metrics() string         { return httpGet(primaryAPI + "/metrics") }
 
-func (s *scenario) control(what string) {
-	resp, err := httpClient.Post(s.ctl+"/apiserver/"+what, "text/plain", nil)
-	if err != nil {
-		s.t.Fatalf("host control %s: %v", what, err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		s.t.Fatalf("host control %s: %s: %s", what, resp.Status, b)
-	}
-}
+func (s *scenario) control(what string) { must(s.t, vmrig.Control(httpClient, s.ctl, what)) }
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
-func httpGet(url string) string {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b))
-}
+func httpGet(url string) string { return vmrig.Get(httpClient, url) }
 
 func httpOK(url string) bool {
 	c := &http.Client{Timeout: 3 * time.Second}
@@ -841,13 +699,7 @@ func (s *scenario) birdc(cmd string) {
 	}
 }
 
-func (s *scenario) birdCmd(cmd string) string {
-	lines, err := s.bird.Cmd(cmd)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *scenario) birdCmd(cmd string) string { return s.bird.String(cmd) }
 
 func (s *scenario) routeAtBird() bool {
 	out := s.birdCmd("show route for " + vip + "/32")

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kubal/kubal/integration/vmrig"
 )
 
 // Roles of the test binary when it runs as a helper process in a namespace.
@@ -109,31 +110,7 @@ func clientLoop() int {
 	}
 }
 
-func oneRequest(addr string) (string, error) {
-	// Generous under TCG; a real failure (RST, no route, a dead real server) is fast.
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: ingress.example.org\r\n\r\n"); err != nil {
-		return "", err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", err
-	}
-	s := string(b)
-	if !strings.HasPrefix(s, "HTTP/1.0 200") && !strings.HasPrefix(s, "HTTP/1.1 200") {
-		return "", fmt.Errorf("bad response %.60q", s)
-	}
-	i := strings.Index(s, "\r\n\r\n")
-	if i < 0 {
-		return "", errors.New("no body")
-	}
-	return strings.TrimSpace(s[i+4:]), nil
-}
+func oneRequest(addr string) (string, error) { return vmrig.OneRequest(addr, "ingress.example.org") }
 
 // loopStats counts the client loop's results as they arrive.
 type loopStats struct {

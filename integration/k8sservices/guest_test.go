@@ -1,7 +1,6 @@
 package k8sservices
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	k8srig "github.com/kubal/kubal/integration/k8s"
+	"github.com/kubal/kubal/integration/vmrig"
 	"github.com/kubal/kubal/internal/testutil"
 )
 
@@ -84,32 +83,25 @@ protocol bgp kubal {
 
 type scenario struct {
 	t       *testing.T
-	procs   []*proc
-	kubal   *proc
-	pods    map[string]*proc
-	bird    *birdClient
+	procs   []*vmrig.Proc
+	kubal   *vmrig.Proc
+	pods    map[string]*vmrig.Proc
+	bird    *vmrig.Bird
 	loop    *loopStats
-	client  *proc
+	client  *vmrig.Proc
 	kc      kubernetes.Interface
 	ctl     string
 	vip     string
 	hcPort  int32
 	settled time.Time // the client loop's phase settled (see apply)
-	results []string
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	steps   *vmrig.Steps
 }
 
 func guest(t *testing.T) {
 	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
 		t.Fatalf("no IPVS in the guest kernel: %v", err)
 	}
-	s := &scenario{t: t, ctl: os.Getenv("KUBAL_K8SS_CTL"), pods: map[string]*proc{}}
+	s := &scenario{t: t, ctl: os.Getenv("KUBAL_K8SS_CTL"), pods: map[string]*vmrig.Proc{}, steps: vmrig.NewSteps("K8SS-STEP")}
 	must(t, os.MkdirAll(workDir, 0o755))
 	t.Cleanup(s.stopAll)
 	must(t, os.WriteFile(filepath.Join(workDir, "pybal.conf"), []byte(kubalConf), 0o644))
@@ -135,8 +127,8 @@ func guest(t *testing.T) {
 	}
 	s.startBird()
 	s.kubal = s.start("kubal", nil, "/payload/kubal", "-c", filepath.Join(workDir, "pybal.conf"))
-	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") || !s.kubal.alive() }); !ok || !s.kubal.alive() {
-		t.Fatalf("kubal not ready (alive: %v)", s.kubal.alive())
+	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") || !s.kubal.Alive() }); !ok || !s.kubal.Alive() {
+		t.Fatalf("kubal not ready (alive: %v)", s.kubal.Alive())
 	}
 	s.result("0", "3 kube-proxy %s (nftables mode) healthy and kubal ready %s after the start", k8srig.KubeVersion, ms(time.Since(t0)))
 
@@ -178,21 +170,7 @@ func (s *scenario) proxySyncs() string {
 // host through eth0); the nodes, the client and the router hang off br0; each node
 // routes its pod subnet to one pod namespace behind a veth. No node has the VIP.
 func (s *scenario) network() {
-	script := `set -e
-ip() { /sbin/ip "$@"; }
-ip link add br0 type bridge
-ip link set br0 up
-ip addr add 10.0.0.1/24 dev br0
-add() { # ns addr
-	ip netns add $1
-	ip link add v$1 type veth peer name eth0 netns $1
-	ip link set v$1 master br0
-	ip link set v$1 up
-	ip -n $1 link set lo up
-	ip -n $1 addr add $2/24 dev eth0
-	ip -n $1 link set eth0 up
-}
-for n in 1 2 3; do
+	must(s.t, vmrig.Bridge(`for n in 1 2 3; do
 	add node$n 10.0.0.1$n
 	ip netns exec node$n sysctl -qw net.ipv4.ip_forward=1
 	ip netns add pod$n
@@ -212,10 +190,7 @@ ip -n client route add 192.0.2.80/29 via 10.0.0.1
 add probe 10.0.0.9
 ip -n probe route add 192.0.2.80/29 via 10.0.0.13
 add bird 10.0.0.254
-`
-	if out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput(); err != nil {
-		s.t.Fatalf("network: %v: %s", err, out)
-	}
+`))
 }
 
 // relay forwards relayAddr to the API server through qemu's user network: the node
@@ -267,68 +242,24 @@ func (s *scenario) startKubeProxies() {
 	}
 }
 
-func (s *scenario) start(name string, env []string, args ...string) *proc {
-	logPath := filepath.Join(workDir, name+".log")
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func (s *scenario) start(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.Start(name, filepath.Join(workDir, name+".log"), env, args...)
 	must(s.t, err)
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
-	go func() { _ = cmd.Wait(); lf.Close(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
 }
 
-func (s *scenario) startPiped(name string, env []string, args ...string) *proc {
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.StdoutPipe()
+// startPiped runs a client loop whose stdout the scenario's current loopStats counts.
+func (s *scenario) startPiped(name string, env []string, args ...string) *vmrig.Proc {
+	p, err := vmrig.StartPiped(name, env, s.loop.read, args...)
 	must(s.t, err)
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	loop := s.loop
-	go func() { defer wg.Done(); loop.read(out) }()
-	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
 	s.procs = append(s.procs, p)
 	return p
-}
-
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) signal(sig syscall.Signal, wait time.Duration) bool {
-	if !p.alive() {
-		return true
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(wait):
-		return false
-	}
 }
 
 func (s *scenario) stopAll() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		if !p.signal(syscall.SIGTERM, 10*time.Second) {
-			p.signal(syscall.SIGKILL, 5*time.Second)
-		}
+		s.procs[i].Stop(10 * time.Second)
 	}
 	if s.t.Failed() {
 		for _, name := range []string{"kubal", "kube-proxy-node1", "kube-proxy-node3", "bird"} {
@@ -338,33 +269,19 @@ func (s *scenario) stopAll() {
 }
 
 func (s *scenario) dumpLog(name string, tail int) {
-	b, err := os.ReadFile(filepath.Join(workDir, name+".log"))
-	if err != nil {
-		return
-	}
-	if len(b) > tail {
-		b = b[len(b)-tail:]
-	}
-	fmt.Printf("---- %s.log (tail)\n%s\n", name, b)
+	vmrig.DumpLog(filepath.Join(workDir, name+".log"), tail)
 }
 
 func (s *scenario) startBird() {
-	s.start("bird", nil, "/sbin/ip", "netns", "exec", "bird", "/usr/sbin/bird", "-f", "-c", filepath.Join(workDir, "bird.conf"), "-s", filepath.Join(workDir, "bird.ctl"))
-	var err error
-	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		s.bird, err = dialBird(filepath.Join(workDir, "bird.ctl"))
-		return err == nil
-	}); !ok {
-		b, _ := os.ReadFile(filepath.Join(workDir, "bird.log"))
-		s.t.Fatalf("BIRD did not come up: %v\n%s", err, b)
+	p, b, err := vmrig.StartBird("bird", workDir)
+	if p != nil {
+		s.procs = append(s.procs, p)
 	}
+	must(s.t, err)
+	s.bird = b
 }
 
-func (s *scenario) result(step, format string, args ...any) {
-	line := fmt.Sprintf("K8SS-STEP %s: %s", step, fmt.Sprintf(format, args...))
-	s.results = append(s.results, line)
-	fmt.Println(line)
-}
+func (s *scenario) result(step, format string, args ...any) { s.steps.Add(step, format, args...) }
 
 // ---- the Kubernetes objects ----
 
@@ -466,20 +383,7 @@ func (s *scenario) setAllReady(ready bool) {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	for _, n := range nodes {
-		node, err := s.kc.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
-		must(s.t, err)
-		st, reason := corev1.ConditionTrue, "KubeletReady"
-		if !ready {
-			st, reason = corev1.ConditionFalse, "KubeletNotReady"
-		}
-		for i := range node.Status.Conditions {
-			if node.Status.Conditions[i].Type == corev1.NodeReady {
-				node.Status.Conditions[i].Status, node.Status.Conditions[i].Reason = st, reason
-				node.Status.Conditions[i].LastTransitionTime = metav1.Now()
-			}
-		}
-		_, err = s.kc.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		must(s.t, err)
+		must(s.t, k8srig.SetNodeReady(ctx, s.kc, n.name, ready))
 	}
 }
 
@@ -534,7 +438,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 	}
 	var dIPVS, dRoute time.Duration
 	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		if got := s.ipvs(); dIPVS == 0 && len(got) == len(want) && sameKeys(got, toSet(want)) {
+		if got := s.ipvs(); dIPVS == 0 && len(got) == len(want) && vmrig.SameKeys(got, toSet(want)) {
 			dIPVS = time.Since(t0)
 		}
 		if dRoute == 0 && s.routeAtBird() {
@@ -556,7 +460,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 	var settled time.Time
 	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		_, per := s.loop.snapshot()
-		if len(per) == len(eps) && sameKeys(s.ipvs(), toSet(want)) {
+		if len(per) == len(eps) && vmrig.SameKeys(s.ipvs(), toSet(want)) {
 			settled = time.Now()
 			return true
 		}
@@ -589,7 +493,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 
 // stopLoop stops the client loop and reports (and checks) its totals.
 func (s *scenario) stopLoop(step string) {
-	s.client.signal(syscall.SIGTERM, 10*time.Second)
+	s.client.Signal(syscall.SIGTERM, 10*time.Second)
 	nOK, per := s.loop.snapshot()
 	f := s.loop.failedSince(s.settled)
 	s.result(step, "client loop: %d requests OK, per pod %v; %d failed once settled", nOK, per, f)
@@ -637,7 +541,7 @@ func (s *scenario) step2() {
 	time.Sleep(time.Second)
 	s.updateSlice(map[string]epState{"node1": epReady, "node2": epReady})
 	time.Sleep(time.Second)
-	s.pods["node3"].signal(syscall.SIGTERM, 10*time.Second)
+	s.pods["node3"].Signal(syscall.SIGTERM, 10*time.Second)
 	_, per0 := s.loop.snapshot()
 	time.Sleep(2 * time.Second)
 	_, per1 := s.loop.snapshot()
@@ -680,7 +584,7 @@ func (s *scenario) step3() {
 	if ips, _ := s.statusIPs("bad"); len(ips) != 0 {
 		t.Errorf("step 3: bad got a VIP: %v", ips)
 	}
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Errorf("step 3: web's IPVS changed: %v -> %v", before, after)
 	}
 	s.result("3", "Service shop/bad (lvs.kubal.io/scheduler: fastest) -> Event after %s: %q; not load-balanced, web unchanged; failed requests: %d", ms(d), ev, s.loop.failedSince(t0))
@@ -710,7 +614,7 @@ func (s *scenario) step4() {
 	if ips, _ := s.statusIPs(svcName); len(ips) != 1 || ips[0] != s.vip {
 		t.Errorf("step 4: web's status is now %v, want [%s]", ips, s.vip)
 	}
-	if after := s.ipvs(); !sameKeys(before, after) {
+	if after := s.ipvs(); !vmrig.SameKeys(before, after) {
 		t.Errorf("step 4: web's IPVS changed: %v -> %v", before, after)
 	}
 	s.result("4", "Service shop/clash asking for %s -> refused, Event after %s: %q; web unchanged; failed requests: %d", s.vip, ms(d), ev, s.loop.failedSince(t0))
@@ -735,7 +639,7 @@ func (s *scenario) step5() {
 	s.setAllReady(true)
 	s.result("5", "all 3 nodes NotReady for 3 s -> IPVS %v (before %v; threshold .5 of 3 keeps 2 pooled); failed requests: %d", keys(after), keys(before), s.loop.failedSince(t0))
 	fmt.Printf("$ curl %s/pools/%s  (all NotReady)\n%s\n", primaryAPI, poolName, pools)
-	if !sameKeys(before, after) {
+	if !vmrig.SameKeys(before, after) {
 		t.Errorf("step 5: the pool was not held at its threshold: %v -> %v", before, after)
 	}
 	if f := s.loop.failedSince(t0); f != 0 {
@@ -826,25 +730,13 @@ func inRange(ip string) bool {
 	return a != nil && n.Contains(a)
 }
 
-// ipvs returns the real servers of web's IPVS service with a weight above 0 (a
-// destination at weight 0 is draining: out of the pool): address -> weight.
+// ipvs returns the real servers of web's IPVS service that take new connections:
+// address -> weight.
 func (s *scenario) ipvs() map[string]string {
-	m := map[string]string{}
 	if s.vip == "" {
-		return m
+		return map[string]string{}
 	}
-	out, err := exec.Command("/sbin/ipvsadm", "-Ln", "-t", net.JoinHostPort(s.vip, fmt.Sprint(svcPort))).CombinedOutput()
-	if err != nil {
-		return m
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) >= 4 && f[0] == "->" && f[1] != "RemoteAddress:Port" && f[3] != "0" {
-			host, _, _ := net.SplitHostPort(f[1])
-			m[host] = f[3]
-		}
-	}
-	return m
+	return vmrig.IPVSDests(net.JoinHostPort(s.vip, fmt.Sprint(svcPort)))
 }
 
 func (s *scenario) vipOnLo() bool {
@@ -900,41 +792,11 @@ func keys(m map[string]string) []string {
 	return ks
 }
 
-func sameKeys(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *scenario) control(what string) {
-	resp, err := httpClient.Post(s.ctl+"/apiserver/"+what, "text/plain", nil)
-	if err != nil {
-		s.t.Fatalf("host control %s: %v", what, err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		s.t.Fatalf("host control %s: %s: %s", what, resp.Status, b)
-	}
-}
+func (s *scenario) control(what string) { must(s.t, vmrig.Control(httpClient, s.ctl, what)) }
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
-func httpGet(url string) string {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b))
-}
+func httpGet(url string) string { return vmrig.Get(httpClient, url) }
 
 func httpCode(url string) (int, string) {
 	c := &http.Client{Timeout: 3 * time.Second}
@@ -956,68 +818,8 @@ func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
 // ---- BIRD ----
 
-func (s *scenario) birdCmd(cmd string) string {
-	lines, err := s.bird.Cmd(cmd)
-	if err != nil {
-		return "ERROR " + err.Error()
-	}
-	return strings.Join(lines, "\n")
-}
+func (s *scenario) birdCmd(cmd string) string { return s.bird.String(cmd) }
 
 func (s *scenario) routeAtBird() bool {
 	return s.vip != "" && strings.Contains(s.birdCmd("show route for "+s.vip+"/32"), s.vip+"/32")
-}
-
-// birdClient speaks BIRD's control-socket protocol (numbered reply lines).
-type birdClient struct {
-	mu   sync.Mutex
-	conn net.Conn
-	rd   *bufio.Reader
-}
-
-func dialBird(path string) (*birdClient, error) {
-	conn, err := net.Dial("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	c := &birdClient{conn: conn, rd: bufio.NewReader(conn)}
-	if _, err := c.read(); err != nil { // the greeting
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *birdClient) Cmd(cmd string) ([]string, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_ = c.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.conn.Write([]byte(cmd + "\n")); err != nil {
-		return nil, err
-	}
-	return c.read()
-}
-
-func (c *birdClient) read() ([]string, error) {
-	var out []string
-	for {
-		line, err := c.rd.ReadString('\n')
-		if err != nil {
-			return out, err
-		}
-		line = strings.TrimSuffix(line, "\n")
-		if strings.HasPrefix(line, " ") {
-			out = append(out, line[1:])
-			continue
-		}
-		if len(line) < 5 {
-			return out, fmt.Errorf("bad BIRD reply line %q", line)
-		}
-		if line[5:] != "" || line[4] == '-' {
-			out = append(out, line[5:])
-		}
-		if line[4] == ' ' {
-			return out, nil
-		}
-	}
 }

@@ -4,9 +4,13 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Bird speaks BIRD's control-socket protocol (numbered reply lines), as birdc does,
@@ -77,4 +81,26 @@ func (c *Bird) read() ([]string, error) {
 			return out, nil
 		}
 	}
+}
+
+// StartBird runs BIRD in the network namespace ns with dir/bird.conf, its control
+// socket at dir/bird.ctl and its output appended to dir/bird.log, and waits up to
+// 30 s for the control socket. The process is returned whenever it started, so that
+// the caller stops it even when BIRD did not come up.
+func StartBird(ns, dir string) (*Proc, *Bird, error) {
+	ctl := filepath.Join(dir, "bird.ctl")
+	p, err := Start("bird", filepath.Join(dir, "bird.log"), nil,
+		"/sbin/ip", "netns", "exec", ns, "/usr/sbin/bird", "-f", "-c", filepath.Join(dir, "bird.conf"), "-s", ctl)
+	if err != nil {
+		return nil, nil, err
+	}
+	var b *Bird
+	if _, ok := testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+		b, err = DialBird(ctl)
+		return err == nil
+	}); !ok {
+		log, _ := os.ReadFile(p.Log)
+		return p, nil, fmt.Errorf("BIRD did not come up: %v\n%s", err, log)
+	}
+	return p, b, nil
 }

@@ -2,13 +2,17 @@ package vmrig
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// Proc is a child process whose output goes to a log file.
+// Proc is a child process whose output goes to a log file (or, from StartPiped, to a
+// reader).
 type Proc struct {
 	Name string
 	Log  string
@@ -34,6 +38,27 @@ func Start(name, log string, env []string, args ...string) (*Proc, error) {
 	return p, nil
 }
 
+// StartPiped runs args with the extra environment env and hands its stdout to read,
+// in a goroutine; the process counts as exited once read has returned too. It has no
+// log.
+func StartPiped(name string, env []string, read func(io.Reader), args ...string) (*Proc, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Proc{Name: name, cmd: cmd, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); read(out) }()
+	go func() { wg.Wait(); _ = cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
 // Alive reports whether the process has not exited yet.
 func (p *Proc) Alive() bool {
 	select {
@@ -43,6 +68,9 @@ func (p *Proc) Alive() bool {
 		return true
 	}
 }
+
+// Send sends sig without waiting (e.g. SIGHUP for a reload).
+func (p *Proc) Send(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 
 // Signal sends sig and waits up to wait for the exit; it reports whether the process
 // is gone.
@@ -76,4 +104,17 @@ func (p *Proc) Tail(n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// DumpLog prints the last n bytes of the log file path under a "---- <name> (tail)"
+// header, for a failed scenario's output; a missing log prints nothing.
+func DumpLog(path string, n int) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	fmt.Printf("---- %s (tail)\n%s\n", filepath.Base(path), b)
 }
