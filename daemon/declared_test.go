@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/ipvs"
@@ -23,55 +24,10 @@ import (
 // of kubal's class becomes a running pool (in /pools, IPVS with the nodes) without a
 // reload or restart, and leaves when the Service is deleted.
 func TestKubernetesDeclaredServiceRunsWithoutReload(t *testing.T) {
-	apiserver, _, err := k8s.Binaries()
-	if err != nil || apiserver == "" {
-		k8s.SkipOrFail(t, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rig, err := k8s.Start(ctx)
-	if err != nil {
-		k8s.SkipOrFail(t, err)
-	}
-	t.Cleanup(func() { rig.Close() })
-	c, err := rig.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, name := range []string{"node-a", "node-b"} {
-		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"lvs": "yes"}}}
-		created, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		created.Status = corev1.NodeStatus{
-			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
-			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.7.0.%d", i+1)}},
-		}
-		if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	if err := rig.WriteKubeconfig(kc, "admin", k8s.AdminToken); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "pybal.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `[global]
-bgp = no
-kubeconfig = %s
-state-file = %s/state.json
-
-[k8s-services]
-class = kubal.io/lvs
-nodes = lvs=yes
-vip-ranges = ['192.0.2.0/28']
-scheduler = wrr
-monitors = []
-`, kc, dir), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c, conf := declaredRig(t, ctx, map[string]string{"lvs": "yes"}, func(i int) []string { return []string{fmt.Sprintf("10.7.0.%d", i+1)} },
+		"nodes = lvs=yes\nvip-ranges = ['192.0.2.0/28']\n")
 	fake := ipvs.NewFake()
 	d, stopDaemon := startDaemonWith(t, conf, fake)
 
@@ -151,55 +107,11 @@ monitors = []
 // one pool per family, each with the nodes' addresses of its family, a VIP of each
 // family's range, and both in status.loadBalancer.ingress.
 func TestKubernetesDeclaredDualStackService(t *testing.T) {
-	apiserver, _, err := k8s.Binaries()
-	if err != nil || apiserver == "" {
-		k8s.SkipOrFail(t, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rig, err := k8s.Start(ctx)
-	if err != nil {
-		k8s.SkipOrFail(t, err)
-	}
-	t.Cleanup(func() { rig.Close() })
-	c, err := rig.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, name := range []string{"node-a", "node-b"} {
-		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
-		created, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		created.Status = corev1.NodeStatus{
-			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
-			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("10.7.0.%d", i+1)},
-				{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("2001:db8:7::%d", i+1)}},
-		}
-		if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	if err := rig.WriteKubeconfig(kc, "admin", k8s.AdminToken); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "pybal.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `[global]
-bgp = no
-kubeconfig = %s
-state-file = %s/state.json
-
-[k8s-services]
-class = kubal.io/lvs
-vip-ranges = 192.0.2.0/28, 2001:db8:ed1a::/124
-scheduler = wrr
-monitors = []
-`, kc, dir), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c, conf := declaredRig(t, ctx, nil, func(i int) []string {
+		return []string{fmt.Sprintf("10.7.0.%d", i+1), fmt.Sprintf("2001:db8:7::%d", i+1)}
+	}, "vip-ranges = 192.0.2.0/28, 2001:db8:ed1a::/124\n")
 	fake := ipvs.NewFake()
 	d, _ := startDaemonWith(t, conf, fake)
 
@@ -242,4 +154,50 @@ monitors = []
 		got := []string{s.Status.LoadBalancer.Ingress[0].IP, s.Status.LoadBalancer.Ingress[1].IP}
 		return slices.Contains(got, vips[false].String()) && slices.Contains(got, vips[true].String())
 	})
+}
+
+// declaredRig starts a kube-apiserver with two Ready nodes (node-a, node-b: labels,
+// InternalIPs from addrs) and writes a pybal.conf with only a [k8s-services] template
+// (class kubal.io/lvs, wrr, no monitors, plus extra lines) for a daemon to start on.
+func declaredRig(t *testing.T, ctx context.Context, labels map[string]string, addrs func(i int) []string, extra string) (kubernetes.Interface, string) {
+	t.Helper()
+	apiserver, _, err := k8s.Binaries()
+	if err != nil || apiserver == "" {
+		k8s.SkipOrFail(t, err)
+	}
+	rig, err := k8s.Start(ctx)
+	if err != nil {
+		k8s.SkipOrFail(t, err)
+	}
+	t.Cleanup(func() { rig.Close() })
+	c, err := rig.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"node-a", "node-b"} {
+		created, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status = corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}},
+		}
+		for _, a := range addrs(i) {
+			created.Status.Addresses = append(created.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
+		}
+		if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := rig.WriteKubeconfig(kc, "admin", k8s.AdminToken); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "pybal.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, "[global]\nbgp = no\nkubeconfig = %s\nstate-file = %s/state.json\n\n"+
+		"[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\nmonitors = []\n%s", kc, dir, extra), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return c, conf
 }

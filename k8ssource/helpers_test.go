@@ -1,24 +1,15 @@
 package k8ssource
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
-	"io"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
+
+	k8srig "github.com/kubal/kubal/integration/k8s"
 )
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
@@ -69,46 +60,10 @@ func waitGauge(t testing.TB, reg *prometheus.Registry, name string, want float64
 }
 
 // applyManifest creates every object of a multi-document YAML file (existing ones
-// are left as they are).
+// are left as they are): the rig's ApplyManifest, failing the test on an error.
 func applyManifest(t testing.TB, c kubernetes.Interface, path string) {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
+	if err := k8srig.ApplyManifest(context.Background(), c, path); err != nil {
 		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		opts := metav1.CreateOptions{}
-		switch o := obj.(type) {
-		case *corev1.Namespace:
-			_, err = c.CoreV1().Namespaces().Create(ctx, o, opts)
-		case *corev1.ServiceAccount:
-			_, err = c.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, opts)
-		case *rbacv1.ClusterRole:
-			_, err = c.RbacV1().ClusterRoles().Create(ctx, o, opts)
-		case *rbacv1.ClusterRoleBinding:
-			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
-		default:
-			t.Fatalf("%s: unexpected %T", path, obj)
-		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("%s: create %T: %v", path, obj, err)
-		}
 	}
 }
