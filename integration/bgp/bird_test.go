@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,8 +197,11 @@ func TestKill9WithBFD(t *testing.T) {
 	vip := pfx("192.0.2.40")
 	p := startSpeakerd(t, g, vip)
 	r.mustHave(vip, 10*time.Second)
-	if _, ok := testutil.Poll(10*time.Second, time.Millisecond, func() bool { return r.bfdUp() }); !ok {
-		t.Fatalf("BFD session never came up at BIRD\n%s", r.debug())
+	// Up is not enough: BFD starts at slow (1 s) timers and polls down to 300 ms x 3
+	// after it is Up (RFC 5880 6.8.3); a kill in between is detected at the slow timers
+	// (1.54 s once in CI, since kubal starts BFD ~1 s after BGP, bgp/bfd.go).
+	if _, ok := testutil.Poll(10*time.Second, time.Millisecond, func() bool { return r.bfdFast(900 * time.Millisecond) }); !ok {
+		t.Fatalf("BFD session never came up at BIRD with its 300 ms x 3 timers\n%s", r.debug())
 	}
 
 	d := p.vanish(t, r)
@@ -303,6 +307,25 @@ func TestBFDMetric(t *testing.T) {
 	waitMetrics(t, reg, []string{fmt.Sprintf(`kubal_bgp_bfd_up{peer="%s"} 1`, r.addr)}, "kubal_bgp_bfd_up")
 	r.stop()
 	waitMetrics(t, reg, []string{fmt.Sprintf(`kubal_bgp_bfd_up{peer="%s"} 0`, r.addr)}, "kubal_bgp_bfd_up")
+}
+
+// bfdFast reports whether BIRD's BFD session with the speaker is Up with a detection
+// timeout of at most max (`show bfd sessions`: address, interface, state, since,
+// interval, timeout in seconds).
+func (r *router) bfdFast(max time.Duration) bool {
+	lines, err := r.client().Cmd("show bfd sessions")
+	if err != nil {
+		return false
+	}
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 6 || f[0] != speakerAddr.String() || f[2] != "Up" {
+			continue
+		}
+		timeout, err := strconv.ParseFloat(f[5], 64)
+		return err == nil && timeout > 0 && time.Duration(timeout*float64(time.Second)) <= max
+	}
+	return false
 }
 
 func (r *router) bfdUp() bool {
