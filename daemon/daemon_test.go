@@ -324,8 +324,15 @@ func TestAdminDepoolPersistsAcrossRestart(t *testing.T) {
 	// Restart: the depool and the weight survive (state file).
 	stop()
 	d2, _ := startDaemon(t, r)
+	// The fake kernel kept its table across the restart: wait for the new daemon's pool
+	// itself, not only for the table (which is right from the start).
 	testutil.Eventually(t, 5*time.Second, "restarted daemon applied the state file", func() bool {
-		return equal(r.ipvsDests(), "127.0.0.21 w0", "127.0.0.22 w10", "127.0.0.24 w5")
+		snap, ok := d2.Snapshot("web_80")
+		if !ok {
+			return false
+		}
+		s, _ := snap.Server("127.0.0.23")
+		return !s.Enabled && equal(r.ipvsDests(), "127.0.0.21 w0", "127.0.0.22 w10", "127.0.0.24 w5")
 	})
 	if s := server(t, d2, "127.0.0.23"); s.Enabled || !strings.Contains(s.Why, "disk") {
 		t.Errorf("after restart %+v", s)
