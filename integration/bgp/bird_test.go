@@ -198,8 +198,7 @@ func TestKill9WithBFD(t *testing.T) {
 	p := startSpeakerd(t, g, vip)
 	r.mustHave(vip, 10*time.Second)
 	// Up is not enough: BFD starts at slow (1 s) timers and polls down to 300 ms x 3
-	// after it is Up (RFC 5880 6.8.3); a kill in between is detected at the slow timers
-	// (1.54 s once in CI, since kubal starts BFD ~1 s after BGP, bgp/bfd.go).
+	// after it is Up (RFC 5880 6.8.3); a kill in between is detected at the slow timers.
 	if _, ok := testutil.Poll(10*time.Second, time.Millisecond, func() bool { return r.bfdFast(900 * time.Millisecond) }); !ok {
 		t.Fatalf("BFD session never came up at BIRD with its 300 ms x 3 timers\n%s", r.debug())
 	}
