@@ -82,9 +82,23 @@ type ServicesOptions struct {
 	Identity string
 	// ReadOnly: write neither status nor Events (dry run).
 	ReadOnly bool
+	// FirstSliceWait bounds how long the node set of a new Local Service waits for
+	// its first EndpointSlice (default DefaultFirstSliceWait).
+	FirstSliceWait time.Duration
 
 	client kubernetes.Interface // tests: an existing client
 }
+
+// DefaultFirstSliceWait is how long a Local Service created while kubal runs waits
+// for its first EndpointSlice before its nodes are handed on without one. The
+// Service reaches kubal before the EndpointSlice controller has written its slice;
+// handed on at once, every node would read "no endpoint" and the depool threshold
+// would keep pooled nodes chosen without regard to where the pods are, until the
+// slice came. While the set is held the service's source has not synced, so kubal
+// programs no destination for it yet (and keeps any it had). The EndpointSlice
+// controller writes a slice, empty or not, for every Service with a selector,
+// usually within a second; a selectorless Service may have none, hence the bound.
+const DefaultFirstSliceWait = 5 * time.Second
 
 // Services is the controller of Kubernetes-declared services: one set of informers
 // (Services, EndpointSlices, the selected Nodes, critical Pods) for all of them.
@@ -236,6 +250,9 @@ type group struct {
 	policy  Policy
 	weights map[string]int
 	set     source.Set
+	// heldUntil: the set is not published before this time unless the Service's
+	// first EndpointSlice is seen (see DefaultFirstSliceWait); zero: not held.
+	heldUntil time.Time
 }
 
 // Run watches until ctx is done, calling out with the full Desired set after the
@@ -323,18 +340,24 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 		// settle: every informer answered again; recovery is declared when it fires.
 		settle   = time.NewTimer(time.Hour)
 		settling bool
+		// hold: the earliest release of a new Local service's held node set.
+		hold = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
 	settle.Stop()
+	hold.Stop()
 	defer timer.Stop()
 	defer settle.Stop()
+	defer hold.Stop()
 	s.m.connected.Set(0)
 	apply := func(full bool) {
 		defer func() { lastRun = time.Now() }()
 		svcs, sl, nodes, pods, since := d.take()
 		nodes = append(nodes, s.applyPods(st, full, pods)...)
 		t0 := time.Now()
-		s.apply(st, full, svcs, sl, nodes, out, rec)
+		if release := s.apply(st, full, svcs, sl, nodes, out, rec); !release.IsZero() {
+			hold.Reset(time.Until(release))
+		}
 		s.log.Debug("k8s-services pass", "full", full, "services", len(svcs), "slices", len(sl), "nodes", len(nodes), "took", time.Since(t0))
 		if !since.IsZero() {
 			s.m.delay.Observe(time.Since(since).Seconds())
@@ -372,6 +395,8 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 			apply(false)
 		case <-timer.C:
 			armed = false
+			apply(false)
+		case <-hold.C:
 			apply(false)
 		case <-s.health.notify:
 			err, answered := s.health.status(resources)
@@ -439,7 +464,9 @@ func (s *Services) setup(inf cache.SharedIndexInformer, res string, trim cache.T
 }
 
 // apply folds the changed objects into the state and publishes what changed.
-func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeKeys []string, out func(Desired), rec record.EventRecorder) {
+//
+// It returns when the earliest held node set must be released (zero: none held).
+func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeKeys []string, out func(Desired), rec record.EventRecorder) time.Time {
 	if full {
 		sliceKeys = append(st.slices.ListKeys(), slices.Collect(maps.Keys(st.contrib))...)
 	}
@@ -498,6 +525,7 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 		}
 		nodeKeys = slices.Collect(maps.Keys(all))
 	}
+	var next time.Time
 	for key, g := range st.groups {
 		owner, _, _ := strings.Cut(key, "|")
 		changed := false
@@ -507,10 +535,31 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 		for n := range touched[owner] {
 			changed = s.updateNode(st, g, owner, n) || changed
 		}
+		if !g.heldUntil.IsZero() {
+			_, sliceSeen := st.byService[owner]
+			if !sliceSeen && time.Now().Before(g.heldUntil) {
+				if next.IsZero() || g.heldUntil.Before(next) {
+					next = g.heldUntil
+				}
+				continue
+			}
+			if !sliceSeen {
+				s.log.Warn("new Local service has no EndpointSlice yet; handing on its nodes without one", "service", owner, "waited", s.firstSliceWait())
+			}
+			g.heldUntil, changed = time.Time{}, true
+		}
 		if changed || changedGroups[key] {
 			s.hub.publish(key, g.set.Clone())
 		}
 	}
+	return next
+}
+
+func (s *Services) firstSliceWait() time.Duration {
+	if s.opts.FirstSliceWait > 0 {
+		return s.opts.FirstSliceWait
+	}
+	return DefaultFirstSliceWait
 }
 
 // updateNode recomputes one node of one group; it reports a change.
@@ -731,6 +780,12 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		}
 		g.set = source.Set{}
 		owner, _, _ := strings.Cut(key, "|")
+		if old == nil && g.policy.Gated && st.delivered && st.byService[owner] == nil {
+			// A Local Service created while we run: wait for its EndpointSlice.
+			// (At start the slices were listed with the Services: no wait.)
+			g.heldUntil = time.Now().Add(s.firstSliceWait())
+			s.log.Debug("new Local service: its nodes wait for its first EndpointSlice", "service", owner, "for", s.firstSliceWait())
+		}
 		for _, n := range st.nodes.ListKeys() {
 			s.updateNode(st, g, owner, n)
 		}

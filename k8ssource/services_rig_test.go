@@ -93,10 +93,15 @@ func find(d Desired, name string) (Declared, bool) {
 // startServices runs a controller with the given kubeconfig (its token is who it acts as).
 func (f *fixture) startServices(t *config.K8sServices, kubeconfig, identity string, static []*config.Service) *desiredRecorder {
 	f.t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{f.t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", identity)
-	c, err := NewServices(config.Global{Kubeconfig: kubeconfig}, t, ServicesOptions{
-		Static: static, Checks: []func(*config.Service) config.Diagnostics{monitor.Validate}, Log: log, Identity: identity,
-	})
+	return f.startServicesOpts(t, kubeconfig, ServicesOptions{Identity: identity, Static: static})
+}
+
+// startServicesOpts is startServices with more options (Checks and Log are set here).
+func (f *fixture) startServicesOpts(t *config.K8sServices, kubeconfig string, opts ServicesOptions) *desiredRecorder {
+	f.t.Helper()
+	opts.Log = slog.New(slog.NewTextHandler(testWriter{f.t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("host", opts.Identity)
+	opts.Checks = []func(*config.Service) config.Diagnostics{monitor.Validate}
+	c, err := NewServices(config.Global{Kubeconfig: kubeconfig}, t, opts)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -652,4 +657,85 @@ func TestK8sServicesRecreatedGetsStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.waitIngress("web", []string{"192.0.2.5"})
+}
+
+// TestK8sServicesNewLocalWaitsForSlice: a Local Service created while kubal runs
+// reaches kubal before the EndpointSlice controller has written its slice. Its node
+// set is held until the slice is seen, so the first set handed on already says
+// where the pods are. (Before, every node first read "no endpoint" and the depool
+// threshold kept an arbitrary half of them pooled, pods or not, until the slice
+// came.) A Local Service that gets no slice at all is handed on after
+// FirstSliceWait; one already there at start is not held.
+func TestK8sServicesNewLocalWaitsForSlice(t *testing.T) {
+	f := newFixture(t)
+	ctx := f.ctx()
+	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	a, b, c := f.prefix+"a", f.prefix+"b", f.prefix+"c"
+	for i, n := range []string{"a", "b", "c"} {
+		f.createNode(f.readyNode(n, fmt.Sprintf("10.9.0.%d", i+1)))
+	}
+	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
+		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs := f.c.CoreV1().Services(f.ns)
+	local := func(name string) *corev1.Service {
+		return f.lbService(name, corev1.ServiceExternalTrafficPolicyLocal, class, nil, corev1.ServicePort{Port: 80, Protocol: corev1.ProtocolTCP})
+	}
+	// Already there at start, without a slice: handed on at once.
+	if _, err := svcs.Create(ctx, local("old"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const wait = 3 * time.Second
+	rec := f.startServicesOpts(cfg.K8sServices, f.rig.Kubeconfig, ServicesOptions{Identity: "lvs1001", FirstSliceWait: wait})
+	declared := func(name string) Declared {
+		d := rec.wait(t, settle, name+" declared", func(d Desired) bool { _, ok := find(d, f.ns+"."+name+":80"); return ok })
+		w, _ := find(d, f.ns+"."+name+":80")
+		return w
+	}
+	t0 := time.Now()
+	old := runSource(t, declared("old").Source)
+	old.waitSet(t, wait/2, "old's nodes (no slice, there at start)", func(s source.Set) bool { return len(s) == 3 })
+	if d := time.Since(t0); d >= wait {
+		t.Errorf("a Service already there at start was held %s", d)
+	}
+
+	// Created while running: held until its slice is seen.
+	if _, err := svcs.Create(ctx, local("web"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	web := runSource(t, declared("web").Source)
+	time.Sleep(wait / 3)
+	if last, n, _ := web.snapshot(); n != 0 {
+		t.Fatalf("web's nodes handed on before its EndpointSlice:\n%s", dump(last))
+	}
+	if _, err := f.c.DiscoveryV1().EndpointSlices(f.ns).Create(ctx, epSlice("web-1", f.ns, "web",
+		endpoint("10.244.0.1", a, epReady)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	web.waitSet(t, settle, "web's nodes", func(s source.Set) bool { return len(s) > 0 })
+	web.mu.Lock()
+	first := web.updates[0]
+	web.mu.Unlock()
+	if len(first) != 3 || !hasServer(first, a, true, "") || !hasServer(first, b, false, "no "+f.ns+"/web endpoint") ||
+		!hasServer(first, c, false, "no "+f.ns+"/web endpoint") {
+		t.Errorf("web's first node set does not follow its slice (a only):\n%s", dump(first))
+	}
+
+	// Created while running and never given a slice: handed on after the wait.
+	if _, err := svcs.Create(ctx, local("lonely"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lonelyDecl := declared("lonely")
+	t1 := time.Now()
+	lonely := runSource(t, lonelyDecl.Source)
+	lonely.waitSet(t, wait+settle, "lonely's nodes after the wait", func(s source.Set) bool { return len(s) == 3 })
+	if d := time.Since(t1); d < wait/2 {
+		t.Errorf("lonely (no slice) handed on after %s, before the wait (%s)", d, wait)
+	}
 }
