@@ -19,7 +19,7 @@ var globalKeys = map[string]bool{
 	"admin-client-ca": true, "state-file": true, "bgp-hold-time": true,
 	"bgp-communities": true, "bgp-bfd": true, "bgp-bfd-min-rx": true, "bgp-bfd-min-tx": true,
 	"bgp-bfd-multiplier": true, "bgp-graceful-restart": true, "vip-addresses": true,
-	"active-active": true,
+	"active-active": true, "ipvs-expire-nodest-conn": true,
 }
 
 // serviceKeys are the per-service keys (SPEC §1.3, §12, DESIGN.md); `<monitor>.<option>`

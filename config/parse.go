@@ -133,7 +133,9 @@ func defaultGlobal() Global {
 		BGPBFDMinRx:         300 * time.Millisecond,
 		BGPBFDMinTx:         300 * time.Millisecond,
 		BGPBFDMultiplier:    3,
-		Options:             Options{},
+		// kubal's (plan.Sysctls), also without a [global] section.
+		IPVSExpireNodestConn: true,
+		Options:              Options{},
 	}
 }
 
@@ -451,6 +453,7 @@ func (p *parser) global(g *Global, s *iniSection, o Options, inherited map[strin
 	g.VIPAddresses = p.bool(o, "vip-addresses", false)
 	g.ActiveActive = p.bool(o, "active-active", false)
 	p.activeActive = g.ActiveActive
+	g.IPVSExpireNodestConn = p.bool(o, "ipvs-expire-nodest-conn", g.IPVSExpireNodestConn)
 }
 
 func (p *parser) nextHop(o Options, key string, v6 bool) netip.Addr {

@@ -209,8 +209,22 @@ func (p *Planner) Desired() Desired {
 }
 
 // Sysctls are the kernel settings the config's services need in kubal's network
-// namespace. Active-active directors (docs/active-active.md): the router may move a
-// flow to a director that never saw it start, so
+// namespace.
+//
+// expire_nodest_conn ([global] ipvs-expire-nodest-conn, on by default): IPVS keeps
+// a connection entry per client address and port, and a SYN that matches one goes
+// where the entry points, scheduler or not. An entry for a SYN a server never
+// answered lives 60 s and every retransmission renews it, so without this setting
+// a client that reuses that port (or simply keeps retrying) is sent to the server
+// after it was depooled: to a removed server its packets are dropped, to a
+// draining one (weight 0) they still go. With it, such a SYN is scheduled afresh
+// (weight 0) or its entry expires at once (removed; the client's next SYN is
+// scheduled). The cost: an established connection to a server removed and added
+// back before its next packet no longer resumes. The k8s-services rig found this:
+// clients of a node depooled a few seconds before kept timing out.
+//
+// Active-active directors (docs/active-active.md): the router may move a flow to a
+// director that never saw it start, so
 //   - sloppy_tcp lets IPVS schedule a TCP flow from any packet, not only a SYN (else
 //     the moved flow's packets are passed to the director's own stack and reset);
 //   - schedule_icmp schedules ICMP errors of such flows (e.g. "fragmentation needed",
@@ -218,15 +232,19 @@ func (p *Planner) Desired() Desired {
 //
 // With mh every director then picks the same real server, so the flow survives.
 func Sysctls(cfg *config.Config) []ipvs.Sysctl {
+	var want []ipvs.Sysctl
+	if cfg.Global.IPVSExpireNodestConn {
+		want = append(want, ipvs.Sysctl{Name: "net.ipv4.vs.expire_nodest_conn", Value: "1",
+			Why: "new connections of clients sent to a depooled server are scheduled afresh; ipvs-expire-nodest-conn = no to leave it"})
+	}
 	for _, svc := range cfg.Services {
 		if svc.ActiveActive {
-			return []ipvs.Sysctl{
-				{Name: "net.ipv4.vs.sloppy_tcp", Value: "1", Why: "active-active: schedule flows another director started"},
-				{Name: "net.ipv4.vs.schedule_icmp", Value: "1", Why: "active-active: ICMP errors of flows another director started"},
-			}
+			return append(want,
+				ipvs.Sysctl{Name: "net.ipv4.vs.sloppy_tcp", Value: "1", Why: "active-active: schedule flows another director started"},
+				ipvs.Sysctl{Name: "net.ipv4.vs.schedule_icmp", Value: "1", Why: "active-active: ICMP errors of flows another director started"})
 		}
 	}
-	return nil
+	return want
 }
 
 // Leftover matches the IPVS services only kubal makes, whether or not cfg still wants

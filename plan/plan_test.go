@@ -167,3 +167,38 @@ func TestLeftover(t *testing.T) {
 		t.Error("without [k8s-services], a VIP is no leftover")
 	}
 }
+
+// TestSysctls: the kernel settings follow pybal.conf, parsed as kubal parses it (so
+// the defaults are the real ones).
+func TestSysctls(t *testing.T) {
+	const svc = "[web]\nprotocol = tcp\nip = 192.0.2.10\nport = 80\nscheduler = mh\nconfig = file:///etc/pybal/pools/web\n"
+	for _, tc := range []struct {
+		name, conf string
+		want       []string
+	}{
+		{"default", "[global]\n" + svc, []string{"net.ipv4.vs.expire_nodest_conn=1"}},
+		{"no [global] section", svc, []string{"net.ipv4.vs.expire_nodest_conn=1"}},
+		{"expire-nodest-conn off", "[global]\nipvs-expire-nodest-conn = no\n" + svc, nil},
+		{"active-active", "[global]\nactive-active = yes\n" + svc,
+			[]string{"net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.sloppy_tcp=1", "net.ipv4.vs.schedule_icmp=1"}},
+		{"active-active, expire off", "[global]\nactive-active = yes\nipvs-expire-nodest-conn = no\n" + svc,
+			[]string{"net.ipv4.vs.sloppy_tcp=1", "net.ipv4.vs.schedule_icmp=1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Parse("pybal.conf", []byte(tc.conf))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range Sysctls(cfg) {
+				if s.Why == "" {
+					t.Errorf("%s has no reason (shown in /alerts when it cannot be set)", s.Name)
+				}
+				got = append(got, s.Name+"="+s.Value)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Sysctls = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
