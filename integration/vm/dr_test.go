@@ -2,7 +2,11 @@ package vm
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,7 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kubal/kubal/config"
 	"github.com/kubal/kubal/ipvs"
+	"github.com/kubal/kubal/plan"
 
 	"github.com/kubal/kubal/internal/testutil"
 )
@@ -173,6 +179,8 @@ func TestDR(t *testing.T) {
 		testutil.Eventually(t, 15*time.Second, first+" removed once idle", func() bool { _, ok := dests(t)[addr]; return !ok })
 	})
 
+	t.Run("clients sent to a server before its depool are scheduled afresh", func(t *testing.T) { reusedPorts(t, k) })
+
 	t.Run("drift repair after ipvsadm -d", func(t *testing.T) {
 		k.r.Set(webPool(map[string]int{"rs1": 1, "rs2": 1}, nil))
 		testutil.Eventually(t, 15*time.Second, "rs1 and rs2", func() bool { return len(dests(t)) == 2 })
@@ -237,4 +245,137 @@ func TestDR(t *testing.T) {
 		}
 		t.Logf("client loop across the restart: %d requests, %d failed", ok.Load(), failed.Load())
 	})
+}
+
+// reusedPorts: IPVS keeps a connection entry per client address and port; a SYN the
+// server never answered leaves one for 60 s, renewed by every retransmission, and a
+// new SYN that matches it goes where it points, depooled or not. kubal keeps
+// net.ipv4.vs.expire_nodest_conn = 1 by default (plan.Sysctls), so such a SYN is
+// scheduled afresh: at once when the server is at weight 0 (drain), at the client's
+// next retransmission when it was removed. With the kernel's default 0 the client
+// keeps timing out: that is asserted too, or the test would prove nothing.
+func reusedPorts(t *testing.T, k *kubalInstance) {
+	const dead = "10.0.0.99" // no host: SYNs sent there are never answered
+	cfg, err := config.Parse("pybal.conf", []byte("[web]\nprotocol = tcp\nip = "+vip+"\nport = 80\nscheduler = wrr\nconfig = file:///dev/null\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := func(drain bool, ws map[string]int) []ipvs.Pool {
+		p := ipvs.Pool{Service: ipvs.Service{ServiceKey: webKey, Scheduler: "wrr"}, Drain: drain, DrainTimeout: time.Minute}
+		for _, a := range []string{"10.0.0.3", dead} {
+			if w, ok := ws[a]; ok {
+				p.Destinations = append(p.Destinations, ipvs.Destination{Addr: netip.MustParseAddr(a), Weight: w})
+			}
+		}
+		return []ipvs.Pool{p}
+	}
+	sysctl := func() string {
+		return strings.TrimSpace(run(t, "ip", "netns", "exec", director.name, "sysctl", "-n", "net.ipv4.vs.expire_nodest_conn"))
+	}
+	for i, tc := range []struct {
+		name   string
+		kubal  bool // kubal's default settings (else the kernel's: 0)
+		drain  bool // depooled to weight 0 (else removed)
+		wantOK bool
+	}{
+		{"removed, kernel default", false, false, false},
+		{"removed, kubal", true, false, true},
+		{"weight 0, kernel default", false, true, false},
+		{"weight 0, kubal", true, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The Reconciler here drives the director's IPVS from outside its netns, where
+			// it cannot reach the sysctls (it says so in its alerts); kubal itself runs in
+			// the netns of its IPVS table and sets them (the systemd and ECMP rigs check
+			// that). Here the test applies what kubal's plan wants.
+			want := "0"
+			if tc.kubal {
+				want = "1"
+			}
+			setSysctls(t, kubalSysctls(cfg, tc.kubal))
+			if got := sysctl(); got != want {
+				t.Fatalf("expire_nodest_conn = %s, want %s", got, want)
+			}
+			port := 40001 + i
+			k.r.Set(pool(false, map[string]int{dead: 1}))
+			testutil.Eventually(t, 15*time.Second, "only the dead server", func() bool { d := dests(t); return len(d) == 1 && d[dead+":80"] == "1" })
+			if name, err := getFrom(port, time.Second); err == nil {
+				t.Fatalf("a connection through a server that does not exist was answered by %q", name)
+			}
+			entry := client.addr + ":" + strconv.Itoa(port)
+			if out := run(t, "ip", "netns", "exec", director.name, "ipvsadm", "-Lnc"); !strings.Contains(out, entry) {
+				t.Fatalf("no IPVS connection entry for %s after its SYN:\n%s", entry, out)
+			}
+			if tc.drain {
+				k.r.Set(pool(true, map[string]int{"10.0.0.3": 1, dead: 0}))
+				testutil.Eventually(t, 15*time.Second, "dead at weight 0", func() bool { return dests(t)[dead+":80"] == "0" })
+			} else {
+				k.r.Set(pool(false, map[string]int{"10.0.0.3": 1}))
+				testutil.Eventually(t, 15*time.Second, "dead removed", func() bool { _, ok := dests(t)[dead+":80"]; return !ok })
+			}
+			// The same client port again, as a retrying or port-reusing client.
+			t0 := time.Now()
+			name, err := getFrom(port, 4*time.Second)
+			switch {
+			case tc.wantOK && (err != nil || name != "rs1"):
+				t.Errorf("a new connection from %s after the depool: %q, %v; want rs1", entry, name, err)
+			case !tc.wantOK && err == nil:
+				t.Errorf("a new connection from %s after the depool was answered by %q: the kernel default should still send it to the dead server (is the test still testing?)", entry, name)
+			}
+			t.Logf("%s: new connection from the same port after the depool: %q, %v, after %s", tc.name, name, err, time.Since(t0).Round(time.Millisecond))
+		})
+	}
+	// Leave expire_nodest_conn as kubal keeps it for the other subtests.
+	setSysctls(t, kubalSysctls(cfg, true))
+	k.r.Set(webPool(map[string]int{"rs1": 1, "rs2": 1}, nil))
+}
+
+// kubalSysctls is what kubal's plan sets for cfg, or (kubal false) those settings at
+// the kernel's default 0.
+func kubalSysctls(cfg *config.Config, kubal bool) []ipvs.Sysctl {
+	want := plan.Sysctls(cfg)
+	for i := range want {
+		if !kubal {
+			want[i].Value = "0"
+		}
+	}
+	return want
+}
+
+func setSysctls(t *testing.T, want []ipvs.Sysctl) {
+	t.Helper()
+	if len(want) == 0 {
+		t.Fatal("kubal's plan sets no sysctl for a default config")
+	}
+	for _, s := range want {
+		run(t, "ip", "netns", "exec", director.name, "sysctl", "-q", "-w", s.Name+"="+s.Value)
+	}
+}
+
+// getFrom fetches http://VIP/ over a new connection from the client's given port.
+func getFrom(port int, timeout time.Duration) (string, error) {
+	var c net.Conn
+	err := inNS(client.name, func() (err error) {
+		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(client.addr), Port: port}}
+		c, err = d.Dial("tcp4", vip+":80")
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	// HTTP/1.0: the server closes first, so the client port is not left in TIME_WAIT.
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: "+vip+"\r\n\r\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	_, body, ok := strings.Cut(string(b), "\r\n\r\n")
+	if !ok {
+		return "", fmt.Errorf("no HTTP answer: %q", b)
+	}
+	return body, nil
 }
