@@ -696,22 +696,38 @@ func (s *scenario) step7() {
 	before := s.ipvsRaw()
 	t0 := time.Now()
 	s.control("stop")
+	dStop := time.Since(t0)
 	changed := ""
+	var trace connTrace
 	for time.Since(t0) < 20*time.Second {
 		if now := s.ipvsRaw(); now != before && changed == "" {
 			changed = now
 		}
+		trace.sample(t0)
 		time.Sleep(250 * time.Millisecond)
 	}
 	alerts := httpGet(primaryAPI + "/alerts")
 	t1 := time.Now()
 	s.control("start")
 	dUp := time.Since(t1)
-	time.Sleep(2 * time.Second)
+	for t2 := time.Now(); time.Since(t2) < 2*time.Second; time.Sleep(250 * time.Millisecond) {
+		trace.sample(t0)
+	}
 	if now := s.ipvsRaw(); now != before && changed == "" {
 		changed = now
 	}
 	failed := s.loop.failedSince(t0)
+	if failed != 0 {
+		// What the director saw of the failed connections: which node each SYN went to
+		// and for how long it stayed unanswered; with the stop/start times and each
+		// node's kube-proxy log, this says where the packets were lost.
+		fmt.Printf("---- step 7b: API server stopped at +%s, start asked at +%s (took %s); failed requests: %v\n", ms(dStop), ms(t1.Sub(t0)), ms(dUp), s.loop.failLinesSince(t0))
+		fmt.Print(trace.String())
+		for _, n := range nodes {
+			s.dumpLog("kube-proxy-"+n.name, 6000)
+		}
+		s.dumpLog("kubal", 6000)
+	}
 	s.result("7b", "API server down 20 s -> IPVS identical (active destinations): %v; /alerts %q; back in %s; failed requests: %d", changed == "", alerts, ms(dUp), failed)
 	if changed != "" {
 		t.Errorf("step 7b: IPVS changed while the API server was down:\nbefore %s\nafter  %s", before, changed)
@@ -723,6 +739,49 @@ func (s *scenario) step7() {
 }
 
 // ---- helpers ----
+
+// connTrace records the director's connections that wait for a SYN-ACK (IPVS state
+// SYN_RECV): client port -> real server, first and last seen, sampled from
+// `ipvsadm -Lnc`. A connection seen there for a second or more is one the node it
+// went to did not answer.
+type connTrace struct {
+	seen  map[string]*traced
+	order []string
+}
+
+type traced struct{ dest, first, last string }
+
+func (c *connTrace) sample(t0 time.Time) {
+	out, _ := exec.Command("/sbin/ipvsadm", "-Lnc").CombinedOutput()
+	at := ms(time.Since(t0))
+	if c.seen == nil {
+		c.seen = map[string]*traced{}
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		// pro expire state source virtual destination
+		f := strings.Fields(l)
+		if len(f) < 6 || f[2] != "SYN_RECV" {
+			continue
+		}
+		e, ok := c.seen[f[3]]
+		if !ok {
+			e = &traced{dest: f[5], first: at}
+			c.seen[f[3]] = e
+			c.order = append(c.order, f[3])
+		}
+		e.last = at
+	}
+}
+
+func (c *connTrace) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "---- connections in SYN_RECV at the director (%d):\n", len(c.order))
+	for _, k := range c.order {
+		e := c.seen[k]
+		fmt.Fprintf(&b, "  %s -> %s: +%s .. +%s\n", k, e.dest, e.first, e.last)
+	}
+	return b.String()
+}
 
 func inRange(ip string) bool {
 	_, n, _ := net.ParseCIDR(vipRange)
