@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -154,6 +155,61 @@ func TestKubernetesDeclaredDualStackService(t *testing.T) {
 		got := []string{s.Status.LoadBalancer.Ingress[0].IP, s.Status.LoadBalancer.Ingress[1].IP}
 		return slices.Contains(got, vips[false].String()) && slices.Contains(got, vips[true].String())
 	})
+}
+
+// An externalTrafficPolicy: Local Service (issue 14) through the daemon: its real
+// servers are the nodes that run its pods. kube-proxy drops its traffic on every
+// other node, so the depool threshold must not keep those pooled: here .9 of the two
+// selected nodes, with the pod on node-a only, IPVS holds node-a alone. (Counted as
+// down members, node-b was forced in.)
+func TestKubernetesDeclaredLocalServicePoolsOnlyItsNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, conf := declaredRig(t, ctx, nil, func(i int) []string { return []string{fmt.Sprintf("10.7.0.%d", i+1)} },
+		"vip-ranges = 192.0.2.0/28\ndepool-threshold = .9\n")
+	fake := ipvs.NewFake()
+	d, _ := startDaemonWith(t, conf, fake)
+	class := "kubal.io/lvs"
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: "default"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, Selector: map[string]string{"app": "local"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}
+	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready, node := true, "node-a"
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "local-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "local"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.5"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+	}
+	if _, err := c.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var dests []string
+	testutil.Eventually(t, 20*time.Second, "default.local:80 in IPVS with node-a", func() bool {
+		if !slices.Contains(d.Pools(), "default.local:80") {
+			return false
+		}
+		for k, p := range fake.Table() {
+			if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) {
+				dests = dests[:0]
+				for _, dst := range p.Destinations {
+					dests = append(dests, dst.Addr.String())
+				}
+				return slices.Contains(dests, "10.7.0.1")
+			}
+		}
+		return false
+	})
+	time.Sleep(500 * time.Millisecond) // a forced pooling would come with the same pass
+	for k, p := range fake.Table() {
+		if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) && len(p.Destinations) != 1 {
+			t.Errorf("IPVS %s: %+v; want node-a (10.7.0.1) alone: node-b runs no pod of the Local Service", k, p.Destinations)
+		}
+	}
 }
 
 // declaredRig starts a kube-apiserver with two Ready nodes (node-a, node-b: labels,

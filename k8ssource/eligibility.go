@@ -36,6 +36,11 @@ type Policy struct {
 	Taints      []string // taint keys that make a node ineligible (k8s-taints)
 	Gated       bool     // endpoints= given: a node needs a usable endpoint
 	ServiceName string   // namespace/service, for reasons
+	// Members (a declared externalTrafficPolicy: Local Service): only the nodes that
+	// run an endpoint of ServiceName, in any condition, are real servers; the others
+	// are left out of the set (see Services.updateNode). Gated still makes an
+	// endpoint that is not usable a health signal among them.
+	Members bool
 }
 
 // Endpoints summarises one Node's endpoints of the gating Service, over all its

@@ -152,14 +152,11 @@ const (
 func TestAPIServerOutageCatchUp(t *testing.T) {
 	f := newFixture(t)
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.namespace()
 	f.createNode(f.readyNode("a", "10.11.0.1"))
 	f.createNode(f.readyNode("b", "10.11.0.2"))
 	a, b := f.prefix+"a", f.prefix+"b"
-	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	class := f.class()
 	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
 		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
 	if err != nil {

@@ -270,6 +270,28 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // readyNode is a Node as a kubelet would register it.
+// namespace creates the test's namespace, deleted at the end.
+func (f *fixture) namespace() {
+	f.t.Helper()
+	if _, err := f.c.CoreV1().Namespaces().Create(f.ctx(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+}
+
+// class is a loadBalancerClass of this test's own, so that controllers of tests that
+// share the API server own none of its Services.
+func (f *fixture) class() string { return "kubal.io/" + f.ns[max(0, len(f.ns)-40):] }
+
+// threeNodes creates the ready nodes a, b and c at <net>.1-3 and returns their names.
+func (f *fixture) threeNodes(net string) (a, b, c string) {
+	f.t.Helper()
+	for i, n := range []string{"a", "b", "c"} {
+		f.createNode(f.readyNode(n, fmt.Sprintf("%s.%d", net, i+1)))
+	}
+	return f.prefix + "a", f.prefix + "b", f.prefix + "c"
+}
+
 func (f *fixture) readyNode(name, ipv4 string) *corev1.Node {
 	return &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: f.prefix + name, Labels: map[string]string{"kubal-test": f.label}},
@@ -486,14 +508,8 @@ func endpoint(ip, node string, c discoveryv1.EndpointConditions) discoveryv1.End
 func TestEndpointGating(t *testing.T) {
 	f := newFixture(t)
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
-	a, b, c := f.prefix+"a", f.prefix+"b", f.prefix+"c"
-	for i, n := range []string{"a", "b", "c"} {
-		f.createNode(f.readyNode(n, fmt.Sprintf("10.4.0.%d", i+1)))
-	}
+	f.namespace()
+	a, b, c := f.threeNodes("10.4.0")
 	slicesAPI := f.c.DiscoveryV1().EndpointSlices(f.ns)
 	// The gateway's pods, split over two slices as the EndpointSlice controller may do.
 	gw1 := epSlice("gw-1", f.ns, "gw", endpoint("10.244.0.1", a, epReady), endpoint("10.244.1.1", b, epReady))
@@ -627,10 +643,7 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	f := newFixture(t)
 	applyManifest(t, f.c, filepath.Join("..", "configs", "k8s", "rbac.yaml"))
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.namespace()
 	f.createNode(f.readyNode("a", "10.6.0.1"))
 	if _, err := f.c.DiscoveryV1().EndpointSlices(f.ns).Create(ctx,
 		epSlice("gw-1", f.ns, "gw", endpoint("10.244.0.1", f.prefix+"a", epReady)), metav1.CreateOptions{}); err != nil {

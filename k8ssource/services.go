@@ -90,14 +90,14 @@ type ServicesOptions struct {
 }
 
 // DefaultFirstSliceWait is how long a Local Service created while kubal runs waits
-// for its first EndpointSlice before its nodes are handed on without one. The
+// for its first EndpointSlice before its (then empty) node set is handed on. The
 // Service reaches kubal before the EndpointSlice controller has written its slice;
-// handed on at once, every node would read "no endpoint" and the depool threshold
-// would keep pooled nodes chosen without regard to where the pods are, until the
-// slice came. While the set is held the service's source has not synced, so kubal
-// programs no destination for it yet (and keeps any it had). The EndpointSlice
-// controller writes a slice, empty or not, for every Service with a selector,
-// usually within a second; a selectorless Service may have none, hence the bound.
+// handed on at once, the set would be empty and the service would count as synced
+// with no real server, then change a moment later. While the set is held the
+// service's source has not synced, so kubal programs no destination for it yet (and
+// keeps any it had). The EndpointSlice controller writes a slice, empty or not, for
+// every Service with a selector, usually within a second; a selectorless Service may
+// have none, hence the bound.
 const DefaultFirstSliceWait = 5 * time.Second
 
 // Services is the controller of Kubernetes-declared services: one set of informers
@@ -563,10 +563,21 @@ func (s *Services) firstSliceWait() time.Duration {
 }
 
 // updateNode recomputes one node of one group; it reports a change.
+//
+// Under externalTrafficPolicy: Local (Policy.Members) the real servers are the nodes
+// that run an endpoint of the Service, ready or not: kube-proxy drops the Service's
+// traffic on every other node, so they are no real servers at all. Were they in the
+// set as down, the depool threshold, counted over every selected node, would keep
+// half of them pooled: with pods on 3 of 100 nodes, 47 nodes that drop every
+// connection. Among the members, an endpoint that is not ready or terminating is a
+// health signal held to the threshold, like a failing monitor.
 func (s *Services) updateNode(st *servicesState, g *group, owner, name string) bool {
 	old, had := g.set[name]
 	obj, ok, _ := st.nodes.GetByKey(name)
 	n, isNode := obj.(*corev1.Node)
+	if g.policy.Members && st.byService[owner][name] == (Endpoints{}) {
+		ok = false // no endpoint here: not a member
+	}
 	if !ok || !isNode {
 		if had {
 			delete(g.set, name)
@@ -711,7 +722,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 				continue
 			}
 			pol := Policy{IPv6: strings.HasSuffix(p.group, "|IPv6"), Taints: p.cfg.K8sTaints,
-				KeepCordon: p.cfg.K8sCordoned == CordonKeep, Gated: local, ServiceName: key}
+				KeepCordon: p.cfg.K8sCordoned == CordonKeep, Gated: local, Members: local, ServiceName: key}
 			if len(errs) > 0 && st.groups[p.group] != nil {
 				// Last good settings: the group keeps its policy and weights too.
 				pol, weights = st.groups[p.group].policy, st.groups[p.group].weights
@@ -829,7 +840,7 @@ func (st *servicesState) inputSig(svc *corev1.Service) string {
 type cachedSig struct{ rv, sig string }
 
 func samePolicy(a, b Policy) bool {
-	return a.IPv6 == b.IPv6 && a.KeepCordon == b.KeepCordon && a.Gated == b.Gated &&
+	return a.IPv6 == b.IPv6 && a.KeepCordon == b.KeepCordon && a.Gated == b.Gated && a.Members == b.Members &&
 		a.ServiceName == b.ServiceName && slices.Equal(a.Taints, b.Taints)
 }
 

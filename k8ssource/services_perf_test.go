@@ -27,8 +27,11 @@ import (
 // EndpointSlice), perfSvcNodes Nodes, one EndpointSlice per Service with endpoints on
 // three nodes. API objects only: no kube-proxy, no IPVS.
 const (
-	perfSvcs      = 1000
-	perfSvcNodes  = 100
+	perfSvcs     = 1000
+	perfSvcNodes = 100
+	// perfSvcPods: each Service's endpoints are on this many nodes, its real servers
+	// (Local: the other nodes are no members of its set).
+	perfSvcPods   = 3
 	perfSvcNS     = "kubal-perf-svc"
 	perfSvcClass  = "kubal.io/perf"
 	perfSvcLabel  = "kubal-perf-svc"
@@ -72,7 +75,7 @@ func populateServices(b *testing.B, c kubernetes.Interface) {
 				return err
 			}
 			var eps []discoveryv1.Endpoint
-			for j := range 3 {
+			for j := range perfSvcPods {
 				eps = append(eps, endpoint(fmt.Sprintf("10.250.%d.%d", i/250, i%250), perfSvcNode((i+j)%perfSvcNodes), epReady))
 			}
 			_, err := c.DiscoveryV1().EndpointSlices(perfSvcNS).Create(ctx, epSlice(name+"-1", perfSvcNS, name, eps...), metav1.CreateOptions{})
@@ -186,7 +189,7 @@ func BenchmarkK8sServices(b *testing.B) {
 		}
 		for _, w := range watches {
 			for {
-				if set, _ := w.get(); len(set) == perfSvcNodes {
+				if set, _ := w.get(); len(set) == perfSvcPods {
 					break
 				}
 				<-w.poke

@@ -203,15 +203,9 @@ func TestK8sServices(t *testing.T) {
 	f := newFixture(t)
 	applyServicesRBAC(t, f.c)
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
-	a, b, c := f.prefix+"a", f.prefix+"b", f.prefix+"c"
-	for i, n := range []string{"a", "b", "c"} {
-		f.createNode(f.readyNode(n, fmt.Sprintf("10.7.0.%d", i+1)))
-	}
-	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	f.namespace()
+	a, b, c := f.threeNodes("10.7.0")
+	class := f.class()
 	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
 		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
 	if err != nil {
@@ -266,9 +260,9 @@ func TestK8sServices(t *testing.T) {
 	d := primary.wait(t, settle, "web", func(d Desired) bool { _, ok := find(d, webName); return ok })
 	w, _ := find(d, webName)
 	nodes := runSource(t, w.Source)
-	nodes.waitSet(t, settle, "a and b eligible, c without a web endpoint", func(s source.Set) bool {
-		return len(s) == 3 && hasServer(s, a, true, "") && hasServer(s, b, true, "") &&
-			hasServer(s, c, false, "no "+f.ns+"/web endpoint on node") && s[a].Addr.String() == "10.7.0.1"
+	nodes.waitSet(t, settle, "a and b, not c (no web endpoint: Local)", func(s source.Set) bool {
+		_, hasC := s[c]
+		return len(s) == 2 && hasServer(s, a, true, "") && hasServer(s, b, true, "") && !hasC && s[a].Addr.String() == "10.7.0.1"
 	})
 
 	// Status: the VIP, written once although two hosts run.
@@ -288,8 +282,9 @@ func TestK8sServices(t *testing.T) {
 	if _, err := f.c.DiscoveryV1().EndpointSlices(f.ns).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	nodes.waitSet(t, settle, "c eligible, b not", func(s source.Set) bool {
-		return hasServer(s, c, true, "") && hasServer(s, b, false, "no "+f.ns+"/web endpoint on node")
+	nodes.waitSet(t, settle, "c in, b out", func(s source.Set) bool {
+		_, hasB := s[b]
+		return hasServer(s, c, true, "") && !hasB
 	})
 
 	// A new Service with a bad annotation: an Event naming it, not created.
@@ -408,10 +403,7 @@ func TestK8sServicesRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.namespace()
 	if _, err := f.c.CoreV1().Services(f.ns).Create(ctx, f.lbService("x", corev1.ServiceExternalTrafficPolicyCluster, "kubal.io/x", nil,
 		corev1.ServicePort{Port: 80}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -474,14 +466,11 @@ func TestK8sServicesRBAC(t *testing.T) {
 func TestK8sServicesAPIServerDown(t *testing.T) {
 	f := newFixture(t)
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.namespace()
 	a := f.prefix + "a"
 	f.createNode(f.readyNode("a", "10.8.0.1"))
 	f.createNode(f.readyNode("b", "10.8.0.2"))
-	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	class := f.class()
 	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
 		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
 	if err != nil {
@@ -535,10 +524,7 @@ func TestK8sServicesCriticalPods(t *testing.T) {
 		_ = f.c.RbacV1().ClusterRoleBindings().Delete(context.Background(), "kubal-critical-pods", metav1.DeleteOptions{})
 	})
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.namespace()
 	a, b := f.prefix+"a", f.prefix+"b"
 	f.createNode(f.readyNode("a", "10.9.0.1"))
 	f.createNode(f.readyNode("b", "10.9.0.2"))
@@ -566,7 +552,7 @@ func TestK8sServicesCriticalPods(t *testing.T) {
 	mkPod("calico-a", a, corev1.ConditionTrue)
 	mkPod("calico-b", b, corev1.ConditionFalse)
 
-	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	class := f.class()
 	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
 		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\ncritical-pods = "+f.ns+"/k8s-app=calico-node\n"))
 	if err != nil {
@@ -618,12 +604,9 @@ func TestK8sServicesCriticalPods(t *testing.T) {
 func TestK8sServicesRecreatedGetsStatus(t *testing.T) {
 	f := newFixture(t)
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
+	f.namespace()
 	f.createNode(f.readyNode("a", "10.8.0.1"))
-	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	class := f.class()
 	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
 		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
 	if err != nil {
@@ -659,25 +642,21 @@ func TestK8sServicesRecreatedGetsStatus(t *testing.T) {
 	f.waitIngress("web", []string{"192.0.2.5"})
 }
 
-// TestK8sServicesNewLocalWaitsForSlice: a Local Service created while kubal runs
-// reaches kubal before the EndpointSlice controller has written its slice. Its node
-// set is held until the slice is seen, so the first set handed on already says
-// where the pods are. (Before, every node first read "no endpoint" and the depool
-// threshold kept an arbitrary half of them pooled, pods or not, until the slice
-// came.) A Local Service that gets no slice at all is handed on after
-// FirstSliceWait; one already there at start is not held.
-func TestK8sServicesNewLocalWaitsForSlice(t *testing.T) {
+// TestK8sServicesLocalMembers: the real servers of an externalTrafficPolicy: Local
+// Service are the nodes that run one of its endpoints. A node with none is not in the
+// set at all: kube-proxy drops the Service's traffic there, and as a down member the
+// depool threshold (counted over every selected node) would keep half the nodes
+// pooled however few run a pod. A node whose endpoint is not ready is a member that
+// is down. A Local Service created while kubal runs reaches kubal before the
+// EndpointSlice controller has written its slice: its set is held until the slice is
+// seen (so the service does not first sync empty), at most FirstSliceWait; one
+// already there at start is not held.
+func TestK8sServicesLocalMembers(t *testing.T) {
 	f := newFixture(t)
 	ctx := f.ctx()
-	if _, err := f.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: f.ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.c.CoreV1().Namespaces().Delete(context.Background(), f.ns, metav1.DeleteOptions{}) })
-	a, b, c := f.prefix+"a", f.prefix+"b", f.prefix+"c"
-	for i, n := range []string{"a", "b", "c"} {
-		f.createNode(f.readyNode(n, fmt.Sprintf("10.9.0.%d", i+1)))
-	}
-	class := "kubal.io/" + f.ns[max(0, len(f.ns)-40):]
+	f.namespace()
+	a, b, c := f.threeNodes("10.9.0")
+	class := f.class()
 	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = "+class+"\nscheduler = wrr\n"+
 		"nodes = kubal-test="+f.label+"\nvip-ranges = 192.0.2.0/28\n"))
 	if err != nil {
@@ -687,7 +666,7 @@ func TestK8sServicesNewLocalWaitsForSlice(t *testing.T) {
 	local := func(name string) *corev1.Service {
 		return f.lbService(name, corev1.ServiceExternalTrafficPolicyLocal, class, nil, corev1.ServicePort{Port: 80, Protocol: corev1.ProtocolTCP})
 	}
-	// Already there at start, without a slice: handed on at once.
+	// Already there at start, without a slice: handed on at once, empty.
 	if _, err := svcs.Create(ctx, local("old"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -700,12 +679,13 @@ func TestK8sServicesNewLocalWaitsForSlice(t *testing.T) {
 	}
 	t0 := time.Now()
 	old := runSource(t, declared("old").Source)
-	old.waitSet(t, wait/2, "old's nodes (no slice, there at start)", func(s source.Set) bool { return len(s) == 3 })
+	old.waitSet(t, wait/2, "old's node set (no slice, there at start)", func(s source.Set) bool { return len(s) == 0 })
 	if d := time.Since(t0); d >= wait {
 		t.Errorf("a Service already there at start was held %s", d)
 	}
 
-	// Created while running: held until its slice is seen.
+	// Created while running: held until its slice is seen; then only the nodes with
+	// an endpoint, the not ready one down.
 	if _, err := svcs.Create(ctx, local("web"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -714,27 +694,37 @@ func TestK8sServicesNewLocalWaitsForSlice(t *testing.T) {
 	if last, n, _ := web.snapshot(); n != 0 {
 		t.Fatalf("web's nodes handed on before its EndpointSlice:\n%s", dump(last))
 	}
-	if _, err := f.c.DiscoveryV1().EndpointSlices(f.ns).Create(ctx, epSlice("web-1", f.ns, "web",
-		endpoint("10.244.0.1", a, epReady)), metav1.CreateOptions{}); err != nil {
+	slices := f.c.DiscoveryV1().EndpointSlices(f.ns)
+	if _, err := slices.Create(ctx, epSlice("web-1", f.ns, "web",
+		endpoint("10.244.0.1", a, epReady), endpoint("10.244.1.1", b, epNotReady)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	web.waitSet(t, settle, "web's nodes", func(s source.Set) bool { return len(s) > 0 })
 	web.mu.Lock()
 	first := web.updates[0]
 	web.mu.Unlock()
-	if len(first) != 3 || !hasServer(first, a, true, "") || !hasServer(first, b, false, "no "+f.ns+"/web endpoint") ||
-		!hasServer(first, c, false, "no "+f.ns+"/web endpoint") {
-		t.Errorf("web's first node set does not follow its slice (a only):\n%s", dump(first))
+	if _, hasC := first[c]; len(first) != 2 || hasC || !hasServer(first, a, true, "") || !hasServer(first, b, false, "endpoint not ready") {
+		t.Errorf("web's first node set: want a, and b down (endpoint not ready), not c (no endpoint):\n%s", dump(first))
 	}
+	// The pod on a goes: a is no real server of web any more.
+	es, err := slices.Get(ctx, "web-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es.Endpoints = es.Endpoints[1:]
+	if _, err := slices.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	web.waitSet(t, settle, "only b", func(s source.Set) bool { _, hasA := s[a]; return len(s) == 1 && !hasA })
 
-	// Created while running and never given a slice: handed on after the wait.
+	// Created while running and never given a slice: handed on (empty) after the wait.
 	if _, err := svcs.Create(ctx, local("lonely"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	lonelyDecl := declared("lonely")
 	t1 := time.Now()
 	lonely := runSource(t, lonelyDecl.Source)
-	lonely.waitSet(t, wait+settle, "lonely's nodes after the wait", func(s source.Set) bool { return len(s) == 3 })
+	lonely.waitSet(t, wait+settle, "lonely's node set after the wait", func(s source.Set) bool { return len(s) == 0 })
 	if d := time.Since(t1); d < wait/2 {
 		t.Errorf("lonely (no slice) handed on after %s, before the wait (%s)", d, wait)
 	}
