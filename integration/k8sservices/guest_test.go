@@ -743,7 +743,8 @@ func (s *scenario) step7() {
 // connTrace records the director's connections that wait for a SYN-ACK (IPVS state
 // SYN_RECV): client port -> real server, first and last seen, sampled from
 // `ipvsadm -Lnc`. A connection seen there for a second or more is one the node it
-// went to did not answer.
+// went to did not answer; one there since before the step is an old entry that new
+// connections from the same client port still follow (see plan.Sysctls).
 type connTrace struct {
 	seen  map[string]*traced
 	order []string
@@ -763,11 +764,12 @@ func (c *connTrace) sample(t0 time.Time) {
 		if len(f) < 6 || f[2] != "SYN_RECV" {
 			continue
 		}
-		e, ok := c.seen[f[3]]
+		key := f[3] + " -> " + f[5]
+		e, ok := c.seen[key]
 		if !ok {
 			e = &traced{dest: f[5], first: at}
-			c.seen[f[3]] = e
-			c.order = append(c.order, f[3])
+			c.seen[key] = e
+			c.order = append(c.order, key)
 		}
 		e.last = at
 	}
@@ -778,7 +780,7 @@ func (c *connTrace) String() string {
 	fmt.Fprintf(&b, "---- connections in SYN_RECV at the director (%d):\n", len(c.order))
 	for _, k := range c.order {
 		e := c.seen[k]
-		fmt.Fprintf(&b, "  %s -> %s: +%s .. +%s\n", k, e.dest, e.first, e.last)
+		fmt.Fprintf(&b, "  %s: +%s .. +%s\n", k, e.first, e.last)
 	}
 	return b.String()
 }
