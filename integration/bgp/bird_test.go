@@ -548,3 +548,76 @@ func TestGracefulRestartDetach(t *testing.T) {
 	}
 	r.mustNotHave(keep, time.Second) // Shutdown is not graceful: routers fail over now
 }
+
+// The router resets the BGP session (operator `birdc restart`, a config change, a
+// NOTIFICATION) while BFD is on and its BFD session is the one BGP asked for (`bfd on;`,
+// no `neighbor` in `protocol bfd`, how production routers do it): the router then
+// re-creates its BFD session with a new discriminator. The session must come back
+// within a few seconds and then stay up; it must not loop on spurious BFD expiries
+// (the ECMP rig saw 15 resets in 30 s from one).
+func TestBFDSessionSurvivesRouterReset(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cmds []string // birdc commands, run in order
+	}{
+		{"restart", []string{"restart kubal"}},
+		{"disable-enable", []string{"disable kubal", "enable kubal"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, BFD: true})
+			g := globalFor(localASN, r)
+			g.BGPBFD, g.BGPBFDMinRx, g.BGPBFDMinTx, g.BGPBFDMultiplier = true, 300*time.Millisecond, 300*time.Millisecond, 3
+			s, _ := runSpeaker(t, g)
+			vip := pfx("192.0.2.42")
+			s.Set([]bgp.Announcement{{Prefix: vip, NextHop: speakerAddr, ASPath: []uint32{localASN}}})
+			r.mustHave(vip, 10*time.Second)
+			if _, ok := testutil.Poll(10*time.Second, time.Millisecond, r.bfdUp); !ok {
+				t.Fatalf("BFD session never came up at BIRD\n%s", r.debug())
+			}
+			// Let the first BFD session settle so that the reset below is the only event.
+			r.mustStayEstablished(2 * time.Second)
+
+			start := time.Now()
+			for _, c := range tc.cmds {
+				if out, err := r.client().Cmd(c); err != nil {
+					t.Fatalf("birdc %s: %v %v", c, err, out)
+				}
+			}
+			back, ok := testutil.Poll(10*time.Second, 10*time.Millisecond, func() bool { return r.established() && r.bfdUp() && r.has(vip) })
+			if !ok {
+				t.Fatalf("session (BGP + BFD + route) not back 10 s after %q\n%s", tc.cmds, r.debug())
+			}
+			t.Logf("birdc %q -> BGP Established, BFD Up, route back after %s", tc.cmds, back.Round(time.Millisecond))
+			r.mustStayEstablished(10 * time.Second)
+			t.Logf("stable for 10 s after the reset (%s since it)", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// established reports whether BIRD's kubal protocol is up with BGP Established.
+func (r *router) established() bool {
+	lines, err := r.client().Cmd("show protocols kubal")
+	if err != nil {
+		return false
+	}
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) >= 6 && f[0] == "kubal" && f[3] == "up" && f[5] == "Established" {
+			return true
+		}
+	}
+	return false
+}
+
+// mustStayEstablished fails the test if the BGP session leaves Established at BIRD
+// during d (checked every 20 ms; a reset takes BIRD at least its connect delay, 1 s,
+// to come back, so none is missed).
+func (r *router) mustStayEstablished(d time.Duration) {
+	r.t.Helper()
+	start := time.Now()
+	for time.Since(start) < d {
+		if !r.established() {
+			r.t.Fatalf("BGP session left Established %s into a %s stability window:\n%s", time.Since(start).Round(time.Millisecond), d, r.debug())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
