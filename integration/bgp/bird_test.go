@@ -557,14 +557,17 @@ func TestGracefulRestartDetach(t *testing.T) {
 // (the ECMP rig saw 15 resets in 30 s from one).
 func TestBFDSessionSurvivesRouterReset(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		cmds []string // birdc commands, run in order
+		name   string
+		cmds   []string // birdc commands, run in order
+		static bool     // the router declares the BFD neighbour statically
 	}{
-		{"restart", []string{"restart kubal"}},
-		{"disable-enable", []string{"disable kubal", "enable kubal"}},
+		{"restart", []string{"restart kubal"}, false},
+		{"disable-enable", []string{"disable kubal", "enable kubal"}, false},
+		// The router-side mitigation for GoBGP without kubal's fix must keep working.
+		{"restart-static-bfd-neighbor", []string{"restart kubal"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, BFD: true})
+			r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, BFD: true, BFDNeighbor: tc.static})
 			g := globalFor(localASN, r)
 			g.BGPBFD, g.BGPBFDMinRx, g.BGPBFDMinTx, g.BGPBFDMultiplier = true, 300*time.Millisecond, 300*time.Millisecond, 3
 			s, _ := runSpeaker(t, g)
