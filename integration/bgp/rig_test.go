@@ -226,6 +226,8 @@ func run(t testing.TB, name string, args ...string) {
 var birdTmpl = template.Must(template.New("bird").Parse(`
 router id {{.Addr}};
 log "{{.Dir}}/bird.log" all;
+timeformat log "%T.%3f";
+debug protocols { states, events };
 protocol device { scan time 10; }
 {{if .BFD}}protocol bfd {
 	interface "*" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };
