@@ -153,6 +153,7 @@ func BenchmarkBFDFailover(b *testing.B) {
 			b.Fatal("route not withdrawn by BFD")
 		}
 		ds = append(ds, time.Since(dropped))
+		p.mustHaveDied(b)
 		b.StopTimer()
 		if out, err := exec.Command("tc", "qdisc", "del", "dev", r.port, "root").CombinedOutput(); err != nil {
 			b.Fatalf("tc qdisc del: %v: %s", err, out)
