@@ -157,6 +157,7 @@ func (s *Speaker) onPeerEvent(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Ti
 		default:
 		}
 	}
+	s.noteBFDEvent(peer, st.SessionState)
 	switch {
 	case st.SessionState == bgp.BGP_FSM_ESTABLISHED && old != bgp.BGP_FSM_ESTABLISHED:
 		s.log.Info("bgp: session established", "peer", peer, "peer_asn", st.PeerASN, "local", ev.Peer.Transport.LocalAddress)

@@ -50,7 +50,12 @@ type Speaker struct {
 	srv     *server.BgpServer // set once Run started GoBGP
 	kick    chan struct{}     // cap 1: a new desired set is waiting
 	pollNow chan struct{}     // cap 1: a session came up, read peer state now
-	invalid map[netip.Prefix]string
+	bfdKick chan struct{}     // cap 1: a BGP session changed state, sync BFD (bfd.go)
+
+	bfdMu     sync.Mutex
+	bfdLeft   map[netip.Addr]bool // peers whose BGP session left Established since the last syncBFD
+	bfdActive map[netip.Addr]bool // BFD enabled in GoBGP; owned by Run
+	invalid   map[netip.Prefix]string
 
 	// applyMu is held by the reconciler while it talks to GoBGP, so that Shutdown's
 	// withdraw-all cannot be overtaken by an in-flight advertisement.
@@ -83,6 +88,9 @@ func New(g config.Global, log *slog.Logger, reg prometheus.Registerer) (*Speaker
 		invalid:      map[netip.Prefix]string{},
 		kick:         make(chan struct{}, 1),
 		pollNow:      make(chan struct{}, 1),
+		bfdKick:      make(chan struct{}, 1),
+		bfdLeft:      map[netip.Addr]bool{},
+		bfdActive:    map[netip.Addr]bool{},
 		shutdownDone: make(chan struct{}),
 		hold:         defaultHoldTime,
 	}
@@ -299,11 +307,14 @@ func (s *Speaker) Run(ctx context.Context) error {
 		case <-tick.C:
 			if !s.isClosing() {
 				s.poll(ctx, srv)
+				s.syncBFD(ctx, srv)
 			}
 		case <-s.pollNow:
 			if !s.isClosing() {
 				s.poll(ctx, srv)
 			}
+		case <-s.bfdKick:
+			s.syncBFD(ctx, srv)
 		}
 	}
 }
@@ -358,7 +369,8 @@ func (s *Speaker) startOnce(ctx context.Context) (*server.BgpServer, error) {
 		return nil, fmt.Errorf("start GoBGP (listen port %d): %w", port, err)
 	}
 	for _, p := range s.peers {
-		if err := srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peerConfig(p)}); err != nil {
+		// BFD starts once the session is Established (syncBFD, bfd.go).
+		if err := srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peerConfig(p, false)}); err != nil {
 			srv.Stop()
 			return nil, fmt.Errorf("add peer %s: %w", p, err)
 		}
@@ -368,7 +380,9 @@ func (s *Speaker) startOnce(ctx context.Context) (*server.BgpServer, error) {
 	return srv, nil
 }
 
-func (s *Speaker) peerConfig(addr netip.Addr) *api.Peer {
+// peerConfig is the GoBGP config of one peer; bfd says whether its BFD session runs
+// (with bgp-bfd = yes; see bfd.go).
+func (s *Speaker) peerConfig(addr netip.Addr, bfd bool) *api.Peer {
 	hold := uint64(s.hold / time.Second)
 	p := &api.Peer{
 		// PeerAsn 0: accept whatever AS the router announces, as PyBal does.
@@ -409,7 +423,7 @@ func (s *Speaker) peerConfig(addr netip.Addr) *api.Peer {
 			mult = 3
 		}
 		p.Bfd = &api.BfdPeerConfig{
-			Enabled:                  true,
+			Enabled:                  bfd,
 			DesiredMinimumTxInterval: uint32(tx.Microseconds()),
 			RequiredMinimumReceive:   uint32(rx.Microseconds()),
 			DetectionMultiplier:      uint32(mult),

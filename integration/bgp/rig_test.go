@@ -144,10 +144,13 @@ var routerSeq atomic.Int32
 
 // birdConf parameterises one BIRD router.
 type birdConf struct {
-	ASN         uint32 // the router's AS
-	SpeakerASN  uint32
-	HoldTime    int // seconds; 0 = BIRD's default (240)
-	BFD         bool
+	ASN        uint32 // the router's AS
+	SpeakerASN uint32
+	HoldTime   int // seconds; 0 = BIRD's default (240)
+	BFD        bool
+	// BFDNeighbor declares the speaker statically in `protocol bfd` (its BFD session
+	// then outlives BGP resets); without it the BFD session is BGP's (`bfd on;`).
+	BFDNeighbor bool
 	SpeakerPort int // the speaker's listen port; 0 = 179
 	// GracefulRestart makes BIRD a graceful-restart helper (keeps our routes as stale
 	// while we restart).
@@ -223,9 +226,12 @@ func run(t testing.TB, name string, args ...string) {
 var birdTmpl = template.Must(template.New("bird").Parse(`
 router id {{.Addr}};
 log "{{.Dir}}/bird.log" all;
+timeformat log "%T.%3f";
+debug protocols { states, events };
 protocol device { scan time 10; }
 {{if .BFD}}protocol bfd {
 	interface "*" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };
+	{{if .BFDNeighbor}}neighbor {{.Speaker}};{{end}}
 }{{end}}
 protocol bgp kubal {
 	local {{.Addr}} as {{.ASN}};
@@ -250,7 +256,7 @@ func (r *router) writeConf() {
 	err := birdTmpl.Execute(&b, map[string]any{
 		"Addr": r.addr, "Dir": r.dir, "BFD": r.conf.BFD, "ASN": r.conf.ASN, "Speaker": speakerAddr,
 		"Port": port, "SpeakerASN": r.conf.SpeakerASN, "HoldTime": r.conf.HoldTime,
-		"GR": r.conf.GracefulRestart,
+		"GR": r.conf.GracefulRestart, "BFDNeighbor": r.conf.BFDNeighbor,
 	})
 	if err == nil {
 		err = os.WriteFile(filepath.Join(r.dir, "bird.conf"), []byte(b.String()), 0o644)
