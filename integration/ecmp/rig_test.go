@@ -203,15 +203,14 @@ template bgp director {
 	return b.String()
 }
 
-// bfdNeighbors declares the BFD sessions in BIRD's bfd protocol, so that each one
-// lives as long as BIRD rather than as long as one BGP session. Without them, BIRD
-// makes a new session (a new discriminator) each time the BGP session restarts, and
-// GoBGP's BFD (kubal's) drops the new session's Down packets while it is still bound to
-// the old discriminator (pkg/server/bfd_peer.go rxPacket, v4.8.0): it expires, resets
-// BGP, BIRD makes yet another session, and the route flaps every few seconds. Measured
-// in this rig (README.md); KUBAL_ECMP_BFD_DYNAMIC=1 runs without them.
+// bfdNeighbors declares the BFD sessions in BIRD's bfd protocol when
+// KUBAL_ECMP_BFD_STATIC=1. By default BIRD creates them from BGP (`bfd on;`), as
+// routers do, and makes a new session (a new discriminator) each time a BGP session
+// restarts: kubal follows it by running a peer's BFD session only while its BGP session
+// is established (bgp/bfd.go). Before that, GoBGP's BFD stayed bound to the old
+// discriminator, expired, reset BGP, and the route flapped every few seconds.
 func bfdNeighbors(ds []*director) string {
-	if os.Getenv("KUBAL_ECMP_BFD_DYNAMIC") == "1" {
+	if os.Getenv("KUBAL_ECMP_BFD_STATIC") != "1" {
 		return ""
 	}
 	var b strings.Builder
