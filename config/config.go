@@ -76,9 +76,9 @@ type Global struct {
 	VIPAddresses bool
 	// ActiveActive is the default of every service's active-active key.
 	ActiveActive bool
-	// IPVSExpireNodestConn (default on): kubal keeps net.ipv4.vs.expire_nodest_conn = 1
-	// (plan.Sysctls), so that depooling a server also frees the clients already sent
-	// to it; off leaves the kernel's value alone.
+	// IPVSExpireNodestConn (default off, the kernel's value left alone): kubal keeps
+	// net.ipv4.vs.expire_nodest_conn = 1 (plan.Sysctls), so that depooling a server
+	// also frees the clients already sent to it, at a cost (docs/config.md).
 	IPVSExpireNodestConn bool
 
 	Options Options // every key of the section, raw, with its position

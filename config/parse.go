@@ -133,9 +133,7 @@ func defaultGlobal() Global {
 		BGPBFDMinRx:         300 * time.Millisecond,
 		BGPBFDMinTx:         300 * time.Millisecond,
 		BGPBFDMultiplier:    3,
-		// kubal's (plan.Sysctls), also without a [global] section.
-		IPVSExpireNodestConn: true,
-		Options:              Options{},
+		Options:             Options{},
 	}
 }
 

@@ -323,20 +323,19 @@ func TestDefaults(t *testing.T) {
 	}
 	g := cfg.Global
 	wantG := Global{
-		BGPLocalIPs:          []string{""},
-		BGPLocalPort:         179,
-		InstrumentationPort:  9090,
-		InstrumentationIPs:   []string{"127.0.0.1", "::1"},
-		ConftoolPrefix:       "/conftool/v1/pools",
-		AdminPort:            9091,
-		AdminIPs:             []string{"127.0.0.1", "::1"},
-		StateFile:            "/var/lib/kubal/state.json",
-		BGPHoldTime:          180 * time.Second,
-		BGPBFDMinRx:          300 * time.Millisecond,
-		BGPBFDMinTx:          300 * time.Millisecond,
-		BGPBFDMultiplier:     3,
-		IPVSExpireNodestConn: true,
-		Options:              Options{},
+		BGPLocalIPs:         []string{""},
+		BGPLocalPort:        179,
+		InstrumentationPort: 9090,
+		InstrumentationIPs:  []string{"127.0.0.1", "::1"},
+		ConftoolPrefix:      "/conftool/v1/pools",
+		AdminPort:           9091,
+		AdminIPs:            []string{"127.0.0.1", "::1"},
+		StateFile:           "/var/lib/kubal/state.json",
+		BGPHoldTime:         180 * time.Second,
+		BGPBFDMinRx:         300 * time.Millisecond,
+		BGPBFDMinTx:         300 * time.Millisecond,
+		BGPBFDMultiplier:    3,
+		Options:             Options{},
 	}
 	if !reflect.DeepEqual(g, wantG) {
 		t.Errorf("Global defaults:\n got %+v\nwant %+v", g, wantG)
@@ -386,10 +385,9 @@ func TestAllKeys(t *testing.T) {
 		AdminTLSCert: "/etc/kubal/admin.pem", AdminTLSKey: "/etc/kubal/admin.key", AdminClientCA: "/etc/kubal/clients-ca.pem",
 		StateFile: "/srv/kubal/state.json", BGPHoldTime: 90 * time.Second, BGPCommunities: []string{"64496:100", "64496:200"},
 		BGPBFD: true, BGPBFDMinRx: 150 * time.Millisecond, BGPBFDMinTx: 200 * time.Millisecond, BGPBFDMultiplier: 5,
-		BGPGracefulRestart:   true,
-		VIPAddresses:         true,
-		IPVSExpireNodestConn: true, // the default
-		Options:              g.Options,
+		BGPGracefulRestart: true,
+		VIPAddresses:       true,
+		Options:            g.Options,
 	}
 	if !reflect.DeepEqual(g, wantG) {
 		t.Errorf("Global:\n got %+v\nwant %+v", g, wantG)

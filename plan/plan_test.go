@@ -176,13 +176,13 @@ func TestSysctls(t *testing.T) {
 		name, conf string
 		want       []string
 	}{
-		{"default", "[global]\n" + svc, []string{"net.ipv4.vs.expire_nodest_conn=1"}},
-		{"no [global] section", svc, []string{"net.ipv4.vs.expire_nodest_conn=1"}},
-		{"expire-nodest-conn off", "[global]\nipvs-expire-nodest-conn = no\n" + svc, nil},
+		{"default: the kernel's values left alone", "[global]\n" + svc, nil},
+		{"no [global] section", svc, nil},
+		{"expire-nodest-conn on", "[global]\nipvs-expire-nodest-conn = yes\n" + svc, []string{"net.ipv4.vs.expire_nodest_conn=1"}},
 		{"active-active", "[global]\nactive-active = yes\n" + svc,
-			[]string{"net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.sloppy_tcp=1", "net.ipv4.vs.schedule_icmp=1"}},
-		{"active-active, expire off", "[global]\nactive-active = yes\nipvs-expire-nodest-conn = no\n" + svc,
 			[]string{"net.ipv4.vs.sloppy_tcp=1", "net.ipv4.vs.schedule_icmp=1"}},
+		{"active-active, expire on", "[global]\nactive-active = yes\nipvs-expire-nodest-conn = yes\n" + svc,
+			[]string{"net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.sloppy_tcp=1", "net.ipv4.vs.schedule_icmp=1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := config.Parse("pybal.conf", []byte(tc.conf))

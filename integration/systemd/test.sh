@@ -92,6 +92,8 @@ cat >/etc/pybal/pybal.conf <<'EOF'
 bgp = yes
 # kubal adds the VIP to lo only when asked (PyBal hosts get it from Puppet)
 vip-addresses = yes
+# an IPVS sysctl kubal keeps when asked: the unit's sandbox must let it
+ipvs-expire-nodest-conn = yes
 bgp-local-asn = 64600
 bgp-peer-address = ['10.0.1.2']
 bgp-nexthop-ipv4 = 10.0.1.1
@@ -145,7 +147,7 @@ check "kubal runs as user kubal with only NET_ADMIN NET_RAW NET_BIND_SERVICE" ba
 # --- with the shipped hardening: IPVS, VIP, BGP on 179, APIs ---------------------------------
 check "IPVS programmed (wrr, both servers, DR)" wait_for 20 bash -c \
 	"ipvsadm -Ln --tcp-service $vip:80 | grep -q wrr && [ \$(ipvsadm -Ln --tcp-service $vip:80 | grep -c 'Route') = 2 ]"
-check "kubal keeps net.ipv4.vs.expire_nodest_conn = 1 under the unit's sandbox" wait_for 10 bash -c \
+check "kubal sets net.ipv4.vs.expire_nodest_conn = 1 (ipvs-expire-nodest-conn) under the unit's sandbox" wait_for 10 bash -c \
 	'[ "$(cat /proc/sys/net/ipv4/vs/expire_nodest_conn)" = 1 ] && ! curl -sf http://127.0.0.1:9090/alerts | grep -q sysctl'
 check "VIP address on lo" wait_for 10 bash -c "ip -o addr show dev lo | grep -q ' $vip/32 '"
 check "kubal listens on port 179" bash -c "ss -ltnp | grep -E '10\.0\.1\.1:179 .*kubal'"

@@ -249,14 +249,15 @@ func TestDR(t *testing.T) {
 
 // reusedPorts: IPVS keeps a connection entry per client address and port; a SYN the
 // server never answered leaves one for 60 s, renewed by every retransmission, and a
-// new SYN that matches it goes where it points, depooled or not. kubal keeps
-// net.ipv4.vs.expire_nodest_conn = 1 by default (plan.Sysctls), so such a SYN is
-// scheduled afresh: at once when the server is at weight 0 (drain), at the client's
-// next retransmission when it was removed. With the kernel's default 0 the client
-// keeps timing out: that is asserted too, or the test would prove nothing.
+// new SYN that matches it goes where it points, depooled or not. With
+// ipvs-expire-nodest-conn = yes kubal keeps net.ipv4.vs.expire_nodest_conn = 1
+// (plan.Sysctls), so such a SYN is scheduled afresh, whether the server is at weight
+// 0 (drain) or removed. With kubal's default (the kernel's 0) the client keeps
+// timing out: that is asserted too, or the test would prove nothing.
 func reusedPorts(t *testing.T, k *kubalInstance) {
 	const dead = "10.0.0.99" // no host: SYNs sent there are never answered
-	cfg, err := config.Parse("pybal.conf", []byte("[web]\nprotocol = tcp\nip = "+vip+"\nport = 80\nscheduler = wrr\nconfig = file:///dev/null\n"))
+	cfg, err := config.Parse("pybal.conf", []byte("[global]\nipvs-expire-nodest-conn = yes\n"+
+		"[web]\nprotocol = tcp\nip = "+vip+"\nport = 80\nscheduler = wrr\nconfig = file:///dev/null\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,14 +275,14 @@ func reusedPorts(t *testing.T, k *kubalInstance) {
 	}
 	for i, tc := range []struct {
 		name   string
-		kubal  bool // kubal's default settings (else the kernel's: 0)
+		kubal  bool // ipvs-expire-nodest-conn = yes (else kubal's default: the kernel's 0)
 		drain  bool // depooled to weight 0 (else removed)
 		wantOK bool
 	}{
 		{"removed, kernel default", false, false, false},
-		{"removed, kubal", true, false, true},
+		{"removed, ipvs-expire-nodest-conn", true, false, true},
 		{"weight 0, kernel default", false, true, false},
-		{"weight 0, kubal", true, true, true},
+		{"weight 0, ipvs-expire-nodest-conn", true, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The Reconciler here drives the director's IPVS from outside its netns, where
@@ -325,8 +326,8 @@ func reusedPorts(t *testing.T, k *kubalInstance) {
 			t.Logf("%s: new connection from the same port after the depool: %q, %v, after %s", tc.name, name, err, time.Since(t0).Round(time.Millisecond))
 		})
 	}
-	// Leave expire_nodest_conn as kubal keeps it for the other subtests.
-	setSysctls(t, kubalSysctls(cfg, true))
+	// Back to the kernel's default for the other subtests.
+	setSysctls(t, kubalSysctls(cfg, false))
 	k.r.Set(webPool(map[string]int{"rs1": 1, "rs2": 1}, nil))
 }
 
@@ -345,7 +346,7 @@ func kubalSysctls(cfg *config.Config, kubal bool) []ipvs.Sysctl {
 func setSysctls(t *testing.T, want []ipvs.Sysctl) {
 	t.Helper()
 	if len(want) == 0 {
-		t.Fatal("kubal's plan sets no sysctl for a default config")
+		t.Fatal("kubal's plan sets no sysctl for ipvs-expire-nodest-conn = yes")
 	}
 	for _, s := range want {
 		run(t, "ip", "netns", "exec", director.name, "sysctl", "-q", "-w", s.Name+"="+s.Value)
