@@ -22,6 +22,7 @@ import (
 
 	"github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/ipvs"
+	"github.com/kubal/kubal/k8ssource"
 	"github.com/kubal/kubal/logging"
 )
 
@@ -70,7 +71,28 @@ type recBackend struct {
 	writes []ipvsWrite
 	dests  map[ipvs.ServiceKey]int       // destinations per service
 	full   map[ipvs.ServiceKey]time.Time // when a service first held benchPods destinations
+	dumps  []time.Time                   // the reconciler's full dumps (Services), when asked
 	poke   chan struct{}                 // signalled (coalesced) after each write
+}
+
+// Services records when the reconciler dumps the table (its full resync pass).
+func (r *recBackend) Services(ctx context.Context) ([]ipvs.Service, error) {
+	r.mu.Lock()
+	r.dumps = append(r.dumps, time.Now())
+	r.mu.Unlock()
+	return r.Fake.Services(ctx)
+}
+
+// dumpBetween reports whether a full dump started in [from, to].
+func (r *recBackend) dumpBetween(from, to time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.dumps {
+		if !t.Before(from) && !t.After(to) {
+			return true
+		}
+	}
+	return false
 }
 
 func newRecBackend() *recBackend {
@@ -444,6 +466,8 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 		// Every Service's status written (kubal's status worker), before measuring
 		// the steady state: the status writes change the Services, which the
 		// controller sees too.
+		dw := watchDaemon(ctx, d)
+		tWatch := time.Now()
 		var tStatus time.Duration
 		deadline = time.After(6 * time.Minute)
 	statusWait:
@@ -460,11 +484,12 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 				break statusWait
 			}
 		}
+		statusDesired, statusApplied := dw.counts(tWatch, time.Now())
 
 		// 2. One EndpointSlice change at a time: the endpoint on Service i's first
 		// node turns not ready (the node must leave its IPVS service: Local) and
 		// ready again (it must return), after `quiet` each time.
-		change := func(i int, ready bool, quiet time.Duration) (fromStart, fromAck time.Duration) {
+		change := func(i int, ready bool, quiet time.Duration) (fromStart, fromAck time.Duration, afterDump bool) {
 			name := fmt.Sprintf("svc-%04d", i)
 			es, err := c.DiscoveryV1().EndpointSlices(benchNS).Get(ctx, name+"-1", metav1.GetOptions{})
 			if err != nil {
@@ -488,7 +513,9 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 				}
 				return w.op == ipvs.OpDeleteDestination || w.op == ipvs.OpUpdateDestination && w.weight == 0
 			})
-			return w.at.Sub(t0), max(0, w.at.Sub(t1))
+			// A full resync pass (dump) shortly before: the write waited for the
+			// reconciler's MinInterval after it.
+			return w.at.Sub(t0), max(0, w.at.Sub(t1)), rec.dumpBetween(t0.Add(-150*time.Millisecond), w.at)
 		}
 		type phase struct {
 			name     string
@@ -496,14 +523,25 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 			first    int // the first Service; then every 7th
 			lat, ack []time.Duration
 			down, up []time.Duration
+			// slow: changes over 30 ms from write start; slowDump: of those, with a
+			// full resync dump within 150 ms before the write.
+			slow, slowDump     int
+			desired, reapplied int // Desired published, services re-applied (during the phase)
 		}
 		phases := []*phase{{name: "30 ms quiet", quiet: 30 * time.Millisecond, first: 0}, {name: "150 ms quiet", quiet: 150 * time.Millisecond, first: 1}}
 		for _, p := range phases {
+			pStart := time.Now()
 			for n := range benchChanges / 2 {
 				i := (p.first + 7*n) % benchSvcs
 				for _, ready := range []bool{false, true} {
-					l, a := change(i, ready, p.quiet)
+					l, a, dump := change(i, ready, p.quiet)
 					p.lat, p.ack = append(p.lat, l), append(p.ack, a)
+					if l > 30*time.Millisecond {
+						p.slow++
+						if dump {
+							p.slowDump++
+						}
+					}
 					if ready {
 						p.up = append(p.up, l)
 					} else {
@@ -511,13 +549,14 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 					}
 				}
 			}
+			p.desired, p.reapplied = dw.counts(pStart, time.Now())
 		}
 
 		// 3. A new Service among the 1,000 (kubectl apply; then the EndpointSlice
 		// controller's slice): from before the Service create to its IPVS service
 		// with its 3 destinations. Deleted after each, and its IPVS service gone, so
 		// the next create is measured alone.
-		var applyLat, applyFirst []time.Duration
+		var applyLat, applyFirst, applyDesired, applyApplied []time.Duration
 		for n := range benchApplies {
 			name := fmt.Sprintf("new-%d", n)
 			// Past the reconciler's MinInterval since the previous delete's pass.
@@ -533,6 +572,9 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 			k, at := rec.awaitNewFull(b, known, 20*time.Second, name)
 			added := rec.await(b, from, time.Second, name+"'s IPVS service", func(w ipvsWrite) bool { return w.op == ipvs.OpAddService && w.k == k })
 			applyLat, applyFirst = append(applyLat, at.Sub(t0)), append(applyFirst, added.at.Sub(t0))
+			if des, app := dw.first(t0, benchNS+"."+name+":80"); !des.IsZero() && !app.IsZero() {
+				applyDesired, applyApplied = append(applyDesired, des.Sub(t0)), append(applyApplied, app.Sub(t0))
+			}
 			from = rec.mark()
 			if err := c.CoreV1().Services(benchNS).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 				b.Fatal(err)
@@ -555,15 +597,23 @@ func BenchmarkK8sServicesDaemon(b *testing.B) {
 			"Go heap +%.1f MB after GC, +%d goroutines (%d in all); every Service's status written %s",
 			benchSvcs, benchNodes, benchPods, tProgrammed.Round(time.Millisecond), tReady.Round(time.Millisecond),
 			float64(heap)/(1<<20), goroutines, goAll, statusText(tStatus))
+		b.Logf("while the statuses were written: the controller published %d Desired, the daemon re-applied its services %d times",
+			statusDesired, statusApplied)
 		for _, p := range phases {
 			b.Logf("EndpointSlice write -> IPVS destination write, %s (n=%d): from write start p50 %s p99 %s max %s; from the ack p50 %s p99 %s max %s; "+
 				"not ready -> delete p50 %s max %s, ready -> add p50 %s max %s",
 				p.name, len(p.lat), q(p.lat, .5), q(p.lat, .99), q(p.lat, 1), q(p.ack, .5), q(p.ack, .99), q(p.ack, 1),
 				q(p.down, .5), q(p.down, 1), q(p.up, .5), q(p.up, 1))
+			b.Logf("  %s: %d changes over 30 ms, %d of them with a full IPVS resync dump in the 150 ms before the write; %d Desired published, %d re-applications",
+				p.name, p.slow, p.slowDump, p.desired, p.reapplied)
 		}
 		b.Logf("daemon log records at warning or above (by message): %s", logs.take())
 		b.Logf("a new Service + EndpointSlice -> its IPVS service p50 %s max %s, with its %d destinations p50 %s max %s (n=%d); loadavg %s",
 			q(applyFirst, .5), q(applyFirst, 1), benchPods, q(applyLat, .5), q(applyLat, 1), len(applyLat), benchLoadavg())
+		if len(applyDesired) > 0 {
+			b.Logf("  the new Service in the controller's Desired p50 %s max %s, in the daemon's running config p50 %s max %s (n=%d, 1 ms polling)",
+				q(applyDesired, .5), q(applyDesired, 1), q(applyApplied, .5), q(applyApplied, 1), len(applyDesired))
+		}
 		b.ReportMetric(tProgrammed.Seconds(), "programmed-s")
 		b.ReportMetric(tStatus.Seconds(), "status-s")
 		b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
@@ -692,4 +742,91 @@ func firstWords(msg string, n int) string {
 		return msg
 	}
 	return strings.Join(w[:n], " ") + " ..."
+}
+
+// daemonWatch polls (every millisecond) the daemon's two pointers that change with
+// the declared services: the controller's latest Desired (d.declared) and the running
+// config (d.cfg, stored by the main loop each time it re-applies the services). Each
+// change is recorded with the name of a "new-" Service it holds (phase 3).
+type daemonWatch struct {
+	mu               sync.Mutex
+	desired, applied []daemonChange
+}
+
+type daemonChange struct {
+	at     time.Time
+	newSvc string // the first declared service named benchNS.new-*, "" if none
+}
+
+func watchDaemon(ctx context.Context, d *Daemon) *daemonWatch {
+	w := &daemonWatch{}
+	prefix := benchNS + ".new-"
+	go func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		lastD, lastC := d.declared.Load(), d.cfg.Load()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if des := d.declared.Load(); des != lastD {
+				lastD = des
+				name := ""
+				// Sorted by name, and "new-" sorts before "svc-".
+				i, _ := slices.BinarySearchFunc(des.Services, prefix, func(s k8ssource.Declared, p string) int { return strings.Compare(s.Config.Name, p) })
+				if i < len(des.Services) && strings.HasPrefix(des.Services[i].Config.Name, prefix) {
+					name = des.Services[i].Config.Name
+				}
+				w.mu.Lock()
+				w.desired = append(w.desired, daemonChange{time.Now(), name})
+				w.mu.Unlock()
+			}
+			if cfg := d.cfg.Load(); cfg != lastC {
+				lastC = cfg
+				name := ""
+				for _, s := range cfg.Services {
+					if strings.HasPrefix(s.Name, prefix) {
+						name = s.Name
+						break
+					}
+				}
+				w.mu.Lock()
+				w.applied = append(w.applied, daemonChange{time.Now(), name})
+				w.mu.Unlock()
+			}
+		}
+	}()
+	return w
+}
+
+// counts returns how many Desired and re-applications were seen in [from, to].
+func (w *daemonWatch) counts(from, to time.Time) (desired, applied int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	in := func(cs []daemonChange) (n int) {
+		for _, c := range cs {
+			if !c.at.Before(from) && !c.at.After(to) {
+				n++
+			}
+		}
+		return n
+	}
+	return in(w.desired), in(w.applied)
+}
+
+// first returns when, after t0, a Desired and the running config first held svc.
+func (w *daemonWatch) first(t0 time.Time, svc string) (desired, applied time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	find := func(cs []daemonChange) time.Time {
+		for _, c := range cs {
+			if c.at.After(t0) && c.newSvc == svc {
+				return c.at
+			}
+		}
+		return time.Time{}
+	}
+	return find(w.desired), find(w.applied)
 }
