@@ -100,6 +100,13 @@ type ServicesOptions struct {
 // have none, hence the bound.
 const DefaultFirstSliceWait = 5 * time.Second
 
+// The controller's API client rate (requests/s, burst): status writes, Events and
+// relists of 1,000 Services at once.
+const (
+	servicesQPS   = 50
+	servicesBurst = 100
+)
+
 // Services is the controller of Kubernetes-declared services: one set of informers
 // (Services, EndpointSlices, the selected Nodes, critical Pods) for all of them.
 //
@@ -180,6 +187,13 @@ func NewServices(g config.Global, t *config.K8sServices, opts ServicesOptions) (
 			return nil, fmt.Errorf("[%s]: %w", config.K8sServicesSection, err)
 		}
 		cfg = rest.CopyConfig(cfg)
+		if cfg.QPS == 0 && cfg.RateLimiter == nil {
+			// client-go's default limiter (5 requests/s, burst 10) took 198 s to write
+			// the status of 1,000 new Services (BenchmarkK8sServicesDaemon), and
+			// kube-proxy accepts a VIP only once the status names it. The API server's
+			// priority and fairness still protects it from us.
+			cfg.QPS, cfg.Burst = servicesQPS, servicesBurst
+		}
 		cfg.UserAgent = "kubal/k8s-services"
 		cfg.ContentType = "application/vnd.kubernetes.protobuf"
 		cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
