@@ -51,6 +51,10 @@ instrumentation_port = 9090
 instrumentation_ips = ['127.0.0.1']
 state-file = /tmp/k8ss/state.json
 kubeconfig = /payload/kubal.kubeconfig
+# wrr + drain, no mh: the setting docs/config.md recommends. Without it a client port
+# whose SYN went to a node before its kube-proxy had the VIP (a new Service's nodes
+# are pooled before their first check) keeps going there after the node is depooled.
+ipvs-expire-nodest-conn = yes
 
 [k8s-services]
 class = kubal.io/lvs
