@@ -132,8 +132,10 @@ func TestLeaderLoss(t *testing.T) {
 		if err == nil {
 			break
 		}
-		if time.Since(lost) > 10*time.Second {
-			t.Fatalf("no write accepted 10s after leader loss: %v", err)
+		// A bound on a hang, not on speed: election plus the client's failover took
+		// over 10 s once under a CI run's load (go test -p 4 beside the rigs).
+		if time.Since(lost) > 30*time.Second {
+			t.Fatalf("no write accepted 30s after leader loss: %v", err)
 		}
 	}
 	t.Logf("write accepted %v after leader loss", time.Since(lost))
