@@ -621,8 +621,12 @@ func (s *Speaker) stop(srv *server.BgpServer, graceful bool) error {
 	defer s.applyMu.Unlock()
 	var errs []error
 	if !graceful {
+		sent := updatesSent(context.Background(), srv)
 		if err := srv.DeletePath(apiutil.DeletePathRequest{DeleteAll: true}); err != nil {
 			errs = append(errs, fmt.Errorf("withdraw all: %w", err))
+		} else if left := awaitWithdrawSent(context.Background(), srv, sent); len(left) > 0 {
+			s.log.Warn("bgp: withdraw not written before the Cease; those routers flush the routes as a dropped session",
+				"peers", left, "waited", withdrawFlushWait)
 		}
 		for _, p := range s.peers {
 			if err := srv.ShutdownPeer(context.Background(), &api.ShutdownPeerRequest{

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,6 +187,49 @@ func TestSIGTERMWithdrawsWithin1s(t *testing.T) {
 	}
 	if st := r.protoState(); !strings.Contains(st, "Administrative shutdown") {
 		t.Errorf("BIRD did not receive a Cease (administrative shutdown):\n%s", st)
+	}
+}
+
+// Shutdown writes the withdraw before the Cease: BIRD removes every route on an UPDATE
+// while the session is up, not in the flush after "Received: Administrative shutdown"
+// (GoBGP writes the Cease straight to the socket, past the queued withdraw; the systemd
+// rig's CI run once saw the Cease first). 1,000 routes make the withdraw two UPDATEs;
+// the race is retried over several speakers.
+func TestShutdownWithdrawsBeforeCease(t *testing.T) {
+	r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, RouteLog: true})
+	cfg := &config.Config{Global: globalFor(localASN, r)}
+	const n = 1000
+	for i := range n {
+		ip := netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)})
+		cfg.Services = append(cfg.Services, service(fmt.Sprintf("s%d", i), ip.String()))
+	}
+	removed := regexp.MustCompile(`kubal\.ipv4 . removed`)
+	ended := regexp.MustCompile(`kubal: (Received: |State changed to (stop|flush|down)|Connection (lost|closed))`)
+	for round := range 4 {
+		s, _ := runSpeaker(t, cfg.Global)
+		s.Set(bgp.Desired(cfg, nil))
+		if _, ok := testutil.Poll(20*time.Second, 10*time.Millisecond, func() bool { return r.count() == n }); !ok {
+			t.Fatalf("round %d: BIRD has %d of %d routes", round, r.count(), n)
+		}
+		from := len(r.log())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: Shutdown: %v", round, err)
+		}
+		r.mustNotHave(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, 1}), 32), 5*time.Second)
+		var log string
+		if _, ok := testutil.Poll(5*time.Second, 10*time.Millisecond, func() bool {
+			log = r.log()[from:]
+			return ended.MatchString(log)
+		}); !ok {
+			t.Fatalf("round %d: BIRD logged no session end after Shutdown:\n%s", round, log)
+		}
+		before := log[:ended.FindStringIndex(log)[0]]
+		if got := len(removed.FindAllString(before, -1)); got != n {
+			t.Fatalf("round %d: BIRD removed %d of %d routes on the withdraw before the session ended (the rest in the flush after the Cease)", round, got, n)
+		}
 	}
 }
 

@@ -155,6 +155,9 @@ type birdConf struct {
 	// GracefulRestart makes BIRD a graceful-restart helper (keeps our routes as stale
 	// while we restart).
 	GracefulRestart bool
+	// RouteLog adds `routes` to BIRD's protocol debug: each route it imports or
+	// removes is a line in bird.log, in order with the session's events.
+	RouteLog bool
 }
 
 type router struct {
@@ -227,7 +230,7 @@ var birdTmpl = template.Must(template.New("bird").Parse(`
 router id {{.Addr}};
 log "{{.Dir}}/bird.log" all;
 timeformat log "%T.%3f";
-debug protocols { states, events };
+debug protocols { states, events{{if .RouteLog}}, routes{{end}} };
 protocol device { scan time 10; }
 {{if .BFD}}protocol bfd {
 	interface "*" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };
@@ -256,7 +259,7 @@ func (r *router) writeConf() {
 	err := birdTmpl.Execute(&b, map[string]any{
 		"Addr": r.addr, "Dir": r.dir, "BFD": r.conf.BFD, "ASN": r.conf.ASN, "Speaker": speakerAddr,
 		"Port": port, "SpeakerASN": r.conf.SpeakerASN, "HoldTime": r.conf.HoldTime,
-		"GR": r.conf.GracefulRestart, "BFDNeighbor": r.conf.BFDNeighbor,
+		"GR": r.conf.GracefulRestart, "BFDNeighbor": r.conf.BFDNeighbor, "RouteLog": r.conf.RouteLog,
 	})
 	if err == nil {
 		err = os.WriteFile(filepath.Join(r.dir, "bird.conf"), []byte(b.String()), 0o644)
@@ -315,6 +318,15 @@ func (r *router) stop() {
 		<-exited
 	}
 	os.Remove(r.ctl)
+}
+
+// log returns BIRD's log file so far.
+func (r *router) log() string {
+	b, err := os.ReadFile(filepath.Join(r.dir, "bird.log"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return string(b)
 }
 
 func (r *router) client() *birdClient {
