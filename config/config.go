@@ -118,6 +118,11 @@ type Service struct {
 	// a director needs to carry flows it never saw start (plan.Sysctls), and announces
 	// the VIP only while it has synced and can serve (plan.Announcing).
 	ActiveActive bool
+	// PoolUnchecked: a new real server is pooled before its first health check
+	// (PyBal's optimistic pooling, the default). `pool-unchecked = no` pools it only
+	// once every monitor has passed once, and a restart keeps its kernel destination
+	// until then (pool.Coordinator.SetPoolUnchecked). The [k8s-services] default is no.
+	PoolUnchecked bool
 
 	Options Options // every key of the section, raw, with its position
 }

@@ -157,7 +157,7 @@ func validNamespace(ns string) bool {
 // Pos (e.g. the annotation's name) for the errors. The result is valid when the
 // Diagnostics are empty; warnings (unknown keys, no monitors) are returned apart.
 func DeclaredService(t *K8sServices, name string, pos Pos, set Options, checks ...func(*Service) Diagnostics) (svc *Service, errs, warns Diagnostics) {
-	p := &parser{activeActive: t.ActiveActive}
+	p := &parser{activeActive: t.ActiveActive, declared: true}
 	o := Options{}
 	for k, v := range t.Options {
 		o[k] = v

@@ -33,6 +33,7 @@ var serviceKeys = map[string]bool{
 	"forwarding": true, "scheduler-flags": true, "depool-mode": true, "drain-timeout": true,
 	"bgp-communities": true, "bgp-withdraw-when-empty": true, "conftool": true,
 	"vip-interface": true, "k8s-cordoned": true, "k8s-taints": true, "active-active": true,
+	"pool-unchecked": true,
 }
 
 // cliKeys are keys PyBal reads from every section but always overrides with the

@@ -170,6 +170,9 @@ type parser struct {
 	globalExplicit map[string]bool
 	// activeActive is the default of a service's active-active ([global]'s).
 	activeActive bool
+	// declared: the services parsed are Kubernetes-declared ([k8s-services] defaults
+	// and DeclaredService), whose pool-unchecked default is no.
+	declared bool
 }
 
 func (p *parser) errorf(pos Pos, key, format string, args ...any) {
@@ -765,6 +768,9 @@ func (p *parser) serviceWith(s *iniSection, o Options, inherited map[string]bool
 		}
 	}
 
+	// A Kubernetes-declared service's nodes may not serve its VIP yet when it is
+	// created (kube-proxy has not seen the status): check them first.
+	svc.PoolUnchecked = p.bool(o, "pool-unchecked", !template && !p.declared)
 	svc.ActiveActive = p.bool(o, "active-active", p.activeActive)
 	if svc.ActiveActive && svc.Scheduler != "mh" {
 		pos, from := s.pos, " (active-active = yes in [global])"

@@ -347,7 +347,7 @@ func TestDefaults(t *testing.T) {
 		ConfigURL: "file:///etc/pybal/pools/svc", BGP: true, DepoolThreshold: 0.5,
 		Monitors: []string{"IdleConnection"}, Forwarding: ForwardDR, DepoolMode: DepoolDelete,
 		DrainTimeout: 60 * time.Second, VIPInterface: "lo", K8sCordoned: "depool",
-		Options: s.Options,
+		PoolUnchecked: true, Options: s.Options,
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("Service defaults:\n got %+v\nwant %+v", s, want)
@@ -405,7 +405,8 @@ func TestAllKeys(t *testing.T) {
 		DrainTimeout: 30500 * time.Millisecond, BGPCommunities: []string{"64496:443"}, BGPWithdrawWhenEmpty: true,
 		VIPInterface: "vip0", K8sCordoned: "keep",
 		K8sTaints: []string{"node.kubernetes.io/unschedulable", "example.com/maintenance"},
-		Options:   in.Options,
+		Options:   in.Options, // pool-unchecked = no
+
 	}
 	if !reflect.DeepEqual(in, wantIn) {
 		t.Errorf("ingress_443:\n got %+v\nwant %+v", in, wantIn)
@@ -419,7 +420,7 @@ func TestAllKeys(t *testing.T) {
 		Scheduler: "sh", OPS: true, ConfigURL: "file:///etc/pybal/pools/dns_53_udp", BGP: false,
 		DepoolThreshold: 0.5, Monitors: []string{"DNSQuery", "UDP"}, Forwarding: ForwardNAT,
 		SchedulerFlags: []string{"sh-port"}, DepoolMode: DepoolDelete, DrainTimeout: 60 * time.Second,
-		Conftool: "eqiad/dns/recursor", VIPInterface: "lo", K8sCordoned: "depool", Options: dns.Options,
+		Conftool: "eqiad/dns/recursor", VIPInterface: "lo", K8sCordoned: "depool", PoolUnchecked: true, Options: dns.Options,
 	}
 	if !reflect.DeepEqual(dns, wantDNS) {
 		t.Errorf("dns_53_udp:\n got %+v\nwant %+v", dns, wantDNS)

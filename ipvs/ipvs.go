@@ -77,6 +77,11 @@ type Pool struct {
 	// KeepExtra leaves destinations found in the kernel but not desired in place: set
 	// after a restart until the monitors have spoken (hitless restart).
 	KeepExtra bool
+	// Keep lists real servers whose destinations the kernel may hold but that are not
+	// desired: found there, they are left as they are; absent, they are not added.
+	// plan sets it for servers awaiting their first check after a restart
+	// (pool-unchecked = no), so the check decides, not the restart.
+	Keep []netip.Addr
 }
 
 // Backend is one way to program IPVS: netlink (the kernel), Fake (memory), DryRun (logs

@@ -911,7 +911,8 @@ func (r *Reconciler) syncPool(ctx context.Context, k ServiceKey, e *poolRun) err
 func (r *Reconciler) syncChanged(ctx context.Context, k ServiceKey, e *poolRun, cur *kernelService) (bool, error) {
 	b := e.base
 	p := e.pool
-	if !e.based || e.dup || len(r.draining[k]) > 0 || b.KeepExtra != p.KeepExtra || b.Drain != p.Drain {
+	if !e.based || e.dup || len(r.draining[k]) > 0 || b.KeepExtra != p.KeepExtra || b.Drain != p.Drain ||
+		len(b.Keep) > 0 || len(p.Keep) > 0 { // Keep: rare and brief (first checks), syncAll
 		return false, nil
 	}
 	if d := len(p.Destinations) - len(b.Destinations); d == 1 || d == -1 {
@@ -1033,8 +1034,8 @@ func (r *Reconciler) syncAll(ctx context.Context, k ServiceKey, e *poolRun, cur 
 			continue
 		}
 		have := cur.dests[dk]
-		if p.KeepExtra {
-			continue // unsynced source: keep what the kernel has
+		if p.KeepExtra || slices.Contains(p.Keep, dk.Addr) {
+			continue // unsynced source, or a server awaiting its first check
 		}
 		if p.Drain && k.Protocol == TCP {
 			done, err := r.drain(ctx, p, cur, dk, have)
@@ -1269,7 +1270,8 @@ func normalizeService(s Service) Service {
 // destinations (the same slice, as the caller keeps unchanged pools, or, if deep,
 // equal ones).
 func samePool(a, b Pool, deep bool) bool {
-	if !sameService(a.Service, b.Service) || a.Drain != b.Drain || a.DrainTimeout != b.DrainTimeout || a.KeepExtra != b.KeepExtra {
+	if !sameService(a.Service, b.Service) || a.Drain != b.Drain || a.DrainTimeout != b.DrainTimeout || a.KeepExtra != b.KeepExtra ||
+		!slices.Equal(a.Keep, b.Keep) {
 		return false
 	}
 	if len(a.Destinations) != len(b.Destinations) {

@@ -176,6 +176,47 @@ func TestOwnershipAndAdoption(t *testing.T) {
 	}
 }
 
+// Keep (servers awaiting their first check, pool-unchecked = no): a kept server's
+// kernel destination stays as it is through adoption and later passes, one that is
+// absent is not added, and once it is no longer kept the usual diff applies.
+func TestKeepAwaitingServers(t *testing.T) {
+	ctx := context.Background()
+	f := NewFake()
+	must(t, f.AddService(ctx, Service{ServiceKey: web, Scheduler: "wrr"}))
+	must(t, f.AddDestination(ctx, web, dest("10.0.1.1", 0, 10)))
+	must(t, f.AddDestination(ctx, web, dest("10.0.1.2", 0, 7)))
+	must(t, f.AddDestination(ctx, web, dest("10.0.1.9", 0, 5)))
+	r, _, _ := newTestReconciler(t, f)
+	kept := []netip.Addr{netip.MustParseAddr("10.0.1.2"), netip.MustParseAddr("10.0.1.3")}
+	desired := Pool{Service: Service{ServiceKey: web, Scheduler: "wrr"}, Destinations: []Destination{dest("10.0.1.1", 0, 10)}, Keep: kept}
+	r.Set([]Pool{desired})
+	mustPass(t, r, false)
+	want := lines(
+		"-A -t 10.0.0.1:80 -s wrr",
+		"-a -t 10.0.0.1:80 -r 10.0.1.1 -w 10",
+		"-a -t 10.0.0.1:80 -r 10.0.1.2 -w 7", // kept as it is: awaiting its first check
+	)
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("with Keep:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// An incremental pass with a weight change of a desired destination keeps it too.
+	desired.Destinations = []Destination{dest("10.0.1.1", 0, 20)}
+	r.Update(desired)
+	mustPass(t, r, false)
+	want[1] = "-a -t 10.0.0.1:80 -r 10.0.1.1 -w 20"
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("after an update with Keep:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// The check decided: 10.0.1.2 down (not kept, not desired) goes; 10.0.1.3 up comes.
+	desired = Pool{Service: desired.Service, Destinations: []Destination{dest("10.0.1.1", 0, 20), dest("10.0.1.3", 0, 10)}}
+	r.Update(desired)
+	mustPass(t, r, false)
+	want = lines("-A -t 10.0.0.1:80 -s wrr", "-a -t 10.0.0.1:80 -r 10.0.1.1 -w 20", "-a -t 10.0.0.1:80 -r 10.0.1.3 -w 10")
+	if got := table(f); !slices.Equal(got, want) {
+		t.Fatalf("after the checks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 // A service of the config that was never in the kernel while this process ran, then
 // removed from the config, is not kubal's to delete if someone else created it later.
 func TestNeverOwnedServiceIsLeftAlone(t *testing.T) {

@@ -64,6 +64,11 @@ func Pool(svc *config.Service, st Service) ipvs.Pool {
 	}
 	p.Destinations = make([]ipvs.Destination, 0, len(st.Snapshot.Servers))
 	for _, sv := range st.Snapshot.Servers {
+		if sv.Awaiting && sv.Enabled && sv.Addr.IsValid() {
+			// Not pooled before its first check, but not taken out by a restart either:
+			// whatever the kernel holds for it stays until the check decides.
+			p.Keep = append(p.Keep, sv.Addr)
+		}
 		if !sv.Pooled || !sv.Addr.IsValid() {
 			continue
 		}
@@ -96,15 +101,22 @@ func VIPs(cfg *config.Config) []ipvs.VIP {
 // its pooled servers, and for an active-active service only those that are also up
 // with a weight, since a director that cannot reach a real server must leave the
 // flows to the others (a PyBal pool can be pooled but down under the depool
-// threshold). known is false until the service settled.
+// threshold). known is false until the service settled, and while none serves but
+// some await their first check (pool-unchecked = no): after a restart the kernel may
+// still hold them (plan.Pool keeps them), so the check decides, not the restart.
 func Announcing(svc *config.Service, st Service) (n int, known bool) {
 	if !st.Settled || st.Snapshot == nil {
 		return 0, false
 	}
+	awaiting := false
 	for _, sv := range st.Snapshot.Servers {
 		if sv.Pooled && sv.Addr.IsValid() && (!svc.ActiveActive || sv.Up && sv.Weight > 0) {
 			n++
 		}
+		awaiting = awaiting || sv.Awaiting && sv.Enabled && sv.Addr.IsValid()
+	}
+	if n == 0 && awaiting {
+		return 0, false
 	}
 	return n, true
 }

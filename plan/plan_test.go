@@ -40,27 +40,38 @@ func TestPool(t *testing.T) {
 		wantDests []ipvs.Destination
 		keepExtra bool
 		drain     bool
+		keep      []netip.Addr
 	}{
 		{"settled: exactly the pooled servers with an address", svc("s", vip1),
 			Service{Snapshot: snap(pooled, notPooled, unresolved), Settled: true},
-			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "dr"}}, false, false},
+			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "dr"}}, false, false, nil},
 		{"unsynced source: keep what the kernel has, however long", svc("s", vip1),
 			Service{Snapshot: snap(pooled), Settled: false},
-			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "dr"}}, true, false},
-		{"no state yet (service not started): keep the kernel", svc("s", vip1), Service{}, nil, true, false},
-		{"settled with no server: empty, nothing kept", svc("s", vip1), Service{Snapshot: snap(), Settled: true}, nil, false, false},
+			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "dr"}}, true, false, nil},
+		{"no state yet (service not started): keep the kernel", svc("s", vip1), Service{}, nil, true, false, nil},
+		{"settled with no server: empty, nothing kept", svc("s", vip1), Service{Snapshot: snap(), Settled: true}, nil, false, false, nil},
 		{"weight 0 stays a destination at weight 0", svc("s", vip1),
 			Service{Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Weight: 0, Pooled: true}), Settled: true},
-			[]ipvs.Destination{{Addr: a1, Weight: 0, Forwarding: "dr"}}, false, false},
+			[]ipvs.Destination{{Addr: a1, Weight: 0, Forwarding: "dr"}}, false, false, nil},
 		{"depool-mode drain and tunnel forwarding", svc("s", vip1, func(s *config.Service) { s.DepoolMode = config.DepoolDrain; s.Forwarding = "tunnel" }),
 			Service{Snapshot: snap(pooled), Settled: true},
-			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "tunnel"}}, false, true},
+			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "tunnel"}}, false, true, nil},
+		// pool-unchecked = no: not a destination before its first check, but what the
+		// kernel holds for it (a restart) is kept until the check decides; a disabled
+		// one is not kept (an admin depool is in force).
+		{"awaiting first check: kept if the kernel has it, not added", svc("s", vip1),
+			Service{Snapshot: snap(pooled, pool.ServerState{Host: "b", Addr: a2, Weight: 10, Enabled: true, Awaiting: true},
+				pool.ServerState{Host: "d", Addr: netip.MustParseAddr("10.0.0.4"), Weight: 10, Awaiting: true}), Settled: true},
+			[]ipvs.Destination{{Addr: a1, Weight: 10, Forwarding: "dr"}}, false, false, []netip.Addr{a2}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := Pool(tt.svc, tt.st)
 			if (len(p.Destinations) != 0 || len(tt.wantDests) != 0) && !reflect.DeepEqual(p.Destinations, tt.wantDests) {
 				t.Errorf("destinations %+v, want %+v", p.Destinations, tt.wantDests)
+			}
+			if !reflect.DeepEqual(p.Keep, tt.keep) {
+				t.Errorf("Keep %v, want %v", p.Keep, tt.keep)
 			}
 			if p.KeepExtra != tt.keepExtra || p.Drain != tt.drain {
 				t.Errorf("KeepExtra %v Drain %v, want %v %v", p.KeepExtra, p.Drain, tt.keepExtra, tt.drain)
@@ -90,6 +101,8 @@ func TestVIPsAndAnnouncements(t *testing.T) {
 	}{
 		{"not settled: announced (a restart announces before it withdraws)", map[string]Service{"api": {Snapshot: snap()}}, []netip.Addr{vip1, vip2}},
 		{"settled and empty: withdrawn", map[string]Service{"api": {Snapshot: snap(), Settled: true}}, []netip.Addr{vip1}},
+		{"settled, none pooled, one awaiting its first check: announced (a restart keeps it)", map[string]Service{"api": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Enabled: true, Awaiting: true}), Settled: true}}, []netip.Addr{vip1, vip2}},
+		{"active-active, settled, awaiting its first check: not announced", map[string]Service{"ecmp": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Enabled: true, Awaiting: true, Weight: 1}), Settled: true}}, []netip.Addr{vip1, vip2}},
 		{"settled with a pooled server: announced", map[string]Service{"api": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true}), Settled: true}}, []netip.Addr{vip1, vip2}},
 		// Active-active: the other directors carry the VIP until this one can serve it.
 		{"active-active, not settled: not announced", map[string]Service{"ecmp": {Snapshot: snap(pool.ServerState{Host: "a", Addr: a1, Pooled: true, Up: true, Weight: 1})}}, []netip.Addr{vip1, vip2}},

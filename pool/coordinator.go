@@ -51,6 +51,7 @@ type snapKey struct {
 	addr                             netip.Addr
 	weight                           int
 	enabled, ready, up, pooled, down bool // down: in the pooled-down set
+	awaiting                         bool // awaiting its first check (Coordinator.awaiting)
 	reason, override, resolveErr     string
 	resultsGen, monitorsGen          uint64
 }
@@ -95,6 +96,10 @@ type Coordinator struct {
 	waiting       map[string]struct{}
 	ensurePending bool
 
+	// checkFirst: a new server joins the pool only once every monitor passed (see
+	// SetPoolUnchecked); false is PyBal's optimistic pooling.
+	checkFirst bool
+
 	upEnabled      int       // count(up && enabled), kept incrementally: canDepool is O(1)
 	sorted         []string  // hosts in order; nil after an add or remove
 	sortedServers  []*server // the servers in the order of sorted; nil with it
@@ -135,6 +140,32 @@ func (c *Coordinator) setMonitors(monitors []string) {
 	for _, m := range monitors {
 		c.monitorSet[m] = struct{}{}
 	}
+}
+
+// SetPoolUnchecked chooses how a new server (or one whose address became known) starts.
+// true is PyBal's optimistic pooling: up, and pooled if enabled, before any check.
+// false pools it only once every monitor has passed once: until its first verdict
+// from each monitor it is awaiting (ServerState.Awaiting), neither up nor pooled, and
+// never force-pooled by the depool threshold, which waits for its verdicts instead. A
+// new service then takes no traffic to a real server nobody has checked (a Kubernetes
+// node whose kube-proxy does not serve the VIP yet), and a restart keeps the kernel's
+// destinations of awaiting servers as they are (plan.Pool) until they are checked.
+// Servers already known keep their state; services without monitors pool at once.
+func (c *Coordinator) SetPoolUnchecked(on bool) {
+	if c.checkFirst == !on {
+		return
+	}
+	c.touchAll()
+	c.checkFirst = !on
+	c.ensurePending = true
+	c.maybeEnsure()
+}
+
+// awaiting: check-first pooling, and s has an address but not yet a verdict from
+// every monitor. Such a server is not up or pooled; its first complete round of
+// verdicts decides (resultUp pools it, firstRound re-ensures the threshold).
+func (c *Coordinator) awaiting(s *server) bool {
+	return c.checkFirst && s.ready && !s.up && !s.pooled && len(c.monitors) > 0 && !c.allReported(s)
 }
 
 // on reports whether level is logged.
@@ -273,11 +304,20 @@ func (c *Coordinator) remove(h string) {
 
 // becomeReady is PyBal's Server._ready: optimistic pooling before any health check
 // (up, and pooled if enabled). Monitors have no results yet: Result ignores servers
-// that are not ready.
+// that are not ready. With check-first pooling the server waits for its first
+// verdicts instead (awaiting), unless the service has no monitors.
 func (c *Coordinator) becomeReady(s *server, addr netip.Addr) {
 	s.addr = addr
 	s.ready = true
 	s.resolveErr = ""
+	if c.checkFirst && len(c.monitors) > 0 {
+		if c.allReported(s) { // verdicts kept from an earlier address
+			up := c.calcStatus(s)
+			c.setUp(s, up)
+			s.pooled = up && s.enabled
+		}
+		return
+	}
 	c.setUp(s, true)
 	s.pooled = s.enabled
 }
@@ -366,9 +406,14 @@ func (c *Coordinator) ensureDepoolThreshold() bool {
 	if float64(pooled) >= need {
 		return true
 	}
+	awaiting := 0
 	for _, h := range c.sortedHosts() {
 		s := c.servers[h]
 		if !s.enabled || !s.ready || s.pooled {
+			continue
+		}
+		if c.awaiting(s) {
+			awaiting++ // its first verdicts re-ensure the threshold (firstRound)
 			continue
 		}
 		c.logf(slog.LevelWarn, "Forcing %s to be pooled to meet depool threshold", h)
@@ -380,6 +425,10 @@ func (c *Coordinator) ensureDepoolThreshold() bool {
 		if float64(pooled) >= need {
 			return true
 		}
+	}
+	if float64(pooled+awaiting) >= need {
+		c.logf(slog.LevelInfo, "Depool threshold not met yet: %d server(s) awaiting their first check", awaiting)
+		return false
 	}
 	c.logf(LevelCritical, "Could not ensure depool threshold; insufficient enabled & ready servers.")
 	return false
@@ -488,6 +537,7 @@ func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 		}
 		return
 	}
+	wasAwaiting := c.awaiting(s)
 	prev, had := s.results[monitor]
 	if s.results == nil {
 		s.results = make(map[string]MonitorResult, len(c.monitors))
@@ -501,9 +551,25 @@ func (c *Coordinator) Result(host, monitor string, r MonitorResult) {
 	c.touchPooledDown(s)
 	if r.Up {
 		c.resultUp(s, !had)
+	} else {
+		c.resultDown(s, monitor, r.Reason, !had || prev.Up || prev.Reason != r.Reason)
+	}
+	if wasAwaiting && !c.awaiting(s) {
+		c.firstRound(s)
+	}
+}
+
+// firstRound: an awaiting server has its first verdict from every monitor. If it is
+// down, the depool threshold, which could not count on it before, is ensured now: a
+// health checker wrong about every server of a restarted service must not empty it.
+func (c *Coordinator) firstRound(s *server) {
+	if s.pooled {
 		return
 	}
-	c.resultDown(s, monitor, r.Reason, !had || prev.Up || prev.Reason != r.Reason)
+	c.touchAll() // the threshold may force-pool any server
+	if len(c.waiting) == 0 {
+		c.ensureDepoolThreshold()
+	}
 }
 
 // touchAll: any server may have changed (SnapshotShared compares them all).
@@ -799,11 +865,12 @@ func (c *Coordinator) serverState(s *server) (st ServerState, changed bool) {
 		valid: true, addr: s.addr, weight: s.weight,
 		enabled: s.enabled, ready: s.ready, up: s.up, pooled: s.pooled, down: down,
 		reason: s.reason, override: s.override, resolveErr: s.resolveErr,
-		resultsGen: s.resultsGen, monitorsGen: c.monitorsGen,
+		resultsGen: s.resultsGen, monitorsGen: c.monitorsGen, awaiting: c.awaiting(s),
 	}
 	if k == s.key {
 		return s.snap, false
 	}
+	awaiting := k.awaiting
 	mons := s.snap.Monitors
 	if !s.key.valid || s.key.resultsGen != k.resultsGen || mons == nil {
 		mons = make(map[string]MonitorResult, len(s.results))
@@ -822,6 +889,7 @@ func (c *Coordinator) serverState(s *server) (st ServerState, changed bool) {
 		Monitors: mons,
 		Why:      c.why(s),
 		Override: s.override,
+		Awaiting: awaiting,
 	}
 	s.key = k
 	return s.snap, true

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -644,4 +645,98 @@ func TestNilLoggerAndEmptyHost(t *testing.T) {
 	c.Resolved("nope", addr("nope"))
 	c.ResolveFailed("nope", nil)
 	c.Result("nope", "m", MonitorResult{})
+}
+
+// pool-unchecked = no: new servers wait for a verdict from every monitor, are not
+// force-pooled while they wait, and a first round that finds them down re-ensures
+// the depool threshold (a checker wrong about all of them must not empty the pool).
+func TestCheckFirst(t *testing.T) {
+	type step struct {
+		host, monitor string
+		up            bool
+		pooled        []string
+		pooledDown    []string
+		awaiting      []string
+	}
+	tests := []struct {
+		name      string
+		threshold float64
+		monitors  []string
+		steps     []step
+	}{{
+		name: "pooled once every monitor passed", threshold: 0.5, monitors: []string{"ProxyFetch", "Kubernetes"},
+		steps: []step{
+			{awaiting: []string{"a", "b", "c"}},
+			{host: "a", monitor: "ProxyFetch", up: true, awaiting: []string{"a", "b", "c"}},
+			{host: "a", monitor: "Kubernetes", up: true, pooled: []string{"a"}, awaiting: []string{"b", "c"}},
+			{host: "b", monitor: "Kubernetes", up: true, pooled: []string{"a"}, awaiting: []string{"b", "c"}},
+			{host: "b", monitor: "ProxyFetch", up: true, pooled: []string{"a", "b"}, awaiting: []string{"c"}},
+		},
+	}, {
+		name: "first rounds down: held at the threshold", threshold: 0.5, monitors: []string{"ProxyFetch"},
+		steps: []step{
+			{awaiting: []string{"a", "b", "c"}},
+			{host: "c", monitor: "ProxyFetch", up: false, pooled: []string{"c"}, pooledDown: []string{"c"}, awaiting: []string{"a", "b"}},
+			{host: "b", monitor: "ProxyFetch", up: false, pooled: []string{"b", "c"}, pooledDown: []string{"b", "c"}, awaiting: []string{"a"}},
+			// 2 of 3 pooled meets 1.5: a stays out.
+			{host: "a", monitor: "ProxyFetch", up: false, pooled: []string{"b", "c"}, pooledDown: []string{"b", "c"}},
+			// a comes up and is pooled; 1 up of 3 is below 1.5, so b and c stay pooled down.
+			{host: "a", monitor: "ProxyFetch", up: true, pooled: []string{"a", "b", "c"}, pooledDown: []string{"b", "c"}},
+			// a second up server lets the set drain: c up, b depooled.
+			{host: "c", monitor: "ProxyFetch", up: true, pooled: []string{"a", "c"}},
+		},
+	}, {
+		name: "no monitors: pooled at once", threshold: 0.5,
+		steps: []step{{pooled: []string{"a", "b", "c"}}},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, tt.threshold, tt.monitors...)
+			h.c.SetPoolUnchecked(false)
+			h.update(sc("a"), sc("b"), sc("c"))
+			for i, st := range tt.steps {
+				if st.host != "" {
+					if st.up {
+						h.up(st.host, st.monitor)
+					} else {
+						h.down(st.host, st.monitor, "down")
+					}
+				}
+				var awaiting []string
+				for _, s := range h.c.Snapshot().Servers {
+					if s.Awaiting {
+						awaiting = append(awaiting, s.Host)
+						if !strings.Contains(s.Why, "waiting for first check") {
+							t.Errorf("step %d: %s awaiting, why %q", i, s.Host, s.Why)
+						}
+					}
+				}
+				if !slices.Equal(awaiting, st.awaiting) {
+					t.Errorf("step %d: awaiting %v, want %v", i, awaiting, st.awaiting)
+				}
+				h.wantPooled(st.pooled...)
+				h.wantPooledDown(st.pooledDown...)
+			}
+			if h.logged(LevelCritical, "Could not ensure depool threshold; insufficient enabled & ready servers.") {
+				t.Errorf("CRITICAL logged while servers awaited their first check:\n%s", h.dumpLogs())
+			}
+		})
+	}
+}
+
+// The PyBal default keeps optimistic pooling; switching to check-first later leaves
+// the servers already pooled as they are and applies to new ones.
+func TestCheckFirstOnlyNewServers(t *testing.T) {
+	h := newHarness(t, 0.5, "ProxyFetch")
+	h.update(sc("a"), sc("b"))
+	h.wantPooled("a", "b")
+	h.c.SetPoolUnchecked(false)
+	h.check()
+	h.update(sc("a"), sc("b"), sc("c"))
+	h.wantPooled("a", "b")
+	if !h.state("c").Awaiting || h.state("a").Awaiting {
+		t.Errorf("awaiting: a %v, c %v; want c only", h.state("a").Awaiting, h.state("c").Awaiting)
+	}
+	h.up("c", "ProxyFetch")
+	h.wantPooled("a", "b", "c")
 }

@@ -35,6 +35,10 @@ type ServerState struct {
 	// Override is the admin override in force (who, when, what, why), "" for none, as
 	// ServerConfig.Override said.
 	Override string
+	// Awaiting: check-first pooling (Coordinator.SetPoolUnchecked(false)) and this
+	// server has not had a verdict from every monitor yet. It is not pooled; a kernel
+	// destination it already has (a restart) is kept as it is until then.
+	Awaiting bool
 }
 
 // MonitorResult is one monitor's last verdict on a server.

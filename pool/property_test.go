@@ -22,7 +22,7 @@ func countsOf(c *Coordinator) counts {
 		if s.pooled {
 			k.pooled++
 		}
-		if s.enabled && s.ready {
+		if s.enabled && s.ready && !c.awaiting(s) { // awaiting: not forcible (check-first)
 			k.enabledReady++
 		}
 	}
@@ -35,7 +35,10 @@ func countsOf(c *Coordinator) counts {
 //     counters);
 //   - health checks (Result) never take the pooled count below ceil(N x threshold);
 //   - once no new server is waiting for its address, if at least ceil(N x threshold)
-//     servers are enabled and ready then at least that many are pooled.
+//     servers are enabled and ready (and not awaiting a first check) then at least
+//     that many are pooled;
+//   - with check-first pooling (pool-unchecked = no, half the seeds), a server only
+//     goes from not pooled to pooled once every monitor has reported on it.
 func TestRandomEvents(t *testing.T) {
 	const seeds, events = 200, 300
 	thresholds := []float64{0, 0.25, 0.5, 0.66, 0.75, 1}
@@ -49,6 +52,8 @@ func TestRandomEvents(t *testing.T) {
 		}
 		monitors := monitorSets[rng.IntN(len(monitorSets))]
 		c := New("svc", thresholds[rng.IntN(len(thresholds))], monitors, slog.New(slog.DiscardHandler))
+		checkFirst := seed%2 == 1
+		c.SetPoolUnchecked(!checkFirst)
 		var trace []string
 		fail := func(format string, args ...any) {
 			t.Helper()
@@ -56,6 +61,10 @@ func TestRandomEvents(t *testing.T) {
 		}
 		for range events {
 			before := countsOf(c)
+			wasPooled := map[*server]bool{}
+			for _, s := range c.servers {
+				wasPooled[s] = s.pooled
+			}
 			isResult := false
 			switch p := rng.IntN(100); {
 			case p < 12: // a new full server set
@@ -100,6 +109,13 @@ func TestRandomEvents(t *testing.T) {
 				fail("%v", err)
 			}
 			after := countsOf(c)
+			if checkFirst && len(c.monitors) > 0 {
+				for h, s := range c.servers {
+					if s.pooled && !wasPooled[s] && !c.allReported(s) {
+						fail("check-first: %s pooled without a verdict from every monitor (%v)", h, s.results)
+					}
+				}
+			}
 			if isResult && after.pooled < before.pooled && float64(after.pooled) < after.need {
 				fail("a health check took pooled from %d to %d, below %d x %v", before.pooled, after.pooled, after.n, c.threshold)
 			}

@@ -144,6 +144,7 @@ func New(cfg *config.Service, deps Deps) *Service {
 		resolving:   map[string]bool{},
 		resolveWait: map[string]time.Duration{},
 	}
+	s.coord.SetPoolUnchecked(cfg.PoolUnchecked)
 	s.publish()
 	return s
 }
@@ -584,6 +585,7 @@ func (s *Service) reconfigure(cfg *config.Service) {
 		s.serversChanged = true
 	}
 	s.coord.Reconfigure(cfg.DepoolThreshold, monitorsOf(cfg, s.deps.Health))
+	s.coord.SetPoolUnchecked(cfg.PoolUnchecked)
 	s.feedHealth()
 }
 
