@@ -3,10 +3,16 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,7 +220,8 @@ func TestKubernetesDeclaredLocalServicePoolsOnlyItsNodes(t *testing.T) {
 
 // declaredRig starts a kube-apiserver with two Ready nodes (node-a, node-b: labels,
 // InternalIPs from addrs) and writes a pybal.conf with only a [k8s-services] template
-// (class kubal.io/lvs, wrr, no monitors, plus extra lines) for a daemon to start on.
+// (class kubal.io/lvs, wrr, no monitors unless extra sets them, plus extra lines) for a
+// daemon to start on.
 func declaredRig(t *testing.T, ctx context.Context, labels map[string]string, addrs func(i int) []string, extra string) (kubernetes.Interface, string) {
 	t.Helper()
 	apiserver, _, err := k8s.Binaries()
@@ -252,8 +259,158 @@ func declaredRig(t *testing.T, ctx context.Context, labels map[string]string, ad
 	}
 	conf := filepath.Join(dir, "pybal.conf")
 	if err := os.WriteFile(conf, fmt.Appendf(nil, "[global]\nbgp = no\nkubeconfig = %s\nstate-file = %s/state.json\n\n"+
-		"[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\nmonitors = []\n%s", kc, dir, extra), 0o644); err != nil {
+		"[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\n%s%s", kc, dir, noMonitors(extra), extra), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return c, conf
+}
+
+func noMonitors(extra string) string {
+	if strings.Contains(extra, "monitors") { // set, or a comment that wants the defaults
+		return ""
+	}
+	return "monitors = []\n"
+}
+
+// pool-unchecked (the [k8s-services] default is no): a new Local Service's node is
+// not in IPVS before kube-proxy's health check on it (ProxyFetch on
+// healthCheckNodePort) has answered, and a restart keeps the nodes' destinations while
+// the new kubal waits for those checks. With pool-unchecked = yes (PyBal) the slow node
+// is pooled before it ever answered: the same test sees it, so the check can fail.
+func TestKubernetesDeclaredPoolsNodesAfterTheirFirstCheck(t *testing.T) {
+	for _, tt := range []struct {
+		unchecked      string
+		wantEarly      bool // node-b in IPVS before its health check answered
+		restartHitless bool
+	}{
+		{unchecked: "no", wantEarly: false, restartHitless: true},
+		{unchecked: "yes", wantEarly: true},
+	} {
+		t.Run("pool-unchecked="+tt.unchecked, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			// kube-proxy's health check server on each node: node-a (127.0.0.1) answers
+			// at once, node-b (127.0.0.2) after slow.
+			const slow = 2 * time.Second
+			var hcPort int
+			var answered atomic.Int64 // unix nanos of node-b's first answer since reset
+			var servers []*http.Server
+			for try := 0; ; try++ {
+				hcPort = 30000 + rand.IntN(2700)
+				var lns []net.Listener
+				var err error
+				for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+					var ln net.Listener
+					if ln, err = net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(hcPort))); err != nil {
+						break
+					}
+					lns = append(lns, ln)
+				}
+				if err != nil {
+					for _, ln := range lns {
+						ln.Close()
+					}
+					if try > 20 {
+						t.Fatal(err)
+					}
+					continue
+				}
+				for i, ln := range lns {
+					nodeB := i == 1
+					srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						if nodeB {
+							time.Sleep(slow)
+							answered.CompareAndSwap(0, time.Now().UnixNano())
+						}
+						fmt.Fprintln(w, `{"localEndpoints": 1}`)
+					})}
+					servers = append(servers, srv)
+					go srv.Serve(ln)
+				}
+				break
+			}
+			t.Cleanup(func() {
+				for _, s := range servers {
+					s.Close()
+				}
+			})
+			c, conf := declaredRig(t, ctx, nil, func(i int) []string { return []string{fmt.Sprintf("127.0.0.%d", i+1)} },
+				"vip-ranges = 192.0.2.0/28\npool-unchecked = "+tt.unchecked+"\n# monitors: each Service's defaults\n")
+			fake := ipvs.NewFake()
+			_, stop := startDaemonWith(t, conf, fake)
+			class := "kubal.io/lvs"
+			svc := &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: "checked", Namespace: "default"},
+				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
+					ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, HealthCheckNodePort: int32(hcPort),
+					Selector: map[string]string{"app": "checked"},
+					Ports:    []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+			}
+			if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			ready, nodeA, nodeB := true, "node-a", "node-b"
+			slice := &discoveryv1.EndpointSlice{
+				ObjectMeta:  metav1.ObjectMeta{Name: "checked-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "checked"}},
+				AddressType: discoveryv1.AddressTypeIPv4,
+				Endpoints: []discoveryv1.Endpoint{
+					{Addresses: []string{"10.244.0.5"}, NodeName: &nodeA, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
+					{Addresses: []string{"10.244.1.5"}, NodeName: &nodeB, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
+				},
+			}
+			if _, err := c.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			dests := func() (map[string]bool, bool) {
+				for k, p := range fake.Table() {
+					if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) {
+						out := map[string]bool{}
+						for _, d := range p.Destinations {
+							out[d.Addr.String()] = true
+						}
+						return out, true
+					}
+				}
+				return nil, false
+			}
+			// Watch IPVS until both nodes are in, noting node-b before its first answer.
+			early := false
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				ds, _ := dests()
+				if ds["127.0.0.2"] && (answered.Load() == 0 || time.Now().UnixNano() < answered.Load()) {
+					early = true
+				}
+				if ds["127.0.0.1"] && ds["127.0.0.2"] {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("IPVS holds %v 30 s after the Service; want both nodes", ds)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			if early != tt.wantEarly {
+				t.Errorf("node-b in IPVS before its health check answered: %v, want %v", early, tt.wantEarly)
+			}
+			if !tt.restartHitless {
+				return
+			}
+			// Restart on the same kernel: the new kubal waits slow for node-b's check,
+			// and neither node leaves IPVS meanwhile.
+			stop()
+			answered.Store(0)
+			startDaemonWith(t, conf, fake)
+			deadline = time.Now().Add(slow + 10*time.Second)
+			for answered.Load() == 0 || time.Since(time.Unix(0, answered.Load())) < time.Second {
+				ds, ok := dests()
+				if !ok || !ds["127.0.0.1"] || !ds["127.0.0.2"] {
+					t.Fatalf("during the restart IPVS held %v (service present %v); want both nodes throughout", ds, ok)
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("node-b's health check was not asked for after the restart")
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+	}
 }

@@ -26,7 +26,17 @@ type Target struct {
 	Host    string // configured hostname: the host label, and server.host in RunCommand
 	Addr    netip.Addr
 	Port    uint16 // the service port
+	// Prompt: the first check within PromptWindow (or the interval, if shorter), not
+	// one interval after start. A server of a pool-unchecked = no service takes no
+	// traffic until its first check, so that check must not wait up to a whole
+	// interval (ProxyFetch's default is 10 s). A probe already running for another
+	// service is shared as it is.
+	Prompt bool
 }
+
+// PromptWindow spreads the prompt first checks (Target.Prompt): a restart of many
+// such services starts their probes over this window, not all at once.
+const PromptWindow = time.Second
 
 // Result is one verdict: up, or down and why.
 type Result struct {
@@ -146,7 +156,7 @@ func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(
 	k := sp.key()
 	p := m.probes[k]
 	if p == nil {
-		p = m.startProbe(name, k, sp)
+		p = m.startProbe(name, k, sp, t.Prompt)
 	}
 	p.mu.Lock()
 	p.watchers = append(p.watchers, w)
@@ -165,7 +175,7 @@ func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(
 	return func() { once.Do(func() { m.detach(p, w) }) }, nil
 }
 
-func (m *Manager) startProbe(name, key string, sp spec) *probe {
+func (m *Manager) startProbe(name, key string, sp spec, prompt bool) *probe {
 	ctx, cancel := context.WithCancel(m.ctx)
 	rise, fall := sp.hyst()
 	p := &probe{m: m, name: name, key: key, cancel: cancel, h: hysteresis{rise: rise, fall: fall}}
@@ -178,6 +188,12 @@ func (m *Manager) startProbe(name, key string, sp spec) *probe {
 		metrics: m.metrics,
 		each:    p.each,
 		offset:  m.offset,
+	}
+	if prompt {
+		// Runners start at interval - offset: make that [0, min(interval, PromptWindow)).
+		e.offset = func(interval time.Duration) time.Duration {
+			return interval - m.offset(min(interval, PromptWindow))
+		}
 	}
 	r := sp.newRunner(e)
 	emit := p.emit

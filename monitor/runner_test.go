@@ -249,7 +249,7 @@ func TestManagerRestartsPanickedRunner(t *testing.T) {
 	m.clk = clk
 	pr := panicRunner{start: make(chan struct{}), runs: make(chan struct{}, 10)}
 	r := newReports()
-	p := m.startProbe("Test", "k", fixedSpec{pr})
+	p := m.startProbe("Test", "k", fixedSpec{pr}, false)
 	p.mu.Lock()
 	p.watchers = append(p.watchers, &watcher{service: "s", host: "h", report: r.report})
 	p.mu.Unlock()
@@ -272,3 +272,39 @@ type fixedSpec struct{ r runner }
 func (f fixedSpec) key() string           { return "fixed" }
 func (f fixedSpec) hyst() (int, int)      { return 1, 1 }
 func (f fixedSpec) newRunner(*env) runner { return f.r }
+
+// offsetSpec records the start-up offset its runner would get for a 10 s interval.
+type offsetSpec struct{ got chan time.Duration }
+
+func (o offsetSpec) key() string      { return "offset" }
+func (o offsetSpec) hyst() (int, int) { return 1, 1 }
+func (o offsetSpec) newRunner(e *env) runner {
+	o.got <- e.offset(10 * time.Second)
+	return idleRunner{}
+}
+
+type idleRunner struct{}
+
+func (idleRunner) Run(ctx context.Context, _ func(Result)) { <-ctx.Done() }
+
+// Target.Prompt: a loop's first check comes within PromptWindow of the start (the
+// loop waits interval - offset), not somewhere in the first interval.
+func TestPromptFirstCheck(t *testing.T) {
+	for _, tt := range []struct {
+		prompt    bool
+		wantFirst time.Duration // interval - offset
+	}{
+		{prompt: false, wantFirst: 5 * time.Second}, // half the 10 s interval
+		{prompt: true, wantFirst: PromptWindow / 2}, // half the prompt window
+	} {
+		m, _ := newTestManager(t)
+		m.offset = func(iv time.Duration) time.Duration { return iv / 2 }
+		sp := offsetSpec{got: make(chan time.Duration, 1)}
+		m.mu.Lock()
+		m.startProbe("Test", "offset", sp, tt.prompt)
+		m.mu.Unlock()
+		if first := 10*time.Second - <-sp.got; first != tt.wantFirst {
+			t.Errorf("prompt %v: first check %s after start, want %s", tt.prompt, first, tt.wantFirst)
+		}
+	}
+}

@@ -530,7 +530,7 @@ func (s *Service) syncWatches(snap *pool.Snapshot) {
 
 func (s *Service) startWatch(host string, addr netip.Addr) {
 	w := &watch{addr: addr, raw: map[string]monitor.Result{}}
-	t := monitor.Target{Service: s.name, Host: host, Addr: addr, Port: s.cfg.Port}
+	t := monitor.Target{Service: s.name, Host: host, Addr: addr, Port: s.cfg.Port, Prompt: !s.cfg.PoolUnchecked}
 	for _, name := range monitor.Watched(s.cfg) {
 		stop, err := s.deps.Monitors.Watch(s.cfg, name, t, func(r monitor.Result) {
 			s.send(s.ctx, monitorResult{host: host, monitor: name, w: w, r: r})
