@@ -38,17 +38,8 @@ func TestKubernetesDeclaredServiceRunsWithoutReload(t *testing.T) {
 	fake := ipvs.NewFake()
 	d, stopDaemon := startDaemonWith(t, conf, fake)
 
-	class := "kubal.io/lvs"
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
-			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyCluster,
-			Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
-	}
 	start := time.Now()
-	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	svc := createLB(t, ctx, c, "web", corev1.ServiceExternalTrafficPolicyCluster)
 	const name = "default.web:80"
 	var key ipvs.ServiceKey
 	took := testutil.Eventually(t, 20*time.Second, "the declared service in /pools and IPVS", func() bool {
@@ -175,25 +166,8 @@ func TestKubernetesDeclaredLocalServicePoolsOnlyItsNodes(t *testing.T) {
 		"vip-ranges = 192.0.2.0/28\ndepool-threshold = .9\n")
 	fake := ipvs.NewFake()
 	d, _ := startDaemonWith(t, conf, fake)
-	class := "kubal.io/lvs"
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: "default"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
-			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, Selector: map[string]string{"app": "local"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
-	}
-	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ready, node := true, "node-a"
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "local-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "local"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.5"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
-	}
-	if _, err := c.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createLB(t, ctx, c, "local", corev1.ServiceExternalTrafficPolicyLocal)
+	createSlice(t, ctx, c, "local", "node-a")
 	var dests []string
 	testutil.Eventually(t, 20*time.Second, "default.local:80 in IPVS with node-a", func() bool {
 		if !slices.Contains(d.Pools(), "default.local:80") {
@@ -338,29 +312,9 @@ func TestKubernetesDeclaredPoolsNodesAfterTheirFirstCheck(t *testing.T) {
 				"vip-ranges = 192.0.2.0/28\npool-unchecked = "+tt.unchecked+"\n# monitors: each Service's defaults\n")
 			fake := ipvs.NewFake()
 			_, stop := startDaemonWith(t, conf, fake)
-			class := "kubal.io/lvs"
-			svc := &corev1.Service{
-				ObjectMeta: metav1.ObjectMeta{Name: "checked", Namespace: "default"},
-				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
-					ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, HealthCheckNodePort: int32(hcPort),
-					Selector: map[string]string{"app": "checked"},
-					Ports:    []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
-			}
-			if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			ready, nodeA, nodeB := true, "node-a", "node-b"
-			slice := &discoveryv1.EndpointSlice{
-				ObjectMeta:  metav1.ObjectMeta{Name: "checked-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "checked"}},
-				AddressType: discoveryv1.AddressTypeIPv4,
-				Endpoints: []discoveryv1.Endpoint{
-					{Addresses: []string{"10.244.0.5"}, NodeName: &nodeA, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
-					{Addresses: []string{"10.244.1.5"}, NodeName: &nodeB, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
-				},
-			}
-			if _, err := c.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			createLB(t, ctx, c, "checked", corev1.ServiceExternalTrafficPolicyLocal,
+				func(s *corev1.ServiceSpec) { s.HealthCheckNodePort = int32(hcPort) })
+			createSlice(t, ctx, c, "checked", "node-a", "node-b")
 			dests := func() (map[string]bool, bool) {
 				for k, p := range fake.Table() {
 					if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) {
@@ -412,5 +366,43 @@ func TestKubernetesDeclaredPoolsNodesAfterTheirFirstCheck(t *testing.T) {
 				time.Sleep(2 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// createLB creates the LoadBalancer Service default/name of kubal's class with one
+// TCP port 80 and the traffic policy, after mods.
+func createLB(t *testing.T, ctx context.Context, c kubernetes.Interface, name string, policy corev1.ServiceExternalTrafficPolicy, mods ...func(*corev1.ServiceSpec)) *corev1.Service {
+	t.Helper()
+	class := "kubal.io/lvs"
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, LoadBalancerClass: &class,
+			ExternalTrafficPolicy: policy, Selector: map[string]string{"app": name},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}
+	for _, m := range mods {
+		m(&svc.Spec)
+	}
+	if _, err := c.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// createSlice writes the EndpointSlice of default/service with one ready endpoint on
+// each node.
+func createSlice(t *testing.T, ctx context.Context, c kubernetes.Interface, service string, nodes ...string) {
+	t.Helper()
+	ready := true
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: service + "-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: service}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for i, n := range nodes {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{fmt.Sprintf("10.244.%d.5", i)}, NodeName: &n, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+	}
+	if _, err := c.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
