@@ -18,7 +18,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,7 +81,7 @@ type Daemon struct {
 	// Kubernetes-declared services ([k8s-services]): the controller's latest set.
 	declared    atomic.Pointer[k8ssource.Desired]
 	declaredCh  chan struct{}
-	declaredCtl *k8ssource.Services
+	declaredRun *declaredRun // the running controller; owned by the main loop
 
 	services *service.Group
 
@@ -234,9 +233,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	defer func() { d.listeners.Shutdown() }() // the main loop's: no lock needed
 
-	if err := d.startDeclared(runCtx, cfg); err != nil {
+	ctl, err := d.newDeclared(cfg)
+	if err != nil {
 		return err
 	}
+	d.runDeclared(runCtx, ctl, cfg.K8sServices)
 	d.applyServices(cfg)
 	d.metrics.reloadSuccess.Set(1)
 	d.metrics.reloadTime.SetToCurrentTime()
@@ -377,6 +378,12 @@ func (d *Daemon) reload() error {
 	if err == nil && d.Config().Global.BGP != cfg.Global.BGP {
 		err = errors.New("[global] bgp changed: restart kubal to apply")
 	}
+	var nextDeclared *k8ssource.Services
+	if err == nil && d.templateChanged(cfg) {
+		// Built before anything changes: a template the controller refuses fails the
+		// reload and the running one stays.
+		nextDeclared, err = d.newDeclared(cfg)
+	}
 	if err != nil {
 		d.mu.Lock()
 		d.reloadErr = err
@@ -390,11 +397,7 @@ func (d *Daemon) reload() error {
 		d.log.Warn(w.String())
 	}
 	keys := config.RestartNeeded(d.startCfg, cfg)
-	if !reflect.DeepEqual(d.startCfg.K8sServices, cfg.K8sServices) {
-		keys = append(keys, "["+config.K8sServicesSection+"]")
-	} else if d.declaredCtl != nil {
-		d.declaredCtl.SetStatic(cfg.Services) // re-checks every VIP against them
-	}
+	d.reloadDeclared(cfg, nextDeclared)
 	if len(keys) > 0 {
 		d.log.Warn("config reloaded, but these [global] settings only take effect after a restart", "keys", keys)
 	}

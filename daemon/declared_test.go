@@ -406,3 +406,90 @@ func createSlice(t *testing.T, ctx context.Context, c kubernetes.Interface, serv
 		t.Fatal(err)
 	}
 }
+
+// A reload applies a changed [k8s-services] template without a restart: the declared
+// service keeps its VIP and its destinations throughout and takes the new scheduler;
+// a template the controller refuses fails the reload and changes nothing; removing
+// the section removes the declared service, and adding it back restores it on the
+// same VIP (from the Service's status).
+func TestKubernetesDeclaredTemplateReload(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, conf := declaredRig(t, ctx, nil, func(i int) []string { return []string{fmt.Sprintf("10.7.0.%d", i+1)} },
+		"vip-ranges = 192.0.2.0/28\n")
+	fake := ipvs.NewFake()
+	d, _ := startDaemonWith(t, conf, fake)
+	createLB(t, ctx, c, "web", corev1.ServiceExternalTrafficPolicyCluster)
+	const name = "default.web:80"
+	var key ipvs.ServiceKey
+	testutil.Eventually(t, 20*time.Second, "default.web:80 in IPVS with both nodes", func() bool {
+		for k, p := range fake.Table() {
+			if k.Port == 80 && netip.MustParsePrefix("192.0.2.0/28").Contains(k.Addr) && len(p.Destinations) == 2 {
+				key = k
+				return p.Service.Scheduler == "wrr"
+			}
+		}
+		return false
+	})
+	orig, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewrite := func(f func(string) string) {
+		t.Helper()
+		if err := os.WriteFile(conf, []byte(f(string(orig))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// watch samples IPVS until cond, failing if the service ever lost a destination.
+	watch := func(what string, cond func(ipvs.Pool, bool) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			p, ok := fake.Table()[key]
+			if !ok || len(p.Destinations) != 2 {
+				t.Fatalf("%s: IPVS %s present %v with %d destinations; want both nodes throughout", what, key, ok, len(p.Destinations))
+			}
+			if cond(p, ok) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 20 s: %+v", what, p.Service)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+
+	rewrite(func(s string) string { return strings.Replace(s, "scheduler = wrr", "scheduler = rr", 1) })
+	if err := d.Reload(ctx); err != nil {
+		t.Fatalf("reload with a changed template: %v", err)
+	}
+	watch("scheduler wrr -> rr by a reload", func(p ipvs.Pool, _ bool) bool { return p.Service.Scheduler == "rr" })
+
+	rewrite(func(s string) string {
+		return strings.Replace(s, "scheduler = wrr", "scheduler = rr\nnodes = role in (lvs", 1)
+	})
+	if err := d.Reload(ctx); err == nil || !strings.Contains(err.Error(), "nodes") {
+		t.Fatalf("reload with a bad node selector: %v, want an error naming nodes", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	watch("after the refused reload", func(p ipvs.Pool, _ bool) bool { return p.Service.Scheduler == "rr" })
+
+	rewrite(func(s string) string { s, _, _ = strings.Cut(s, "[k8s-services]"); return s })
+	if err := d.Reload(ctx); err != nil {
+		t.Fatalf("reload without the template: %v", err)
+	}
+	testutil.Eventually(t, 20*time.Second, "the declared service gone with the template", func() bool {
+		_, inKernel := fake.Table()[key]
+		return !inKernel && !slices.Contains(d.Pools(), name)
+	})
+
+	rewrite(func(s string) string { return s })
+	if err := d.Reload(ctx); err != nil {
+		t.Fatalf("reload with the template back: %v", err)
+	}
+	testutil.Eventually(t, 20*time.Second, "the declared service back on its VIP", func() bool {
+		p, ok := fake.Table()[key]
+		return ok && len(p.Destinations) == 2 && p.Service.Scheduler == "wrr" && slices.Contains(d.Pools(), name)
+	})
+}
