@@ -85,7 +85,8 @@ func (r *rig) writeList(t *testing.T, s string) {
 	}
 }
 
-func (r *rig) writeConf(t *testing.T, threshold string) {
+// writeConf writes web_80's config; extra lines go at the end of its section.
+func (r *rig) writeConf(t *testing.T, threshold string, extra ...string) {
 	t.Helper()
 	conf := fmt.Sprintf(`[global]
 bgp = no
@@ -105,6 +106,9 @@ proxyfetch.url = ['http://web.example.org/healthz']
 proxyfetch.interval = 1
 proxyfetch.timeout = 1
 `, r.dir, testutil.FreePort(t), r.dir, r.port, r.list, threshold)
+	for _, l := range extra {
+		conf += l + "\n"
+	}
 	if err := os.WriteFile(r.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}

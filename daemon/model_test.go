@@ -22,8 +22,8 @@ import (
 // The model test drives a whole daemon (fake kernel, real file:// source, real
 // ProxyFetch monitors against real HTTP backends, the real state file) through random
 // sequences of list changes, source outages, admin actions (some cut off by their
-// client), backend health flaps, reloads (threshold changes and source replacements)
-// and restarts, and checks the invariants of issue 12 after every step:
+// client), backend health flaps, reloads (threshold changes, source replacements,
+// pool-unchecked yes/no: odd seeds start check-first) and restarts, and checks the invariants of issue 12 after every step:
 //   - the daemon answers within 1 s;
 //   - every acknowledged admin action is in force, also after a restart, and nothing
 //     refused is (the model holds exactly the acknowledged intent);
@@ -65,6 +65,7 @@ type model struct {
 	depooled  map[string]bool
 	weight    map[string]int
 	threshold string
+	unchecked string // pool-unchecked: yes (PyBal) or no (check-first)
 	viaHTTP   bool   // the service reads its list over http:// instead of file://
 	httpURL   string // the same list, served over HTTP
 	log       []string
@@ -73,7 +74,8 @@ type model struct {
 func runModel(t *testing.T, seed uint64, steps int) {
 	r := newRig(t)
 	m := &model{t: t, rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), r: r,
-		list: map[string]int{}, depooled: map[string]bool{}, weight: map[string]int{}, threshold: "0.5"}
+		list: map[string]int{}, depooled: map[string]bool{}, weight: map[string]int{}, threshold: "0.5",
+		unchecked: []string{"yes", "no"}[seed%2]}
 	for _, h := range modelHosts {
 		m.list[h] = 10
 	}
@@ -99,7 +101,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 }
 
 func (m *model) writeConf() {
-	m.r.writeConf(m.t, m.threshold)
+	m.r.writeConf(m.t, m.threshold, "pool-unchecked = "+m.unchecked)
 	b, err := os.ReadFile(m.r.conf)
 	if err != nil {
 		m.t.Fatal(err)
@@ -174,12 +176,15 @@ func (m *model) step() {
 		b.status.Store(st)
 		m.logf("backend %s -> %d", host, st)
 	case 7: // reload with another threshold, or another source scheme
-		if m.rnd.IntN(2) == 0 {
+		switch m.rnd.IntN(5) {
+		case 0, 1:
 			m.viaHTTP = !m.viaHTTP
-		} else {
+		case 2, 3:
 			m.threshold = []string{"0", "0.5", "0.75"}[m.rnd.IntN(3)]
+		default:
+			m.unchecked = map[string]string{"yes": "no", "no": "yes"}[m.unchecked]
 		}
-		m.logf("reload threshold %s, http %v", m.threshold, m.viaHTTP)
+		m.logf("reload threshold %s, http %v, pool-unchecked %s", m.threshold, m.viaHTTP, m.unchecked)
 		before := m.kernel()
 		port := m.r.port
 		m.writeConf()
@@ -195,6 +200,17 @@ func (m *model) step() {
 					m.t.Errorf("a reload removed %s before the new source synced: %v -> %v", dst, before, after)
 				}
 			}
+		}
+		if m.listBad && m.d.service("web_80") != nil && !m.d.service("web_80").State().Synced {
+			// A source replaced while the list is broken cannot sync (as across a
+			// restart with the source down): check what it kept, then mend the list.
+			m.settle()
+			if after := m.kernel(); !slices.Equal(before, after) {
+				m.t.Errorf("a replaced source that never synced changed the kernel: %v -> %v", before, after)
+			}
+			m.listBad = false
+			m.logf("list bad=false (the replaced source must sync)")
+			m.writeList()
 		}
 	case 8, 9: // restart, sometimes with the source down across it
 		down := m.rnd.IntN(2) == 0
