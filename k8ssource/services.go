@@ -240,6 +240,28 @@ type servicesState struct {
 	podContrib          map[string]podContrib           // "<entry>|ns/name" -> what it counted
 	critical            []map[string]int                // per entry: node -> ready Pods
 	sigs                map[string]cachedSig            // namespace/name -> inputSig at a resourceVersion
+
+	// Work counters (tests assert a single event's cost does not grow with the
+	// number of Services): Services re-derived, node sets visited, full VIP
+	// allocations run.
+	derived, groupVisits, fullAllocs int
+}
+
+func newServicesState(nodes, slices, svcs cache.Store, static []*config.Service, pods []cache.Store) *servicesState {
+	st := &servicesState{
+		nodes: nodes, slices: slices, svcs: svcs,
+		static:    static,
+		contrib:   map[string]sliceContrib{},
+		byService: map[string]map[string]Endpoints{},
+		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
+		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
+		sources: map[string]*groupSource{}, sigs: map[string]cachedSig{},
+		pods: pods, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(pods)),
+	}
+	for i := range st.critical {
+		st.critical[i] = map[string]int{}
+	}
+	return st
 }
 
 type podContrib struct {
@@ -332,19 +354,7 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 			close(syncedCh)
 		}
 	}()
-	st := &servicesState{
-		nodes: nodeInf.GetStore(), slices: sliceInf.GetStore(), svcs: svcInf.GetStore(),
-		static:    s.opts.Static,
-		contrib:   map[string]sliceContrib{},
-		byService: map[string]map[string]Endpoints{},
-		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
-		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
-		sources: map[string]*groupSource{}, sigs: map[string]cachedSig{},
-		pods: podStores, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(podStores)),
-	}
-	for i := range st.critical {
-		st.critical[i] = map[string]int{}
-	}
+	st := newServicesState(nodeInf.GetStore(), sliceInf.GetStore(), svcInf.GetStore(), s.opts.Static, podStores)
 	var (
 		inSync, failed bool
 		downSince      time.Time
@@ -543,6 +553,7 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 	for key, g := range st.groups {
 		owner, _, _ := strings.Cut(key, "|")
 		changed := false
+		st.groupVisits++
 		for _, n := range nodeKeys {
 			changed = s.updateNode(st, g, owner, n) || changed
 		}
@@ -671,6 +682,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		}
 	}
 	vips := allocateVIPs(s.t.VIPRanges, static, reqs)
+	st.fullAllocs++
 
 	seen := map[string]bool{}
 	var desired []Declared
@@ -682,6 +694,7 @@ func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec r
 		key := svc.Namespace + "/" + svc.Name
 		seen[key] = true
 		st.owned[key] = true
+		st.derived++
 		var refused []string
 		assigned := map[bool]netip.Addr{}
 		for _, v6 := range families(svc) {
