@@ -213,14 +213,29 @@ func TestEventCostIndependentOfServices(t *testing.T) {
 			}
 			return nil, nil, []string{"n3"}
 		}, maxDerived: 0, maxVisits: n + 2},
-		// A deletion frees the Service's VIP: the allocation is redone (see
-		// allocateIncremental), the Services whose VIP changed re-derived (none here).
+		// A deletion frees the Service's VIP: nobody else names it, and no other
+		// Service searches for a free address (every status is written).
 		{name: "Service deleted", change: func(h *ctrlHarness) ([]string, []string, []string) {
+			h.echoStatus("ns/s0010") // cleared above
+			h.apply(false, []string{"ns/s0010"}, nil, nil)
 			svc := h.getService("ns/s0012")
 			if err := h.svc.Delete(svc); err != nil {
 				t.Fatal(err)
 			}
 			return []string{"ns/s0012"}, nil, nil
+		}, maxDerived: 1, maxVisits: 2},
+		// While another Service searches (its status not written yet), the freed
+		// address could change its search: the allocation is redone (see allocate),
+		// the Services whose VIP changed re-derived (none here).
+		{name: "Service deleted while another searches", change: func(h *ctrlHarness) ([]string, []string, []string) {
+			svc := h.getService("ns/s0014")
+			svc.Status.LoadBalancer.Ingress = nil
+			h.apply(false, []string{h.putService(svc)}, nil, nil)
+			svc = h.getService("ns/s0015")
+			if err := h.svc.Delete(svc); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"ns/s0015"}, nil, nil
 		}, maxDerived: 1, maxVisits: 2, maxFullAllocs: 1},
 		{name: "requested VIP changed", change: mod(13, func(s *corev1.Service) {
 			s.Annotations = map[string]string{AnnotationVIP: "192.0.250.251"}
@@ -246,11 +261,16 @@ func TestEventCostIndependentOfServices(t *testing.T) {
 // the same Desired, problems, wanted statuses, VIPs and node sets when each event
 // is applied incrementally as when every event runs a full pass.
 func TestIncrementalEqualsFullPass(t *testing.T) {
-	cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\nvip-ranges = 10.0.0.0/29, 2001:db8::/126\nnodes = role=lvs\n"))
-	if err != nil {
-		t.Fatal(err)
+	// Small ranges (some Services find no free address and search on every pass)
+	// and larger ones (every Service gets one, so statuses settle).
+	var tmpls []*config.K8sServices
+	for _, ranges := range []string{"10.0.0.0/29, 2001:db8::/126", "10.0.0.0/28, 2001:db8::/124"} {
+		cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\nvip-ranges = "+ranges+"\nnodes = role=lvs\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpls = append(tmpls, cfg.K8sServices)
 	}
-	tmpl := cfg.K8sServices
 	addrs := []string{"", "", "", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.6", "10.9.9.9", "2001:db8::1", "2001:db8::2", "10.0.0.2,2001:db8::1"}
 	static := func(r *rand.Rand) []*config.Service {
 		if r.IntN(2) == 0 {
@@ -261,6 +281,7 @@ func TestIncrementalEqualsFullPass(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for seed := range uint64(200) {
 		r := rand.New(rand.NewPCG(seed, 14))
+		tmpl := tmpls[seed%2]
 		inc, full := newCtrlHarness(t, tmpl, nil), newCtrlHarness(t, tmpl, nil)
 		for _, h := range []*ctrlHarness{inc, full} {
 			for i := range 3 {
@@ -274,7 +295,7 @@ func TestIncrementalEqualsFullPass(t *testing.T) {
 		for step := range 60 {
 			i := r.IntN(10)
 			key := fmt.Sprintf("ns/s%04d", i)
-			op := r.IntN(10)
+			op := r.IntN(14)
 			var svc *corev1.Service
 			if cur := inc.getService(key); cur != nil {
 				svc = cur
@@ -303,7 +324,19 @@ func TestIncrementalEqualsFullPass(t *testing.T) {
 					svc.Annotations = nil
 				}
 				what = fmt.Sprintf("annotations of %s: %v", key, svc.Annotations)
-			case op == 2 || op == 3:
+			case op == 13:
+				// The status worker caught up: every Service has its status.
+				what = "status echo of every Service"
+				for j := range 10 {
+					k := fmt.Sprintf("ns/s%04d", j)
+					if inc.echoStatus(k) != full.echoStatus(k) {
+						t.Fatalf("seed %d step %d: %s: status to write differs", seed, step, k)
+					}
+					inc.apply(false, []string{k}, nil, nil)
+					full.apply(true, nil, nil, nil)
+				}
+				svc = nil
+			case op == 2 || op == 3 || op >= 10:
 				// Status write of what kubal wants (on both: the same statuses).
 				what = "status echo " + key
 				svc = nil
@@ -392,4 +425,73 @@ func describeDesired(d Desired) string {
 		fmt.Fprintf(&b, "problem %s: %s\n", k, d.Problems[k])
 	}
 	return b.String()
+}
+
+// BenchmarkServiceEvent: the controller's pass for one event among N Services (no
+// API server: the stores are filled by hand), N = 100 and 1,000. The cost of one
+// change must not grow with N.
+//
+//	go test -run '^$' -bench BenchmarkServiceEvent -benchmem ./k8ssource
+func BenchmarkServiceEvent(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		cfg, err := config.Parse("k8s.conf", []byte("[k8s-services]\nclass = kubal.io/lvs\nscheduler = wrr\nvip-ranges = 192.0.0.0/16\nnodes = role=lvs\n"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		h := newCtrlHarness(b, cfg.K8sServices, nil)
+		for i := range 10 {
+			if err := h.nodes.Add(node(fmt.Sprintf("n%d", i))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		for i := range n {
+			svc := incService(i, t0.Add(time.Duration(i%50)*time.Second), nil)
+			h.putService(svc)
+			if err := h.slices.Add(incSlice(svc, fmt.Sprintf("n%d", i%10))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		h.apply(true, nil, nil, nil)
+		for i := range n {
+			key := fmt.Sprintf("ns/s%04d", i)
+			h.echoStatus(key)
+			h.apply(false, []string{key}, nil, nil)
+		}
+		b.Run(fmt.Sprintf("services=%d/update-nothing-read", n), func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				key := h.putService(h.getService(fmt.Sprintf("ns/s%04d", i%n)))
+				h.apply(false, []string{key}, nil, nil)
+			}
+		})
+		b.Run(fmt.Sprintf("services=%d/annotation", n), func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				svc := h.getService(fmt.Sprintf("ns/s%04d", i%n))
+				svc.Annotations = map[string]string{AnnotationWeights: "n1=" + strconv.Itoa(1+i%7)}
+				h.apply(false, []string{h.putService(svc)}, nil, nil)
+			}
+		})
+		// Two events: a new Service (Desired is assembled again), then its deletion
+		// (the VIP allocation is redone, see allocate).
+		b.Run(fmt.Sprintf("services=%d/create+delete", n), func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				svc := incService(n+1+i%2, t0.Add(time.Hour+time.Duration(i)*time.Second), nil)
+				key := h.putService(svc)
+				h.apply(false, []string{key}, nil, nil)
+				if err := h.svc.Delete(svc); err != nil {
+					b.Fatal(err)
+				}
+				h.apply(false, []string{key}, nil, nil)
+			}
+		})
+		b.Run(fmt.Sprintf("services=%d/slice", n), func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				svc := h.getService(fmt.Sprintf("ns/s%04d", i%n))
+				if err := h.slices.Update(incSlice(svc, fmt.Sprintf("n%d", i%10), fmt.Sprintf("n%d", (i+1+i/n)%10))); err != nil {
+					b.Fatal(err)
+				}
+				h.apply(false, nil, []string{svc.Namespace + "/" + svc.Name + "-x"}, nil)
+			}
+		})
+	}
 }

@@ -242,12 +242,14 @@ type servicesState struct {
 
 	// The VIP allocation, kept equal to allocateVIPs over every owned Service's
 	// requests (see allocate).
-	reqs        map[string][]vipRequest // namespace/name -> its requests, by family
-	vips        map[string]vipResult    // request id -> result
-	taken       map[netip.Addr]holder   // every address a result or static service holds
-	newest      vipRequest              // no request sorts after it (Owner "": none yet)
-	staticIPs   map[netip.Addr]string   // static VIP -> its service
-	staticNames map[string]bool         // static service names
+	reqs        map[string][]vipRequest        // namespace/name -> its requests, by family
+	vips        map[string]vipResult           // request id -> result
+	taken       map[netip.Addr]holder          // every address a result or static service holds
+	newest      vipRequest                     // no request sorts after it (Owner "": none yet)
+	byAddr      map[netip.Addr]map[string]bool // address -> ids of requests naming it (requested or in status)
+	searching   map[string]bool                // ids of requests whose result came from the search (step 3)
+	staticIPs   map[netip.Addr]string          // static VIP -> its service
+	staticNames map[string]bool                // static service names
 
 	derivedSvc   map[string]*svcDerived // namespace/name -> what it contributes to Desired
 	desiredDirty bool                   // a Service's contribution changed since the last Desired
@@ -269,6 +271,7 @@ func newServicesState(nodes, slices, svcs cache.Store, static []*config.Service,
 		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
 		sources: map[string]*groupSource{}, sigs: map[string]cachedSig{},
 		reqs: map[string][]vipRequest{}, vips: map[string]vipResult{}, taken: map[netip.Addr]holder{},
+		byAddr: map[netip.Addr]map[string]bool{}, searching: map[string]bool{},
 		staticIPs: map[netip.Addr]string{}, staticNames: map[string]bool{},
 		derivedSvc: map[string]*svcDerived{}, held: map[string]bool{},
 		pods: pods, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(pods)),

@@ -231,11 +231,14 @@ type reqChange struct {
 //
 // A change is applied on its own when its effect provably stays with its Service
 // (see allocateOne): the write of a Service's own status (most events of a cold
-// start), a new Service (the newest: it comes last in both steps), a refused
-// Service gone. Otherwise (a deletion or a changed request, which can free or take
-// an address another Service's result depends on: who wins a collision, whose
-// search skips which address) the whole allocation is redone, which is a sort and
-// a walk of the requests, and only the Services whose result moved are re-derived.
+// start), a new Service (the newest: it comes last in both steps), a Service gone
+// whose addresses no other request names while no other request searched. Otherwise
+// (a changed or cleared request, a new Service claiming an address a search gave
+// another, a deletion while other Services search: each can free or take an address
+// another Service's result depends on, who wins a collision or whose search skips
+// which address) the whole allocation is redone, a sort and a walk of the requests
+// (~0.4 ms for 1,000 Services, BenchmarkServiceEvent), and only the Services whose
+// result moved are re-derived.
 func (s *Services) allocate(st *servicesState, full bool, changes []reqChange) (moved []string) {
 	if !full {
 		for i, c := range changes {
@@ -280,6 +283,10 @@ func (s *Services) allocate(st *servicesState, full bool, changes []reqChange) (
 		}
 	}
 	st.vips, st.taken = vips, taken
+	st.byAddr, st.searching = map[netip.Addr]map[string]bool{}, map[string]bool{}
+	for owner := range st.reqs {
+		st.index(owner)
+	}
 	for _, c := range changes {
 		delete(changed, c.owner) // re-derived anyway
 	}
@@ -311,7 +318,9 @@ func (s *Services) allocateOne(st *servicesState, c reqChange) bool {
 				return false
 			}
 		}
+		st.unindex(c.owner)
 		st.reqs[c.owner] = c.reqs
+		st.index(c.owner)
 		for _, r := range c.reqs {
 			if res := st.vips[r.id()]; res.VIP.IsValid() && r.Current == res.VIP {
 				st.taken[res.VIP] = holder{desc: "Service " + c.owner}
@@ -351,19 +360,71 @@ func (s *Services) allocateOne(st *servicesState, c reqChange) bool {
 			}
 		}
 		st.reqs[c.owner] = c.reqs
+		st.index(c.owner)
 		return true
 	case len(old) > 0 && len(c.reqs) == 0:
-		// A Service gone that held no address: nothing was refused or moved for it.
+		// A Service gone: its addresses are free again. That changes no other
+		// result when no other request names them (one refused because the
+		// Service had it, or whose status has it) and no other request searched
+		// (step 3 might have skipped them): every other result is a claim on
+		// another address, or a refusal that does not involve them.
 		for _, r := range old {
-			if st.vips[r.id()].VIP.IsValid() {
+			a := st.vips[r.id()].VIP
+			if !a.IsValid() {
+				continue
+			}
+			for id := range st.byAddr[a] {
+				if ownerOf(id) != c.owner {
+					return false
+				}
+			}
+		}
+		for id := range st.searching {
+			if ownerOf(id) != c.owner {
 				return false
 			}
 		}
+		st.unindex(c.owner)
 		for _, r := range old {
+			if a := st.vips[r.id()].VIP; a.IsValid() {
+				delete(st.taken, a)
+			}
 			delete(st.vips, r.id())
 		}
 		delete(st.reqs, c.owner)
 		return true
 	}
 	return false
+}
+
+// index adds a Service's requests to st.byAddr and st.searching (after its results
+// are in st.vips); unindex removes them.
+func (st *servicesState) index(owner string) {
+	for _, r := range st.reqs[owner] {
+		for _, a := range []netip.Addr{r.Requested, r.Current} {
+			if a.IsValid() {
+				if st.byAddr[a] == nil {
+					st.byAddr[a] = map[string]bool{}
+				}
+				st.byAddr[a][r.id()] = true
+			}
+		}
+		if res := st.vips[r.id()]; !r.Requested.IsValid() && !(res.VIP.IsValid() && res.VIP == r.Current) {
+			st.searching[r.id()] = true
+		}
+	}
+}
+
+func (st *servicesState) unindex(owner string) {
+	for _, r := range st.reqs[owner] {
+		for _, a := range []netip.Addr{r.Requested, r.Current} {
+			if ids := st.byAddr[a]; ids != nil {
+				delete(ids, r.id())
+				if len(ids) == 0 {
+					delete(st.byAddr, a)
+				}
+			}
+		}
+		delete(st.searching, r.id())
+	}
 }
