@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -252,6 +251,8 @@ type servicesState struct {
 	staticNames map[string]bool                // static service names
 
 	derivedSvc   map[string]*svcDerived // namespace/name -> what it contributes to Desired
+	declared     []Declared             // every Service's, sorted by name (Desired.Services)
+	listAll      bool                   // a full pass: declared is rebuilt and sorted at its end
 	desiredDirty bool                   // a Service's contribution changed since the last Desired
 	held         map[string]bool        // groups whose set may be held (heldUntil set)
 
@@ -780,17 +781,24 @@ func (s *Services) reconcileServices(st *servicesState, full bool, keys []string
 			keys = append(keys, key)
 		}
 	}
+	st.listAll = full
 	for _, key := range keys {
 		s.derive(st, key, read[key], rec, changedGroups)
+	}
+	if full {
+		st.declared = st.declared[:0]
+		for _, d := range st.derivedSvc {
+			st.declared = append(st.declared, d.declared...)
+		}
+		slices.SortFunc(st.declared, func(a, b Declared) int { return strings.Compare(a.Config.Name, b.Config.Name) })
 	}
 	if st.desiredDirty || !st.delivered {
 		// The first one is delivered even when empty: it says the set is known, so the
 		// daemon may remove what no Service declares any more.
-		var desired []Declared
-		for _, d := range st.derivedSvc {
-			desired = append(desired, d.declared...)
+		var desired []Declared // the daemon keeps it: a copy
+		if len(st.declared) > 0 {
+			desired = slices.Clone(st.declared)
 		}
-		sort.Slice(desired, func(i, j int) bool { return desired[i].Config.Name < desired[j].Config.Name })
 		problems := maps.Clone(st.problems)
 		st.desiredDirty, st.delivered = false, true
 		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
@@ -822,6 +830,7 @@ func (s *Services) derive(st *servicesState, key string, o *ownedSvc, rec record
 		}
 		if old != nil {
 			s.dropDerived(st, old, nil, nil)
+			st.replaceDeclared(old.declared, nil)
 			delete(st.derivedSvc, key)
 			st.desiredDirty = true
 		}
@@ -935,6 +944,11 @@ func (s *Services) derive(st *servicesState, key string, o *ownedSvc, rec record
 	if old == nil || old.sig != d.sig {
 		st.desiredDirty = true
 	}
+	var was []Declared
+	if old != nil {
+		was = old.declared
+	}
+	st.replaceDeclared(was, d.declared)
 	st.derivedSvc[key] = d
 	if prob != "" {
 		st.problems[key] = prob
@@ -954,6 +968,27 @@ func (s *Services) derive(st *servicesState, key string, o *ownedSvc, rec record
 			}
 		}
 		s.setStatus(key, ips, ingressIPs(svc))
+	}
+}
+
+// replaceDeclared replaces a Service's entries in the sorted list of every declared
+// service (its names are its own), unless a full pass sorts the list at its end.
+func (st *servicesState) replaceDeclared(old, now []Declared) {
+	if st.listAll {
+		return
+	}
+	byName := func(d Declared, name string) int { return strings.Compare(d.Config.Name, name) }
+	for _, d := range old {
+		if i, found := slices.BinarySearchFunc(st.declared, d.Config.Name, byName); found {
+			st.declared = slices.Delete(st.declared, i, i+1)
+		}
+	}
+	for _, d := range now {
+		if i, found := slices.BinarySearchFunc(st.declared, d.Config.Name, byName); found {
+			st.declared[i] = d
+		} else {
+			st.declared = slices.Insert(st.declared, i, d)
+		}
 	}
 }
 
