@@ -733,9 +733,10 @@ type svcDerived struct {
 // node sets, status and Events; and delivers Desired when it changed.
 //
 // The cost is proportional to the Services re-derived: the keys given, plus the
-// Services whose VIP a change moved (see allocate). Desired, the full list the
-// daemon takes, is assembled from each Service's cached part only when one of them
-// changed: not for a status write, which is most of a cold start's events.
+// Services whose VIP a change moved (see allocate). Desired's list (the full set
+// the daemon takes) is kept sorted as Services change, and a copy is delivered only
+// when a Service's part changed: not for a status write, which is most of a cold
+// start's events. A full pass (start, recovery, static services) re-derives all.
 func (s *Services) reconcileServices(st *servicesState, full bool, keys []string, out func(Desired), rec record.EventRecorder, changedGroups map[string]bool) {
 	if full {
 		st.staticIPs, st.staticNames = map[netip.Addr]string{}, map[string]bool{}
