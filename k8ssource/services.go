@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,12 +233,54 @@ type servicesState struct {
 	reported            map[string]string               // problems already sent as Events
 	owned               map[string]bool                 // Services owned at some point in this run
 	sources             map[string]*groupSource         // declared name -> its source (stable)
-	lastSig             string                          // of the last Desired delivered
 	delivered           bool                            // a first Desired was (the set is known)
 	pods                []cache.Store                   // per critical-pods entry
 	podContrib          map[string]podContrib           // "<entry>|ns/name" -> what it counted
 	critical            []map[string]int                // per entry: node -> ready Pods
 	sigs                map[string]cachedSig            // namespace/name -> inputSig at a resourceVersion
+
+	// The VIP allocation, kept equal to allocateVIPs over every owned Service's
+	// requests (see allocate).
+	reqs        map[string][]vipRequest        // namespace/name -> its requests, by family
+	vips        map[string]vipResult           // request id -> result
+	taken       map[netip.Addr]holder          // every address a result or static service holds
+	newest      vipRequest                     // no request sorts after it (Owner "": none yet)
+	byAddr      map[netip.Addr]map[string]bool // address -> ids of requests naming it (requested or in status)
+	searching   map[string]bool                // ids of requests whose result came from the search (step 3)
+	staticIPs   map[netip.Addr]string          // static VIP -> its service
+	staticNames map[string]bool                // static service names
+
+	derivedSvc   map[string]*svcDerived // namespace/name -> what it contributes to Desired
+	declared     []Declared             // every Service's, sorted by name (Desired.Services)
+	listAll      bool                   // a full pass: declared is rebuilt and sorted at its end
+	desiredDirty bool                   // a Service's contribution changed since the last Desired
+	held         map[string]bool        // groups whose set may be held (heldUntil set)
+
+	// Work counters (tests assert a single event's cost does not grow with the
+	// number of Services): Services re-derived, node sets visited, full VIP
+	// allocations run.
+	derived, groupVisits, fullAllocs int
+}
+
+func newServicesState(nodes, slices, svcs cache.Store, static []*config.Service, pods []cache.Store) *servicesState {
+	st := &servicesState{
+		nodes: nodes, slices: slices, svcs: svcs,
+		static:    static,
+		contrib:   map[string]sliceContrib{},
+		byService: map[string]map[string]Endpoints{},
+		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
+		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
+		sources: map[string]*groupSource{}, sigs: map[string]cachedSig{},
+		reqs: map[string][]vipRequest{}, vips: map[string]vipResult{}, taken: map[netip.Addr]holder{},
+		byAddr: map[netip.Addr]map[string]bool{}, searching: map[string]bool{},
+		staticIPs: map[netip.Addr]string{}, staticNames: map[string]bool{},
+		derivedSvc: map[string]*svcDerived{}, held: map[string]bool{},
+		pods: pods, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(pods)),
+	}
+	for i := range st.critical {
+		st.critical[i] = map[string]int{}
+	}
+	return st
 }
 
 type podContrib struct {
@@ -332,19 +373,7 @@ func (s *Services) Run(ctx context.Context, out func(Desired)) error {
 			close(syncedCh)
 		}
 	}()
-	st := &servicesState{
-		nodes: nodeInf.GetStore(), slices: sliceInf.GetStore(), svcs: svcInf.GetStore(),
-		static:    s.opts.Static,
-		contrib:   map[string]sliceContrib{},
-		byService: map[string]map[string]Endpoints{},
-		groups:    map[string]*group{}, built: map[string]*built{}, good: map[string][]declaredPort{},
-		problems: map[string]string{}, reported: map[string]string{}, owned: map[string]bool{},
-		sources: map[string]*groupSource{}, sigs: map[string]cachedSig{},
-		pods: podStores, podContrib: map[string]podContrib{}, critical: make([]map[string]int, len(podStores)),
-	}
-	for i := range st.critical {
-		st.critical[i] = map[string]int{}
-	}
+	st := newServicesState(nodeInf.GetStore(), sliceInf.GetStore(), svcInf.GetStore(), s.opts.Static, podStores)
 	var (
 		inSync, failed bool
 		downSince      time.Time
@@ -522,7 +551,7 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 
 	changedGroups := map[string]bool{}
 	if full || len(svcKeys) > 0 {
-		s.reconcileServices(st, out, rec, changedGroups)
+		s.reconcileServices(st, full, svcKeys, out, rec, changedGroups)
 	}
 	// Nodes: every group holds every selected node.
 	if full {
@@ -540,9 +569,10 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 		nodeKeys = slices.Collect(maps.Keys(all))
 	}
 	var next time.Time
-	for key, g := range st.groups {
+	visit := func(key string, g *group) {
 		owner, _, _ := strings.Cut(key, "|")
 		changed := false
+		st.groupVisits++
 		for _, n := range nodeKeys {
 			changed = s.updateNode(st, g, owner, n) || changed
 		}
@@ -555,16 +585,47 @@ func (s *Services) apply(st *servicesState, full bool, svcKeys, sliceKeys, nodeK
 				if next.IsZero() || g.heldUntil.Before(next) {
 					next = g.heldUntil
 				}
-				continue
+				return
 			}
 			if !sliceSeen {
 				s.log.Warn("new Local service has no EndpointSlice yet; handing on its nodes without one", "service", owner, "waited", s.firstSliceWait())
 			}
 			g.heldUntil, changed = time.Time{}, true
 		}
+		delete(st.held, key)
 		if changed || changedGroups[key] {
 			s.hub.publish(key, g.set.Clone())
 		}
+	}
+	if len(nodeKeys) > 0 {
+		// A node is in every set: each is visited.
+		for key, g := range st.groups {
+			visit(key, g)
+		}
+		return next
+	}
+	// Otherwise only the sets of the Services whose slices or settings changed,
+	// and those held for a first slice.
+	visited := map[string]bool{}
+	visitKey := func(key string) {
+		if g := st.groups[key]; g != nil && !visited[key] {
+			visited[key] = true
+			visit(key, g)
+		}
+	}
+	for owner := range touched {
+		visitKey(groupKey(owner, false))
+		visitKey(groupKey(owner, true))
+	}
+	for key := range changedGroups {
+		visitKey(key)
+	}
+	for key := range st.held {
+		if st.groups[key] == nil {
+			delete(st.held, key)
+			continue
+		}
+		visitKey(key)
 	}
 	return next
 }
@@ -616,222 +677,339 @@ func (s *Services) updateNode(st *servicesState, g *group, owner, name string) b
 	return true
 }
 
-// reconcileServices recomputes VIPs and the declared services of every owned
-// Service (a build is reused while its inputs are unchanged), delivers Desired when
-// it changed, and queues status writes and Events.
-func (s *Services) reconcileServices(st *servicesState, out func(Desired), rec record.EventRecorder, changedGroups map[string]bool) {
-	static := map[netip.Addr]string{}
-	staticNames := map[string]bool{}
-	for _, svc := range st.static {
-		if svc.IP.IsValid() {
-			static[svc.IP] = svc.Name
+// ownedSvc is an owned Service as read from the cache: its VIP requests (one per
+// family) and what is wrong with them.
+type ownedSvc struct {
+	svc  *corev1.Service
+	how  ownership
+	reqs []vipRequest
+	errs []string
+}
+
+// readService reads one Service from the cache; nil when it is gone or not owned.
+func (s *Services) readService(st *servicesState, key string) *ownedSvc {
+	obj, exists, _ := st.svcs.GetByKey(key)
+	svc, ok := obj.(*corev1.Service)
+	if !exists || !ok {
+		return nil
+	}
+	how := owns(svc, s.t)
+	if how == notOwned {
+		return nil
+	}
+	o := &ownedSvc{svc: svc, how: how}
+	req, err := requestedVIPs(svc)
+	if err != nil {
+		o.errs = append(o.errs, err.Error())
+	}
+	current := map[bool]netip.Addr{}
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if a, err := netip.ParseAddr(in.IP); err == nil {
+			current[a.Is6()] = a
 		}
-		staticNames[svc.Name] = true
 	}
-	type ownedSvc struct {
-		svc  *corev1.Service
-		how  ownership
-		req  map[bool]netip.Addr
-		errs []string
-	}
-	var owned []*ownedSvc
-	var reqs []vipRequest
-	for _, obj := range st.svcs.List() {
-		svc, ok := obj.(*corev1.Service)
-		if !ok {
+	for _, v6 := range families(svc) {
+		if how == ownedNodePort && !req[v6].IsValid() && err == nil {
+			// A NodePort Service has no status to keep an allocation in: it
+			// must name its VIP (which the workers carry on their loopback).
+			o.errs = append(o.errs, fmt.Sprintf("a NodePort Service needs annotation %s (%s)", AnnotationVIP, family(v6)))
 			continue
 		}
-		how := owns(svc, s.t)
-		if how == notOwned {
-			continue
-		}
-		o := &ownedSvc{svc: svc, how: how}
-		key := svc.Namespace + "/" + svc.Name
-		req, err := requestedVIPs(svc)
-		if err != nil {
-			o.errs = append(o.errs, err.Error())
-		}
-		o.req = req
-		owned = append(owned, o)
-		current := map[bool]netip.Addr{}
-		for _, in := range svc.Status.LoadBalancer.Ingress {
-			if a, err := netip.ParseAddr(in.IP); err == nil {
-				current[a.Is6()] = a
+		o.reqs = append(o.reqs, vipRequest{Owner: key, V6: v6, Order: svc.CreationTimestamp.UnixNano(),
+			Requested: req[v6], Current: current[v6], Seed: string(svc.UID)})
+	}
+	return o
+}
+
+// svcDerived is what one owned Service contributes to Desired.
+type svcDerived struct {
+	declared []Declared
+	groups   []string // its node sets' keys
+	sig      string   // of its declared services and problem: Desired changes when it does
+}
+
+// reconcileServices re-derives the given Services (every one when full): their VIP
+// requests, the VIP allocation, builds (reused while their inputs are unchanged),
+// node sets, status and Events; and delivers Desired when it changed.
+//
+// The cost is proportional to the Services re-derived: the keys given, plus the
+// Services whose VIP a change moved (see allocate). Desired's list (the full set
+// the daemon takes) is kept sorted as Services change, and a copy is delivered only
+// when a Service's part changed: not for a status write, which is most of a cold
+// start's events. A full pass (start, recovery, static services) re-derives all.
+func (s *Services) reconcileServices(st *servicesState, full bool, keys []string, out func(Desired), rec record.EventRecorder, changedGroups map[string]bool) {
+	if full {
+		st.staticIPs, st.staticNames = map[netip.Addr]string{}, map[string]bool{}
+		for _, svc := range st.static {
+			if svc.IP.IsValid() {
+				st.staticIPs[svc.IP] = svc.Name
 			}
+			st.staticNames[svc.Name] = true
 		}
-		for _, v6 := range families(svc) {
-			if how == ownedNodePort && !req[v6].IsValid() && err == nil {
-				// A NodePort Service has no status to keep an allocation in: it
-				// must name its VIP (which the workers carry on their loopback).
-				o.errs = append(o.errs, fmt.Sprintf("a NodePort Service needs annotation %s (%s)", AnnotationVIP, family(v6)))
-				continue
-			}
-			reqs = append(reqs, vipRequest{Owner: key, V6: v6, Order: svc.CreationTimestamp.UnixNano(),
-				Requested: req[v6], Current: current[v6], Seed: string(svc.UID)})
+		all := map[string]bool{}
+		for _, k := range st.svcs.ListKeys() {
+			all[k] = true
+		}
+		for k := range st.owned {
+			all[k] = true
+		}
+		for k := range st.reqs {
+			all[k] = true
+		}
+		for k := range st.derivedSvc {
+			all[k] = true
+		}
+		keys = slices.Collect(maps.Keys(all))
+	}
+	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
+	read := make(map[string]*ownedSvc, len(keys))
+	var changes []reqChange
+	for _, key := range keys {
+		o := s.readService(st, key)
+		read[key] = o
+		var reqs []vipRequest
+		if o != nil {
+			reqs = o.reqs
+		}
+		if !slices.Equal(st.reqs[key], reqs) {
+			changes = append(changes, reqChange{owner: key, reqs: reqs})
 		}
 	}
-	vips := allocateVIPs(s.t.VIPRanges, static, reqs)
+	moved := s.allocate(st, full, changes)
+	for _, key := range moved {
+		if _, ok := read[key]; !ok {
+			read[key] = s.readService(st, key)
+			keys = append(keys, key)
+		}
+	}
+	st.listAll = full
+	for _, key := range keys {
+		s.derive(st, key, read[key], rec, changedGroups)
+	}
+	if full {
+		st.declared = st.declared[:0]
+		for _, d := range st.derivedSvc {
+			st.declared = append(st.declared, d.declared...)
+		}
+		slices.SortFunc(st.declared, func(a, b Declared) int { return strings.Compare(a.Config.Name, b.Config.Name) })
+	}
+	if st.desiredDirty || !st.delivered {
+		// The first one is delivered even when empty: it says the set is known, so the
+		// daemon may remove what no Service declares any more.
+		var desired []Declared // the daemon keeps it: a copy
+		if len(st.declared) > 0 {
+			desired = slices.Clone(st.declared)
+		}
+		problems := maps.Clone(st.problems)
+		st.desiredDirty, st.delivered = false, true
+		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
+		out(Desired{Services: desired, Problems: problems})
+	}
+}
 
-	seen := map[string]bool{}
-	var desired []Declared
-	fps := map[string]string{}
-	problems := map[string]string{}
-	wantGroups := map[string]*group{}
-	for _, o := range owned {
-		svc := o.svc
-		key := svc.Namespace + "/" + svc.Name
-		seen[key] = true
-		st.owned[key] = true
-		var refused []string
-		assigned := map[bool]netip.Addr{}
-		for _, v6 := range families(svc) {
-			r, ok := vips[groupKey(key, v6)]
-			switch {
-			case !ok:
-			case r.Refuse != "":
-				refused = append(refused, r.Refuse)
-			default:
-				assigned[v6] = r.VIP
-			}
-		}
-		errs := slices.Clone(o.errs)
-		var ports []declaredPort
-		if len(errs) == 0 {
-			sig := st.inputSig(svc) + fmt.Sprintf("|%v|%d", assigned, o.how)
-			b := st.built[key]
-			if b == nil || b.sig != sig {
-				p, e := buildService(svc, o.how, s.t, assigned, s.opts.Checks)
-				b = &built{sig: sig, ports: p, errs: e}
-				st.built[key] = b
-			}
-			ports, errs = b.ports, b.errs
-		}
-		for _, p := range ports {
-			if staticNames[p.cfg.Name] {
-				errs = append(errs, fmt.Sprintf("name %s is a static pybal.conf service", p.cfg.Name))
-			}
-		}
-		var problem []string
-		switch {
-		case len(errs) > 0:
-			problem = append(problem, errs...)
-			ports = st.good[key] // keep the last good settings (none: not created)
-			if len(ports) > 0 {
-				problem = append(problem, "keeping the last good settings")
-			}
-		default:
-			st.good[key] = ports
-		}
-		problem = append(problem, refused...)
-		if len(problem) > 0 {
-			problems[key] = strings.Join(problem, "; ")
-		}
-		s.event(st, rec, svc, problems[key], len(errs) > 0)
-
-		// Node sets: one per family in use.
-		local := o.how == ownedLB && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
-		weights, _ := parseWeights(svc.Annotations[AnnotationWeights])
-		for _, p := range ports {
-			if wantGroups[p.group] != nil {
-				continue
-			}
-			pol := Policy{IPv6: strings.HasSuffix(p.group, "|IPv6"), Taints: p.cfg.K8sTaints,
-				KeepCordon: p.cfg.K8sCordoned == CordonKeep, Gated: local, Members: local, ServiceName: key}
-			if len(errs) > 0 && st.groups[p.group] != nil {
-				// Last good settings: the group keeps its policy and weights too.
-				pol, weights = st.groups[p.group].policy, st.groups[p.group].weights
-			}
-			wantGroups[p.group] = &group{policy: pol, weights: weights}
-		}
-		for _, p := range ports {
-			src := st.sources[p.cfg.Name]
-			if src == nil || src.key != p.group {
-				src = &groupSource{hub: s.hub, key: p.group, name: p.cfg.Name}
-				st.sources[p.cfg.Name] = src
-			}
-			desired = append(desired, Declared{Config: p.cfg, Source: src, Owner: key})
-			fps[p.cfg.Name] = p.fp
-		}
-
-		// Status: the VIPs in force (the last good ones while a bad annotation is
-		// refused), in the Service's family order.
-		if o.how == ownedLB {
-			var ips []string
-			for _, v6 := range families(svc) {
-				for _, p := range ports {
-					if p.cfg.IP.Is6() == v6 && !slices.Contains(ips, p.cfg.IP.String()) {
-						ips = append(ips, p.cfg.IP.String())
-					}
+// derive recomputes one Service's declared services, node sets, status and Event
+// from its cached VIP allocation (o nil: the Service is gone or no longer owned).
+func (s *Services) derive(st *servicesState, key string, o *ownedSvc, rec record.EventRecorder, changedGroups map[string]bool) {
+	st.derived++
+	old := st.derivedSvc[key]
+	if o == nil {
+		if st.owned[key] {
+			// No longer owned (type changed, opt-in annotation removed): it loses the
+			// status kubal wrote; a deleted one is gone with its status.
+			delete(st.owned, key)
+			delete(st.built, key)
+			delete(st.good, key)
+			delete(st.reported, key)
+			delete(st.sigs, key)
+			if obj, exists, _ := st.svcs.GetByKey(key); exists {
+				if svc, ok := obj.(*corev1.Service); ok {
+					s.setStatus(key, nil, ingressIPs(svc))
 				}
+			} else {
+				s.forgetStatus(key)
 			}
-			s.setStatus(key, ips, ingressIPs(svc))
+		}
+		if old != nil {
+			s.dropDerived(st, old, nil, nil)
+			st.replaceDeclared(old.declared, nil)
+			delete(st.derivedSvc, key)
+			st.desiredDirty = true
+		}
+		if _, had := st.problems[key]; had {
+			delete(st.problems, key)
+			st.desiredDirty = true
+		}
+		return
+	}
+	svc := o.svc
+	st.owned[key] = true
+	var refused []string
+	assigned := map[bool]netip.Addr{}
+	for _, v6 := range families(svc) {
+		r, ok := st.vips[groupKey(key, v6)]
+		switch {
+		case !ok:
+		case r.Refuse != "":
+			refused = append(refused, r.Refuse)
+		default:
+			assigned[v6] = r.VIP
 		}
 	}
-	// Services no longer owned (type changed, opt-in annotation removed) lose the
-	// status kubal wrote; deleted ones are gone with their status.
-	for key := range st.owned {
-		if seen[key] {
+	errs := slices.Clone(o.errs)
+	var ports []declaredPort
+	if len(errs) == 0 {
+		sig := st.inputSig(svc) + fmt.Sprintf("|%v|%d", assigned, o.how)
+		b := st.built[key]
+		if b == nil || b.sig != sig {
+			p, e := buildService(svc, o.how, s.t, assigned, s.opts.Checks)
+			b = &built{sig: sig, ports: p, errs: e}
+			st.built[key] = b
+		}
+		ports, errs = b.ports, b.errs
+	}
+	for _, p := range ports {
+		if st.staticNames[p.cfg.Name] {
+			errs = append(errs, fmt.Sprintf("name %s is a static pybal.conf service", p.cfg.Name))
+		}
+	}
+	var problem []string
+	switch {
+	case len(errs) > 0:
+		problem = append(problem, errs...)
+		ports = st.good[key] // keep the last good settings (none: not created)
+		if len(ports) > 0 {
+			problem = append(problem, "keeping the last good settings")
+		}
+	default:
+		st.good[key] = ports
+	}
+	problem = append(problem, refused...)
+	prob := strings.Join(problem, "; ")
+	s.event(st, rec, svc, prob, len(errs) > 0)
+
+	// Node sets: one per family in use.
+	local := o.how == ownedLB && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+	weights, _ := parseWeights(svc.Annotations[AnnotationWeights])
+	wantGroups := map[string]*group{}
+	var groupKeys []string
+	for _, p := range ports {
+		if wantGroups[p.group] != nil {
 			continue
 		}
-		delete(st.owned, key)
-		delete(st.built, key)
-		delete(st.good, key)
-		delete(st.reported, key)
-		delete(st.sigs, key)
-		if obj, exists, _ := st.svcs.GetByKey(key); exists {
-			if svc, ok := obj.(*corev1.Service); ok {
-				s.setStatus(key, nil, ingressIPs(svc))
-			}
-		} else {
-			s.forgetStatus(key)
+		pol := Policy{IPv6: strings.HasSuffix(p.group, "|IPv6"), Taints: p.cfg.K8sTaints,
+			KeepCordon: p.cfg.K8sCordoned == CordonKeep, Gated: local, Members: local, ServiceName: key}
+		if len(errs) > 0 && st.groups[p.group] != nil {
+			// Last good settings: the group keeps its policy and weights too.
+			pol, weights = st.groups[p.group].policy, st.groups[p.group].weights
 		}
+		wantGroups[p.group] = &group{policy: pol, weights: weights}
+		groupKeys = append(groupKeys, p.group)
 	}
-	inUse := make(map[string]bool, len(desired))
-	for _, d := range desired {
-		inUse[d.Config.Name] = true
-	}
-	for name := range st.sources {
-		if !inUse[name] {
-			delete(st.sources, name)
+	d := &svcDerived{groups: groupKeys}
+	var sb strings.Builder
+	for _, p := range ports {
+		src := st.sources[p.cfg.Name]
+		if src == nil || src.key != p.group {
+			src = &groupSource{hub: s.hub, key: p.group, name: p.cfg.Name}
+			st.sources[p.cfg.Name] = src
 		}
+		d.declared = append(d.declared, Declared{Config: p.cfg, Source: src, Owner: key})
+		fmt.Fprintf(&sb, "%s\x00%p\x00%s\x01", p.cfg.Name, src, p.fp)
 	}
+	sb.WriteString(prob)
+	d.sig = sb.String()
+	s.dropDerived(st, old, d, wantGroups)
+
 	// Groups: keep the sets of unchanged ones; new or changed ones start empty and
-	// are filled by the full node pass below.
-	for key, g := range wantGroups {
-		old := st.groups[key]
+	// are filled from every node.
+	for gk, g := range wantGroups {
+		old := st.groups[gk]
 		if old != nil && samePolicy(old.policy, g.policy) && maps.Equal(old.weights, g.weights) {
-			wantGroups[key] = old
 			continue
 		}
 		g.set = source.Set{}
-		owner, _, _ := strings.Cut(key, "|")
-		if old == nil && g.policy.Gated && st.delivered && st.byService[owner] == nil {
+		if old == nil && g.policy.Gated && st.delivered && st.byService[key] == nil {
 			// A Local Service created while we run: wait for its EndpointSlice.
 			// (At start the slices were listed with the Services: no wait.)
 			g.heldUntil = time.Now().Add(s.firstSliceWait())
-			s.log.Debug("new Local service: its nodes wait for its first EndpointSlice", "service", owner, "for", s.firstSliceWait())
+			st.held[gk] = true
+			s.log.Debug("new Local service: its nodes wait for its first EndpointSlice", "service", key, "for", s.firstSliceWait())
 		}
 		for _, n := range st.nodes.ListKeys() {
-			s.updateNode(st, g, owner, n)
+			s.updateNode(st, g, key, n)
 		}
-		changedGroups[key] = true
+		st.groups[gk] = g
+		changedGroups[gk] = true
 	}
-	for key := range st.groups {
-		if wantGroups[key] == nil {
-			s.hub.remove(key)
-		}
-	}
-	st.groups = wantGroups
-	st.problems = problems
 
-	sort.Slice(desired, func(i, j int) bool { return desired[i].Config.Name < desired[j].Config.Name })
-	sig := desiredSig(desired, fps, problems)
-	if sig != st.lastSig || !st.delivered {
-		// The first one is delivered even when empty: it says the set is known, so the
-		// daemon may remove what no Service declares any more.
-		st.lastSig, st.delivered = sig, true
-		s.log.Info("k8s-declared services", "services", len(desired), "problems", len(problems))
-		out(Desired{Services: desired, Problems: problems})
+	if old == nil || old.sig != d.sig {
+		st.desiredDirty = true
+	}
+	var was []Declared
+	if old != nil {
+		was = old.declared
+	}
+	st.replaceDeclared(was, d.declared)
+	st.derivedSvc[key] = d
+	if prob != "" {
+		st.problems[key] = prob
+	} else {
+		delete(st.problems, key)
+	}
+
+	// Status: the VIPs in force (the last good ones while a bad annotation is
+	// refused), in the Service's family order.
+	if o.how == ownedLB {
+		var ips []string
+		for _, v6 := range families(svc) {
+			for _, p := range ports {
+				if p.cfg.IP.Is6() == v6 && !slices.Contains(ips, p.cfg.IP.String()) {
+					ips = append(ips, p.cfg.IP.String())
+				}
+			}
+		}
+		s.setStatus(key, ips, ingressIPs(svc))
+	}
+}
+
+// replaceDeclared replaces a Service's entries in the sorted list of every declared
+// service (its names are its own), unless a full pass sorts the list at its end.
+func (st *servicesState) replaceDeclared(old, now []Declared) {
+	if st.listAll {
+		return
+	}
+	byName := func(d Declared, name string) int { return strings.Compare(d.Config.Name, name) }
+	for _, d := range old {
+		if i, found := slices.BinarySearchFunc(st.declared, d.Config.Name, byName); found {
+			st.declared = slices.Delete(st.declared, i, i+1)
+		}
+	}
+	for _, d := range now {
+		if i, found := slices.BinarySearchFunc(st.declared, d.Config.Name, byName); found {
+			st.declared[i] = d
+		} else {
+			st.declared = slices.Insert(st.declared, i, d)
+		}
+	}
+}
+
+// dropDerived forgets what a Service's previous derivation had and its new one (nil:
+// none) has not: node sets and sources.
+func (s *Services) dropDerived(st *servicesState, old, now *svcDerived, wantGroups map[string]*group) {
+	if old == nil {
+		return
+	}
+	for _, gk := range old.groups {
+		if wantGroups[gk] == nil {
+			s.hub.remove(gk)
+			delete(st.groups, gk)
+			delete(st.held, gk)
+		}
+	}
+	for _, d := range old.declared {
+		if now == nil || !slices.ContainsFunc(now.declared, func(x Declared) bool { return x.Config.Name == d.Config.Name }) {
+			delete(st.sources, d.Config.Name)
+		}
 	}
 }
 
@@ -856,18 +1034,6 @@ type cachedSig struct{ rv, sig string }
 func samePolicy(a, b Policy) bool {
 	return a.IPv6 == b.IPv6 && a.KeepCordon == b.KeepCordon && a.Gated == b.Gated && a.Members == b.Members &&
 		a.ServiceName == b.ServiceName && slices.Equal(a.Taints, b.Taints)
-}
-
-func desiredSig(ds []Declared, fps map[string]string, problems map[string]string) string {
-	var b strings.Builder
-	for _, d := range ds {
-		fmt.Fprintf(&b, "%s\x00%s\x00%p\x00%s\x01", d.Config.Name, d.Owner, d.Source, fps[d.Config.Name])
-	}
-	keys := slices.Sorted(maps.Keys(problems))
-	for _, k := range keys {
-		fmt.Fprintf(&b, "%s\x00%s\x01", k, problems[k])
-	}
-	return b.String()
 }
 
 // event records a problem (or its end) on the Service, once per change.
