@@ -52,8 +52,9 @@ instrumentation_ips = ['127.0.0.1']
 state-file = /tmp/k8ss/state.json
 kubeconfig = /payload/kubal.kubeconfig
 # wrr + drain, no mh: the setting docs/config.md recommends. Without it a client port
-# whose SYN went to a node before its kube-proxy had the VIP (a new Service's nodes
-# are pooled before their first check) keeps going there after the node is depooled.
+# whose SYN went to a node before its kube-proxy had the VIP keeps going there after
+# the node is depooled. (Nodes are pooled after their first check, pool-unchecked = no,
+# but kube-proxy's health check can answer before it has synced the VIP.)
 ipvs-expire-nodest-conn = yes
 
 [k8s-services]
@@ -458,9 +459,8 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 	okFrom := s.loop.first()
 	// Settled: IPVS holds exactly the nodes with a ready endpoint and every pod has
 	// answered. Until then a request can meet a node whose kube-proxy has not synced
-	// the VIP yet, or one kubal still holds under the depool threshold though it has
-	// no endpoint (nodes start pooled, as in PyBal, and the Service comes before its
-	// EndpointSlice); those are reported, not asserted.
+	// the VIP yet (its health check can answer first), or one kubal still holds under
+	// the depool threshold though it has no endpoint; those are reported, not asserted.
 	var settled time.Time
 	_, ok = testutil.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		_, per := s.loop.snapshot()
