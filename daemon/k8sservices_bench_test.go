@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubal/kubal/integration/k8s"
+	"github.com/kubal/kubal/internal/testutil"
 	"github.com/kubal/kubal/ipvs"
 	"github.com/kubal/kubal/k8ssource"
 	"github.com/kubal/kubal/logging"
@@ -277,30 +278,8 @@ func ptrTo[T any](v T) *T { return &v }
 
 func benchParallel(b *testing.B, n int, f func(i int) error) {
 	b.Helper()
-	work := make(chan int)
-	errs := make(chan error, 1)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for i := range work {
-				if err := f(i); err != nil {
-					select {
-					case errs <- fmt.Errorf("item %d: %w", i, err):
-					default:
-					}
-				}
-			}
-		})
-	}
-	for i := range n {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	select {
-	case err := <-errs:
+	if err := testutil.Parallel(16, n, f); err != nil {
 		b.Fatal(err)
-	default:
 	}
 }
 

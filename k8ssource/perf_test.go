@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/internal/testutil"
 	"github.com/kubal/kubal/source"
 )
 
@@ -142,36 +143,16 @@ func populate(b *testing.B, c kubernetes.Interface) {
 		if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: perfNamespace}}, metav1.CreateOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		work := make(chan int)
-		errs := make(chan error, 1)
-		var wg sync.WaitGroup
-		for range 32 {
-			wg.Go(func() {
-				for i := range work {
-					n := perfNode(i)
-					created, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
-					if err == nil && len(created.Status.Conditions) == 0 {
-						created.Status = n.Status
-						_, err = c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
-					}
-					if err != nil {
-						select {
-						case errs <- fmt.Errorf("node %d: %w", i, err):
-						default:
-						}
-					}
-				}
-			})
-		}
-		for i := range perfNodes {
-			work <- i
-		}
-		close(work)
-		wg.Wait()
-		select {
-		case err := <-errs:
+		if err := testutil.Parallel(32, perfNodes, func(i int) error {
+			n := perfNode(i)
+			created, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+			if err == nil && len(created.Status.Conditions) == 0 {
+				created.Status = n.Status
+				_, err = c.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+			}
+			return err
+		}); err != nil {
 			b.Fatal(err)
-		default:
 		}
 		for s := 0; s < perfNodes/perfPerSlice; s++ {
 			var eps []discoveryv1.Endpoint

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/internal/testutil"
 	"github.com/kubal/kubal/monitor"
 	"github.com/kubal/kubal/source"
 )
@@ -86,30 +87,9 @@ func populateServices(b *testing.B, c kubernetes.Interface) {
 }
 
 func parallel(b *testing.B, n int, f func(i int) error) {
-	work := make(chan int)
-	errs := make(chan error, 1)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for i := range work {
-				if err := f(i); err != nil {
-					select {
-					case errs <- fmt.Errorf("item %d: %w", i, err):
-					default:
-					}
-				}
-			}
-		})
-	}
-	for i := range n {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	select {
-	case err := <-errs:
+	b.Helper()
+	if err := testutil.Parallel(16, n, f); err != nil {
 		b.Fatal(err)
-	default:
 	}
 }
 

@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -63,4 +64,35 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Parallel calls f(0) .. f(n-1) on workers goroutines and returns the first error,
+// naming its item (for creating many API objects at once in a benchmark's set-up).
+func Parallel(workers, n int, f func(i int) error) error {
+	work := make(chan int)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := range work {
+				if err := f(i); err != nil {
+					select {
+					case errs <- fmt.Errorf("item %d: %w", i, err):
+					default:
+					}
+				}
+			}
+		})
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
 }
