@@ -1,6 +1,7 @@
 package bgpit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -654,7 +655,7 @@ func TestGracefulRestartDetach(t *testing.T) {
 // within a few seconds and then stay up; it must not loop on spurious BFD expiries
 // (the ECMP rig saw 15 resets in 30 s from one).
 func TestBFDSessionSurvivesRouterReset(t *testing.T) {
-	for _, tc := range []struct {
+	cases := []struct {
 		name   string
 		cmds   []string // birdc commands, run in order
 		static bool     // the router declares the BFD neighbour statically
@@ -663,8 +664,25 @@ func TestBFDSessionSurvivesRouterReset(t *testing.T) {
 		{"disable-enable", []string{"disable kubal", "enable kubal"}, false},
 		// The router-side mitigation for GoBGP without kubal's fix must keep working.
 		{"restart-static-bfd-neighbor", []string{"restart kubal"}, true},
-	} {
+	}
+	// Each case holds its sessions for ~20 s (a 10 s stability window after the reset);
+	// one after the other they took 64 s, the longest wait of `go test ./...`. They run
+	// side by side, each in a test process of its own, which TestMain puts in a fresh
+	// network namespace (the speaker's address and its BGP and BFD ports are per
+	// namespace), with every window unchanged. Processes, not t.Parallel: -parallel
+	// defaults to GOMAXPROCS, 2 here, and these cases mostly wait.
+	children := map[string]*caseChild{}
+	if rigErr == nil && os.Getenv(envCaseChild) == "" {
+		for _, tc := range cases {
+			children[tc.name] = startCaseChild(t, t.Name()+"/"+tc.name)
+		}
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			if c := children[tc.name]; c != nil {
+				c.wait(t)
+				return
+			}
 			r := newRouter(t, birdConf{ASN: routerASN, SpeakerASN: localASN, HoldTime: 6, BFD: true, BFDNeighbor: tc.static})
 			g := globalFor(localASN, r)
 			g.BGPBFD, g.BGPBFDMinRx, g.BGPBFDMinTx, g.BGPBFDMultiplier = true, 300*time.Millisecond, 300*time.Millisecond, 3
@@ -692,6 +710,58 @@ func TestBFDSessionSurvivesRouterReset(t *testing.T) {
 			r.mustStayEstablished(10 * time.Second)
 			t.Logf("stable for 10 s after the reset (%s since it)", time.Since(start).Round(time.Millisecond))
 		})
+	}
+}
+
+// envCaseChild marks a test process started by startCaseChild: it runs the case itself.
+const envCaseChild = "KUBAL_BGP_CASE_CHILD"
+
+// caseChild is one subtest running in a process of this test binary of its own.
+type caseChild struct {
+	name string
+	out  bytes.Buffer
+	err  error
+	done chan struct{}
+}
+
+// startCaseChild starts the subtest of that full name in a new process of this test
+// binary (its TestMain re-executes it in a network namespace of its own).
+func startCaseChild(t *testing.T, name string) *caseChild {
+	t.Helper()
+	var pat []string
+	for _, part := range strings.Split(name, "/") {
+		pat = append(pat, "^"+regexp.QuoteMeta(part)+"$")
+	}
+	c := &caseChild{name: name, done: make(chan struct{})}
+	cmd := exec.Command(os.Args[0], "-test.run", strings.Join(pat, "/"), "-test.v", "-test.count=1", "-test.timeout=5m")
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, envInNetns+"=") { // the child's TestMain makes its own namespace
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, envCaseChild+"=1")
+	cmd.Stdout, cmd.Stderr = &c.out, &c.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: starting its process: %v", name, err)
+	}
+	go func() { c.err = cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill() // a no-op once it has exited
+		<-c.done
+	})
+	return c
+}
+
+// wait fails t unless the child process ran the case and it passed.
+func (c *caseChild) wait(t *testing.T) {
+	t.Helper()
+	<-c.done
+	t.Logf("%s in its own process:\n%s", c.name, c.out.String())
+	if c.err != nil {
+		t.Fatalf("%s in its own process: %v", c.name, c.err)
+	}
+	if !strings.Contains(c.out.String(), "--- PASS: "+c.name+" ") {
+		t.Fatalf("%s in its own process: no PASS line for the case (skipped or not run)", c.name)
 	}
 }
 

@@ -28,6 +28,7 @@ type scale struct {
 	costPer    int           // ... of this many real servers each, all distinct
 	interval   int           // seconds between checks of one server
 	window     time.Duration // CPU measuring window
+	settle     time.Duration // flows kept open after a reload or restart is in force
 	failures   int           // detection: failures to time (and as many recoveries)
 	batch      int           // failures at once, each in its own service
 	bigSvc     int           // start, reload, restart: services x 10 real servers
@@ -38,8 +39,13 @@ type scale struct {
 
 func scaleFromEnv(t testing.TB) scale {
 	t.Helper()
-	s := scale{mode: "smoke", costSvc: 4, costPer: 5, interval: 1, window: 5 * time.Second,
-		failures: 20, batch: 4, bigSvc: 20, bigIntvl: 10, flows: 10}
+	// The smoke run asserts what the full one does (checks reach the backends, every
+	// failure and recovery within its bound, reload and restart in force) with 2 s
+	// windows: at 20 checks/s that is ~40 checks per measure, and a flow sends 4
+	// requests after the change (a request in flight when the flows close still ends
+	// within its 3 s deadline and counts, so the shorter settle misses no break).
+	s := scale{mode: "smoke", costSvc: 4, costPer: 5, interval: 1, window: 2 * time.Second,
+		settle: 2 * time.Second, failures: 20, batch: 4, bigSvc: 20, bigIntvl: 10, flows: 10}
 	if os.Getenv("KUBAL_VM_PERF_PEER") == "full" {
 		// Measured: under TCG on the shared machine kubal's HTTP checks time out (1 s)
 		// above a few dozen checks/s (30 x 10 servers at 1 s never settled), so the
@@ -47,7 +53,7 @@ func scaleFromEnv(t testing.TB) scale {
 		// the cost per check, and start/reload/restart use TCP checks at 60 s with a
 		// 30 s timeout so that the first round of checks cannot fail a server.
 		s = scale{mode: "full", costSvc: 4, costPer: 10, interval: 2, window: 30 * time.Second,
-			failures: 200, batch: 4, bigSvc: 200, bigIntvl: 60, bigTimeout: 30, flows: 50}
+			settle: 5 * time.Second, failures: 200, batch: 4, bigSvc: 200, bigIntvl: 60, bigTimeout: 30, flows: 50}
 	}
 	for _, o := range []struct {
 		env string
@@ -311,7 +317,7 @@ func measureBig(t *testing.T, p peer, dir string, sc scale, r *result) {
 	r.reload = waitTable(t, pr, limit, "the reloaded service in force", func(tb table) bool {
 		return tb[key0] != nil && tb[key0].sched == "wlc" && tb.complete(d)
 	})
-	time.Sleep(5 * time.Second) // anything the reload does after the change
+	time.Sleep(sc.settle) // anything the reload does after the change
 	r.reloadBroken, r.flowsReload = fl.close(), sc.flows
 	logf("%s reload: in force after %s; %d of %d established connections through other services broken",
 		p.name, r.reload.Round(time.Millisecond), r.reloadBroken, sc.flows)
@@ -346,7 +352,7 @@ func measureBig(t *testing.T, p peer, dir string, sc scale, r *result) {
 	r.restart = time.Since(t0)
 	close(pollStop)
 	r.incomplete = <-pollDone
-	time.Sleep(5 * time.Second)
+	time.Sleep(sc.settle)
 	r.restartBroken, r.flows = fl.close(), sc.flows
 	logf("%s restart: stopped in %s, all programmed %s after SIGTERM, table incomplete for %s; %d of %d established connections broken",
 		p.name, r.stopTook.Round(time.Millisecond), r.restart.Round(time.Millisecond), r.incomplete.Round(time.Millisecond), r.restartBroken, sc.flows)

@@ -35,6 +35,10 @@ cp integration/systemd/test.sh "$work/payload/run.sh"
 echo "systemd rig: packages built in $(($(date +%s) - t0)) s (commit $base)" >&2
 
 t1=$(date +%s)
+# mawk (Debian's awk) reads a pipe in blocks: without -W interactive the test's lines
+# arrive all at once when the VM powers off.
+awk_lines=()
+awk -W version 2>&1 | grep -q mawk && awk_lines=(-W interactive)
 # cache=unsafe: qemu ignores the guest's flushes (dpkg fsyncs every file it unpacks); the
 # snapshot overlay is thrown away at exit, so durability buys nothing and each flush was
 # an fsync on the host's disk.
@@ -45,7 +49,7 @@ timeout --kill-after=10 "${KUBAL_VM_TIMEOUT:-600}" \
 	-drive "file=$cache/systemd/root.img,format=raw,if=virtio,snapshot=on,cache=unsafe" \
 	-drive "file=$work/payload.tar,format=raw,if=virtio,readonly=on" \
 	-append 'console=ttyS0 panic=-1 quiet loglevel=3 systemd.show_status=0 systemd.log_level=warning' </dev/null 2>&1 |
-	tr -d '\r' | tee "$work/console.log" | awk -v rcfile="$work/rc" '
+	stdbuf -oL tr -d '\r' | tee "$work/console.log" | awk "${awk_lines[@]}" -v rcfile="$work/rc" '
 		/@@KUBAL-VM-BEGIN@@/ { on = 1; next }
 		/@@KUBAL-VM-END rc=/ { on = 0; sub(/.*@@KUBAL-VM-END rc=/, ""); sub(/@@.*/, ""); print > rcfile; close(rcfile); next }
 		on { print; fflush() }
