@@ -314,11 +314,33 @@ func (r *Reconciler) syncSysctls(full bool) {
 	if !full && !dirty {
 		return
 	}
+	r.mu.Lock()
+	prev := map[string]bool{} // the errors of the last attempt: logged once, not every resync
+	for _, err := range r.sysctlErrs {
+		prev[err.Error()] = true
+	}
+	r.mu.Unlock()
+	failing := func(name string) bool {
+		for e := range prev {
+			if strings.Contains(e, "sysctl "+name+" ") {
+				return true
+			}
+		}
+		return false
+	}
 	errs := syncSysctls(r.b, want, func(s Sysctl, was string) {
-		r.log.Info("ipvs: setting a kernel setting", "sysctl", s.Name, "from", was, "to", s.Value, "why", s.Why)
+		level := slog.LevelInfo
+		if failing(s.Name) {
+			level = slog.LevelDebug // a retry of a write that failed: /alerts says so
+		}
+		r.log.Log(context.Background(), level, "ipvs: setting a kernel setting", "sysctl", s.Name, "from", was, "to", s.Value, "why", s.Why)
 	})
 	for _, err := range errs {
-		r.log.Warn("ipvs: kernel setting not in force; retrying at the next resync", "error", err)
+		level := slog.LevelWarn
+		if prev[err.Error()] {
+			level = slog.LevelDebug
+		}
+		r.log.Log(context.Background(), level, "ipvs: kernel setting not in force; retrying at the next resync", "error", err)
 	}
 	r.mu.Lock()
 	r.sysctlErrs = errs

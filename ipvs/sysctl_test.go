@@ -3,10 +3,14 @@ package ipvs
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 var aaSysctls = []Sysctl{
@@ -124,4 +128,72 @@ func TestProcSys(t *testing.T) {
 			t.Errorf("Sysctl(%q): %v, want 'not a sysctl name'", bad, err)
 		}
 	}
+}
+
+// countLevels counts log records by level and message.
+type countLevels struct {
+	mu sync.Mutex
+	n  map[string]int // "LEVEL message"
+}
+
+func (c *countLevels) Enabled(context.Context, slog.Level) bool { return true }
+func (c *countLevels) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[r.Level.String()+" "+r.Message]++
+	return nil
+}
+func (c *countLevels) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *countLevels) WithGroup(string) slog.Handler      { return c }
+
+// A setting kubal cannot write (a read-only /proc/sys under a sandbox, as the
+// systemd rig showed without ReadWritePaths) is in /alerts and retried at every
+// resync, but logged at INFO/WARN once, not every 5 s; a new error is logged again.
+func TestSysctlFailureLoggedOnce(t *testing.T) {
+	f := NewFake()
+	b := &readOnlySysctls{Fake: f, err: errors.New("read-only file system")}
+	logs := &countLevels{n: map[string]int{}}
+	r := NewReconciler(b, slog.New(logs), prometheus.NewRegistry())
+	r.SetSysctls(aaSysctls[:1])
+	for range 3 {
+		if err := r.Reconcile(context.Background(), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := logs.n["WARN ipvs: kernel setting not in force; retrying at the next resync"]; got != 1 {
+		t.Errorf("WARN logged %d times over 3 resyncs, want 1: %v", got, logs.n)
+	}
+	if got := logs.n["INFO ipvs: setting a kernel setting"]; got != 1 {
+		t.Errorf("INFO 'setting' logged %d times over 3 resyncs, want 1: %v", got, logs.n)
+	}
+	if len(r.Alerts()) != 1 {
+		t.Errorf("alerts %q, want the setting", r.Alerts())
+	}
+	b.err = errors.New("permission denied")
+	if err := r.Reconcile(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs.n["WARN ipvs: kernel setting not in force; retrying at the next resync"]; got != 2 {
+		t.Errorf("a new error: WARN logged %d times in all, want 2", got)
+	}
+	b.err = nil
+	if err := r.Reconcile(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Alerts()) != 0 {
+		t.Errorf("alerts %q after the write worked", r.Alerts())
+	}
+}
+
+// readOnlySysctls fails every write with err (nil: writes work).
+type readOnlySysctls struct {
+	*Fake
+	err error
+}
+
+func (s *readOnlySysctls) SetSysctl(name, value string) error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.Fake.SetSysctl(name, value)
 }
