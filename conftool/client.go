@@ -12,7 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -52,8 +52,7 @@ func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3
 	dialer := &net.Dialer{}
 	cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 		c, err := dialer.DialContext(ctx, "tcp", addr)
-		rec.set(err)
-		return c, err
+		return rec.dialed(c, err, cfg.TLS == nil)
 	}))
 	if cfg.TLS != nil {
 		// Appended after etcd's own options, so these credentials are the ones used.
@@ -67,23 +66,47 @@ func NewClient(g config.Global, endpoints []string, log *slog.Logger) (*clientv3
 	return cli, nil
 }
 
-// connRecorder keeps the last error of connecting to etcd (dial or TLS handshake);
-// a successful handshake clears it.
+// connRecorder keeps the last error of connecting to etcd (dial, TLS handshake, or
+// the server's TLS alert). Only data read from the server clears it: a dial or a
+// handshake that succeeds proves nothing with TLS 1.3, where the server refuses a
+// client certificate after the client's handshake, and clearing there let gRPC's next
+// reconnect erase the reason just before a deadline (TestNewClientTLS, under load).
 type connRecorder struct {
-	mu  sync.Mutex
-	err error
+	err atomic.Pointer[error]
 }
 
 func (r *connRecorder) set(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.err = err
+	if err == nil {
+		r.err.Store(nil)
+		return
+	}
+	r.err.Store(&err)
+}
+
+// dialed records a dial's error; a plain-text connection is wrapped so that its first
+// data clears the record (with TLS, the handshake wraps it instead).
+func (r *connRecorder) dialed(c net.Conn, err error, plain bool) (net.Conn, error) {
+	switch {
+	case err != nil:
+		r.set(err)
+	case plain:
+		return recordingConn{c, r}, nil
+	}
+	return c, err
+}
+
+// served: the server sent data on a connection, so connecting works.
+func (r *connRecorder) served() {
+	if r.err.Load() != nil {
+		r.err.Store(nil)
+	}
 }
 
 func (r *connRecorder) last() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.err
+	if p := r.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // explain adds the last connection error to a timeout or unavailability error.
@@ -109,10 +132,10 @@ type recordingCreds struct {
 
 func (c recordingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
-	if err == nil || ctx.Err() == nil {
-		c.rec.set(err)
-	}
 	if err != nil {
+		if ctx.Err() == nil {
+			c.rec.set(err)
+		}
 		return conn, info, err
 	}
 	// With TLS 1.3 the server checks the client certificate after the client's
@@ -129,8 +152,11 @@ type recordingConn struct {
 
 func (c recordingConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if err != nil && strings.Contains(err.Error(), "remote error: tls:") {
+	switch {
+	case err != nil && strings.Contains(err.Error(), "remote error: tls:"):
 		c.rec.set(err)
+	case n > 0:
+		c.rec.served()
 	}
 	return n, err
 }

@@ -2,9 +2,14 @@ package conftool
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kubal/kubal/config"
 )
@@ -138,4 +143,62 @@ func TestNewClientChoices(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeConn returns its reads in order: data, or an error.
+type fakeConn struct {
+	net.Conn
+	reads []error // nil: one byte of data
+}
+
+func (c *fakeConn) Read(b []byte) (int, error) {
+	r := c.reads[0]
+	c.reads = c.reads[1:]
+	if r != nil {
+		return 0, r
+	}
+	b[0] = 1
+	return 1, nil
+}
+
+// The TLS 1.3 refusal of a missing client certificate arrives as an alert on the
+// first read, after a handshake that succeeded; gRPC then reconnects (dial and
+// handshake succeed again). The reason must survive the reconnects until the server
+// sends data, or a deadline error may say only "context deadline exceeded"
+// (TestNewClientTLS failed so in a CI run).
+func TestConnRecorderKeepsTheReasonAcrossReconnects(t *testing.T) {
+	rec := &connRecorder{}
+	alert := errors.New("remote error: tls: certificate required")
+	refused := recordingConn{&fakeConn{reads: []error{alert}}, rec}
+	if _, err := refused.Read(make([]byte, 1)); err == nil {
+		t.Fatal("want the alert")
+	}
+	// gRPC reconnects: dial and handshake succeed, no data yet.
+	conn, err := rec.dialed(&fakeConn{}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := (recordingCreds{okCreds{}, rec}).ClientHandshake(context.Background(), "etcd", conn); err != nil {
+		t.Fatal(err)
+	}
+	explained := rec.explain(context.DeadlineExceeded)
+	if !strings.Contains(explained.Error(), "certificate required") || !errors.Is(explained, context.DeadlineExceeded) {
+		t.Fatalf("after the alert: %v; want the TLS reason, still a deadline error", explained)
+	}
+	served := recordingConn{&fakeConn{reads: []error{nil}}, rec}
+	if _, err := served.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.explain(context.DeadlineExceeded); err.Error() != context.DeadlineExceeded.Error() {
+		t.Errorf("after the server sent data: %v; want the plain deadline (nothing stale)", err)
+	}
+}
+
+// okCreds is TLS credentials whose handshake always succeeds.
+type okCreds struct {
+	credentials.TransportCredentials
+}
+
+func (okCreds) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return c, nil, nil
 }
