@@ -8,6 +8,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cache="${KUBAL_CACHE:-$HOME/.cache/kubal}/peerbench"
 mkdir -p "$cache"
 
+# cpio packs the initramfs part (integration/vm/setup.sh installs it too, but runs
+# after this script on a new machine).
+if ! dpkg-query -W -f='${Status}' cpio 2>/dev/null | grep -q 'install ok installed'; then
+	echo "peerbench setup: apt-get install cpio"
+	apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends cpio >/dev/null
+fi
 if ! dpkg-query -W -f='${Status}' keepalived 2>/dev/null | grep -q 'install ok installed'; then
 	echo "peerbench setup: apt-get install keepalived (its service is kept from starting)"
 	# policy-rc.d 101 = "action forbidden": the package's postinst must not start a
