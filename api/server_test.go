@@ -80,7 +80,10 @@ func slowloris(t *testing.T, addr string, n int, giveUp time.Duration) []time.Du
 
 // TestSlowloris: 2,000 slow or idle connections on each of the two listeners (the
 // instrumentation and the admin handler) are all closed by the server within its
-// timeouts, while a normal client is served with p99 < 50 ms. Before, the daemon's
+// timeouts, while a normal client is served: no failure, p99 under 1 s (a server
+// stalled by the attack makes it wait for a timeout, seconds; the p99 seen is 4-43 ms
+// alone and up to ~130 ms beside a cold `go test ./...` on 2 cores, so the bound is
+// not a latency claim). Before, the daemon's
 // listeners had only ReadHeaderTimeout: idle keep-alives and slow bodies were held as
 // long as the client liked.
 func TestSlowloris(t *testing.T) {
@@ -200,8 +203,8 @@ func TestSlowloris(t *testing.T) {
 	}
 	p99 := lat[len(lat)*99/100]
 	t.Logf("normal client: %d requests, p50 %v, p99 %v, max %v, %d failed", len(lat), lat[len(lat)/2], p99, lat[len(lat)-1], len(failures))
-	if p99 > 50*time.Millisecond || len(failures) > 0 {
-		t.Errorf("normal client: p99 %v (want < 50ms), failures %v", p99, failures)
+	if p99 > time.Second || len(failures) > 0 {
+		t.Errorf("normal client: p99 %v (want < 1s), failures %v", p99, failures)
 	}
 }
 

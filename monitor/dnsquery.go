@@ -48,8 +48,7 @@ func fqdn(h string) string {
 func (c *dnsQueryConfig) key() string { return c.common.key() }
 
 func (c *dnsQueryConfig) newRunner(e *env) runner {
-	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &DNSQuery{cfg: c, env: e}}
+	return e.newLoop(c.interval, c.timeout, &DNSQuery{cfg: c, env: e})
 }
 
 // DNSQuery asks the server for a random A or AAAA record of one of the hostnames.

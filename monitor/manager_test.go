@@ -241,3 +241,52 @@ func TestManagerWatchErrors(t *testing.T) {
 		t.Error("Watch after Close succeeded")
 	}
 }
+
+// A check-first server (Target.Prompt) joining a probe that an optimistic one started
+// gets the probe's first check within PromptWindow, not at the probe's own first
+// check up to an interval away; an optimistic joiner leaves the schedule alone.
+func TestPromptWatcherHurriesSharedProbe(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		prompt    bool
+		wantFirst bool // a first result within 2 s (the probe's own is at 5 s)
+	}{
+		{"check-first joiner", true, true},
+		{"optimistic joiner", false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, _ := newTestManager(t)
+			m.offset = func(iv time.Duration) time.Duration { return iv / 2 } // first check at 5 s
+			b := newTCPBackend(t, 0)
+			kv := []string{"tcp.interval", "10"}
+			ra, rb := newReports(), newReports()
+			stopA, err := m.Watch(testService("a", []string{"TCP"}, kv...), "TCP", loopback(b.port), ra.report)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stopA()
+			tg := loopback(b.port)
+			tg.Prompt = tt.prompt
+			stopB, err := m.Watch(testService("b", []string{"TCP"}, kv...), "TCP", tg, rb.report)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stopB()
+			if m.Probes() != 1 {
+				t.Fatalf("%d probes, want 1 shared", m.Probes())
+			}
+			if !tt.wantFirst {
+				rb.none(t, 2*time.Second)
+				return
+			}
+			start := time.Now()
+			if r := rb.next(t, 2*time.Second); !r.Up {
+				t.Fatalf("first result %+v, want up", r)
+			}
+			if r := ra.next(t, time.Second); !r.Up {
+				t.Fatalf("the first watcher got %+v, want the same up", r)
+			}
+			t.Logf("first check %s after the check-first watcher joined", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}

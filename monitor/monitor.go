@@ -70,6 +70,10 @@ type env struct {
 	each func(f func(service, host string))
 	// offset spreads start-up over the interval.
 	offset func(interval time.Duration) time.Duration
+	// hurry fires when a check-first watcher (Target.Prompt) joins the probe before
+	// its first verdict; the first check then comes within promptDelay(interval).
+	hurry       <-chan struct{}
+	promptDelay func(interval time.Duration) time.Duration
 }
 
 // Manager runs monitors and shares identical probes between services.
@@ -162,6 +166,15 @@ func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(
 	p.watchers = append(p.watchers, w)
 	known := p.h.known
 	p.mu.Unlock()
+	if t.Prompt && !p.prompt && !known {
+		// A check-first server waits for this probe's first verdict, which a probe
+		// started for an optimistic one schedules up to an interval away.
+		p.prompt = true
+		select {
+		case p.hurry <- struct{}{}:
+		default:
+		}
+	}
 	if known {
 		// Joining a running probe: hand over its current verdict without waiting
 		// for the next transition.
@@ -178,7 +191,8 @@ func (m *Manager) Watch(svc *config.Service, name string, t Target, report func(
 func (m *Manager) startProbe(name, key string, sp spec, prompt bool) *probe {
 	ctx, cancel := context.WithCancel(m.ctx)
 	rise, fall := sp.hyst()
-	p := &probe{m: m, name: name, key: key, cancel: cancel, h: hysteresis{rise: rise, fall: fall}}
+	p := &probe{m: m, name: name, key: key, cancel: cancel, h: hysteresis{rise: rise, fall: fall},
+		prompt: prompt, hurry: make(chan struct{}, 1)}
 	m.probes[key] = p
 	e := &env{
 		name:    name,
@@ -188,6 +202,10 @@ func (m *Manager) startProbe(name, key string, sp spec, prompt bool) *probe {
 		metrics: m.metrics,
 		each:    p.each,
 		offset:  m.offset,
+		hurry:   p.hurry,
+		promptDelay: func(interval time.Duration) time.Duration {
+			return m.offset(min(interval, PromptWindow))
+		},
 	}
 	if prompt {
 		// Runners start at interval - offset: make that [0, min(interval, PromptWindow)).
@@ -279,6 +297,10 @@ type probe struct {
 	m         *Manager
 	name, key string
 	cancel    context.CancelFunc
+	// prompt: the first check is (or has been asked to be) within PromptWindow;
+	// guarded by Manager.mu. hurry asks the runner for that (env.hurry).
+	prompt bool
+	hurry  chan struct{}
 
 	dmu sync.Mutex // serialises deliveries, so each watcher sees results in order
 

@@ -109,8 +109,7 @@ func hostHeader(u *url.URL) string {
 func (c *proxyFetchConfig) key() string { return c.common.key() }
 
 func (c *proxyFetchConfig) newRunner(e *env) runner {
-	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &ProxyFetch{cfg: c, transport: e.m.transport, env: e, header: http.Header{"User-Agent": {"kubal"}}}}
+	return e.newLoop(c.interval, c.timeout, &ProxyFetch{cfg: c, transport: e.m.transport, env: e, header: http.Header{"User-Agent": {"kubal"}}})
 }
 
 // ProxyFetch is the HTTP(S) GET check.

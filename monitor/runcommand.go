@@ -89,8 +89,7 @@ func (c *runCommandConfig) key() string {
 }
 
 func (c *runCommandConfig) newRunner(e *env) runner {
-	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &RunCommand{cfg: c, env: e}}
+	return e.newLoop(c.interval, c.timeout, &RunCommand{cfg: c, env: e})
 }
 
 // RunCommand runs a program: exit 0 is up. It gets an empty environment and its

@@ -29,13 +29,28 @@ type loop struct {
 	timeout  time.Duration // 0: no timeout (RunCommand timeout = 0)
 	offset   time.Duration // start-up spread, in [0, interval)
 	check    Checker
+	// hurry and promptDelay: see env; nil in a loop that is never hurried.
+	hurry       <-chan struct{}
+	promptDelay func(interval time.Duration) time.Duration
+}
+
+// newLoop is the loop of a Checker run in e.
+func (e *env) newLoop(interval, timeout time.Duration, check Checker) *loop {
+	return &loop{clk: e.clk, interval: interval, timeout: timeout, offset: e.offset(interval),
+		check: check, hurry: e.hurry, promptDelay: e.promptDelay}
 }
 
 func (l *loop) Run(ctx context.Context, emit func(Result)) {
 	next := l.clk.Now().Add(l.interval - l.offset)
 	done := make(chan struct{})
-	for {
-		if !sleep(ctx, l.clk, next.Sub(l.clk.Now())) {
+	var ok bool
+	for first := true; ; first = false {
+		if first {
+			next, ok = firstWait(ctx, l.clk, next, l.interval, l.hurry, l.promptDelay)
+		} else {
+			ok = sleep(ctx, l.clk, next.Sub(l.clk.Now()))
+		}
+		if !ok {
 			return
 		}
 		// The check (and the report it leads to) runs on its own short-lived
@@ -58,6 +73,28 @@ func (l *loop) Run(ctx context.Context, emit func(Result)) {
 		<-done
 		next = nextTick(next, l.interval, l.clk.Now())
 	}
+}
+
+// firstWait sleeps until next, the first check's time, or until ctx ends (false).
+// When hurry fires first, the first check moves to within promptDelay(interval) of
+// then, if that is earlier; it returns the time it slept until.
+func firstWait(ctx context.Context, clk clock, next time.Time, interval time.Duration, hurry <-chan struct{}, promptDelay func(time.Duration) time.Duration) (time.Time, bool) {
+	if hurry == nil || promptDelay == nil {
+		return next, sleep(ctx, clk, next.Sub(clk.Now()))
+	}
+	t := clk.NewTimer(next.Sub(clk.Now()))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return next, false
+	case <-t.C():
+		return next, true
+	case <-hurry:
+	}
+	if soon := clk.Now().Add(promptDelay(interval)); soon.Before(next) {
+		next = soon
+	}
+	return next, sleep(ctx, clk, next.Sub(clk.Now()))
 }
 
 // safeCheck runs one check; a panic is a down result, not a crashed daemon (PyBal

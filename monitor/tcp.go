@@ -24,8 +24,7 @@ func parseTCP(v *validator, t Target) spec {
 func (c *tcpConfig) key() string { return c.common.key() }
 
 func (c *tcpConfig) newRunner(e *env) runner {
-	return &loop{clk: e.clk, interval: c.interval, timeout: c.timeout, offset: e.offset(c.interval),
-		check: &TCP{addr: c.target(), cfg: c}}
+	return e.newLoop(c.interval, c.timeout, &TCP{addr: c.target(), cfg: c})
 }
 
 // TCP is the connect check.

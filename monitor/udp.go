@@ -60,8 +60,14 @@ func (u *UDP) Run(ctx context.Context, emit func(Result)) {
 		}
 	}()
 	next := clk.Now().Add(c.interval - u.env.offset(c.interval))
-	for {
-		if !sleep(ctx, clk, next.Sub(clk.Now())) {
+	var ok bool
+	for first := true; ; first = false {
+		if first {
+			next, ok = firstWait(ctx, clk, next, c.interval, u.env.hurry, u.env.promptDelay)
+		} else {
+			ok = sleep(ctx, clk, next.Sub(clk.Now()))
+		}
+		if !ok {
 			return
 		}
 		if conn == nil {
