@@ -131,7 +131,7 @@ func guest(t *testing.T) {
 		}
 	}
 	s.startBird()
-	s.kubal = s.start("kubal", nil, "/payload/kubal", "-c", filepath.Join(workDir, "pybal.conf"))
+	s.kubal = s.start("kubal", nil, "/payload/kubal", "-d", "-c", filepath.Join(workDir, "pybal.conf"))
 	if _, ok := testutil.Poll(60*time.Second, 50*time.Millisecond, func() bool { return httpOK(primaryAPI+"/readyz") || !s.kubal.Alive() }); !ok || !s.kubal.Alive() {
 		t.Fatalf("kubal not ready (alive: %v)", s.kubal.Alive())
 	}
@@ -145,6 +145,18 @@ func guest(t *testing.T) {
 	s.step6()
 	s.step7()
 	s.result("kube-proxy", "IPv4 rule syncs (SyncProxyRules elapsed, all nodes, TCG): %s", s.proxySyncs())
+	for _, name := range []string{"kubal", "kube-proxy-node1"} {
+		b, _ := os.ReadFile(filepath.Join(workDir, name+".log"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "ProxyFetch") && !strings.Contains(l, "pool") {
+				continue
+			}
+			if len(l) > 300 {
+				l = l[:300]
+			}
+			fmt.Println("DIAG", name, l)
+		}
+	}
 }
 
 // proxySyncs summarises kube-proxy's own timing of its IPv4 nftables syncs: what it
@@ -419,6 +431,7 @@ func (s *scenario) apply(step string, eps map[string]epState) {
 	_, err = s.kc.DiscoveryV1().EndpointSlices(nsShop).Create(ctx, slice(eps), metav1.CreateOptions{})
 	must(t, err)
 	dApply := time.Since(t0)
+	fmt.Println("DIAG t0", step, t0.Format(time.RFC3339Nano), "applied", time.Now().Format(time.RFC3339Nano))
 	s.hcPort = svc.Spec.HealthCheckNodePort
 	if s.hcPort == 0 {
 		t.Fatalf("step %s: the API server gave web no healthCheckNodePort", step)
