@@ -3,6 +3,12 @@
 GO       ?= go
 # Test rigs (Debian packages, kube-apiserver, VM kernel) are cached outside the repo.
 export KUBAL_CACHE ?= $(HOME)/.cache/kubal
+# -trimpath keeps the checkout's directory out of the build cache's keys: a clean
+# clone (CI) then reuses what any other checkout compiled, instead of compiling every
+# kubal package again for vet, staticcheck, go test and the rigs' static builds
+# (measured in a fresh clone with warm caches: go vet 22.7 -> 1.9 s, staticcheck
+# 35 -> 1.6 s, compiling every test binary 52 -> 36 s).
+export GOFLAGS += -trimpath
 BIN      := bin
 
 .PHONY: all build demo test unit lint setup test-vm test-e2e test-ecmp test-k8s-services fuzz docs-check bench clean
