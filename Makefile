@@ -29,16 +29,18 @@ demo: build
 # keepalived peer benchmark's smoke run, and the docs check. The VM stages run one after
 # the other: several TCG guests on 2 cores would starve their timing assertions.
 # -p 4: most packages' tests wait (rigs, monitors, timeouts; ~30% CPU at -p 2), so 4 at
-# a time on 2 cores; the daemon package's ~65 s is then the critical path.
+# a time on 2 cores; the daemon package (~100 s) is then the critical path.
+# Setup runs once, first (each rig target depends on it only when run alone), and the
+# host-only docs-check runs beside the systemd VM stage.
 test: lint setup
 	./integration/stage.sh go-test env KUBAL_REQUIRE_RIGS=1 $(GO) test -p 4 -count=1 -timeout 30m ./...
-	./integration/stage.sh test-vm $(MAKE) test-vm
-	./integration/stage.sh test-e2e $(MAKE) test-e2e
-	./integration/stage.sh test-ecmp $(MAKE) test-ecmp
-	./integration/stage.sh test-k8s-services $(MAKE) test-k8s-services
-	./integration/stage.sh test-systemd $(MAKE) test-systemd
-	./integration/stage.sh peerbench-smoke $(MAKE) peerbench-smoke
-	./integration/stage.sh docs-check $(MAKE) docs-check
+	./integration/stage.sh test-vm $(MAKE) test-vm SETUP_DONE=1
+	./integration/stage.sh test-e2e $(MAKE) test-e2e SETUP_DONE=1
+	./integration/stage.sh test-ecmp $(MAKE) test-ecmp SETUP_DONE=1
+	./integration/stage.sh test-k8s-services $(MAKE) test-k8s-services SETUP_DONE=1
+	./integration/together.sh "./integration/stage.sh test-systemd $(MAKE) test-systemd SETUP_DONE=1" \
+		"./integration/stage.sh docs-check $(MAKE) docs-check"
+	./integration/stage.sh peerbench-smoke $(MAKE) peerbench-smoke SETUP_DONE=1
 
 unit:
 	$(GO) test -count=1 ./...
@@ -49,23 +51,25 @@ lint:
 	./integration/staticcheck.sh
 
 # Installs Debian packages and builds/fetches cached rig artifacts (idempotent).
+# SETUP_DONE=1 (set by `test`, which ran it): the rig targets below skip it.
+SETUP := $(if $(SETUP_DONE),,setup)
 setup:
 	./integration/setup.sh
 
-test-vm: setup
+test-vm: $(SETUP)
 	./integration/vm/run-tests.sh
 
-test-e2e: setup
+test-e2e: $(SETUP)
 	./integration/e2e/run.sh
 
 # Active-active directors (issue 18): 3 kubal directors behind BIRD2 ECMP with BFD in the
 # VM, ~2 min; KUBAL_ECMP_HOLD/CONNS/INTERVAL_MS/FLOWS for longer runs (integration/ecmp).
-test-ecmp: setup
+test-ecmp: $(SETUP)
 	./integration/ecmp/run.sh
 
 # Kubernetes-declared services ([k8s-services]) end to end: kube-apiserver on the host,
 # kubal + BIRD2 + three nodes each with a real kube-proxy (nftables) in the IPVS VM.
-test-k8s-services: setup
+test-k8s-services: $(SETUP)
 	./integration/k8sservices/run.sh
 
 # Every parser of outside input, plus the daemon model (random operation sequences):
@@ -101,14 +105,14 @@ deb:
 	./packaging/build-deb.sh
 
 # The package installed and run under a real systemd in the VM rig (integration/systemd).
-test-systemd: setup
+test-systemd: $(SETUP)
 	./integration/systemd/run-tests.sh
 
 # kubal vs keepalived on real IPVS in the VM rig (integration/peerbench, docs/perf/peers.md):
 # the full benchmark (~13 min of TCG time) and its smoke version (~2 min).
 .PHONY: peerbench peerbench-smoke
-peerbench: setup
+peerbench: $(SETUP)
 	./integration/peerbench/run.sh --full
 
-peerbench-smoke: setup
+peerbench-smoke: $(SETUP)
 	./integration/peerbench/run.sh

@@ -42,7 +42,12 @@ func TestModel(t *testing.T) {
 		seed = v
 	}
 	for i := range n {
-		t.Run(fmt.Sprintf("seed=%d", seed+uint64(i)), func(t *testing.T) { runModel(t, seed+uint64(i), 25) })
+		t.Run(fmt.Sprintf("seed=%d", seed+uint64(i)), func(t *testing.T) {
+			// Side by side: each sequence has its own daemon, rig, ports and fake
+			// kernel, and mostly waits in settle.
+			t.Parallel()
+			runModel(t, seed+uint64(i), 25)
+		})
 	}
 }
 
