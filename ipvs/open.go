@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 )
 
 // Open returns the kernel's IPVS and VIP-address backends, or with dryRun printers
@@ -11,6 +12,8 @@ import (
 func Open(dryRun, debug bool, out io.Writer, log *slog.Logger) (Backend, *Addresses, error) {
 	vipLog := log.With("system", "vip")
 	if dryRun {
+		// The two printers run on different goroutines: one lock for the shared out.
+		out = &syncWriter{w: out}
 		a := NewAddressesWith(NewDryRunAddrs(out), vipLog)
 		a.DryRun = true
 		return NewDryRun(out), a, nil
@@ -28,4 +31,17 @@ func Open(dryRun, debug bool, out io.Writer, log *slog.Logger) (Backend, *Addres
 		b = Debug(nl, log.With("system", "ipvs"))
 	}
 	return b, a, nil
+}
+
+// syncWriter serialises writes to w, which need not be safe for concurrent use (a
+// bytes.Buffer in tests).
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -1,7 +1,6 @@
 package bgpit
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -54,7 +53,7 @@ monitors = []
 `, localASN, r.addr, speakerAddr, speakerAddr, dir, list), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			var out bytes.Buffer
+			var out testutil.SyncBuffer // read below while the daemon writes
 			d, err := daemon.New(daemon.Options{ConfigPath: conf, DryRun: true, DryRunBGP: tt.dryRunBGP,
 				Log: logging.Discard(), DryRunOutput: &out})
 			if err != nil {
