@@ -112,6 +112,9 @@ type Service struct {
 	// serversChanged: servers or addresses may have changed since the last syncWatches
 	// (a monitor result changes neither).
 	serversChanged bool
+	// acks are closed after the next publish: a Reconfigure returns only once State()
+	// shows the new config (its caller replans from State() straight away).
+	acks []chan struct{}
 }
 
 type watch struct {
@@ -235,6 +238,10 @@ func (s *Service) Run(ctx context.Context) {
 		}
 		s.takeIntent()
 		s.settle()
+		for _, ack := range s.acks {
+			close(ack)
+		}
+		s.acks = s.acks[:0]
 	}
 }
 
@@ -259,7 +266,7 @@ func (p sourceProblems) apply(s *Service)          { s.problems = p.p }
 func (r retryResolve) apply(s *Service)            { s.retryResolve(r.host) }
 func (r resolved) apply(s *Service)                { s.resolved(r) }
 func (m monitorResult) apply(s *Service)           { s.monitorResult(m) }
-func (c reconfigure) apply(s *Service)             { s.reconfigure(c.cfg); close(c.done) }
+func (c reconfigure) apply(s *Service)             { s.reconfigure(c.cfg); s.acks = append(s.acks, c.done) }
 func (f sourceFailed) apply(s *Service)            { s.sourceFailed(f.err) }
 func (s *Service) takeIntentLocked() *admin.Intent { in := s.intent; s.intent = nil; return in }
 
@@ -572,6 +579,8 @@ func (s *Service) Reconfigure(ctx context.Context, cfg *config.Service) error {
 	select {
 	case <-done:
 		return nil
+	case <-s.stopped:
+		return fmt.Errorf("service %s: reconfigure: %w", s.name, ErrStopped)
 	case <-ctx.Done():
 		return fmt.Errorf("service %s: reconfigure not confirmed: %w", s.name, ctx.Err())
 	}

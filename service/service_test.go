@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -168,6 +169,40 @@ func TestApplyReturnsWhenInForce(t *testing.T) {
 	_, cur, err = s.Apply(context.Background(), admin.Change{Host: "n4", Op: admin.OpPool})
 	if err != nil || cur.Enabled || cur.Why != "cordoned" {
 		t.Errorf("pool of a source-disabled server: %+v, %v", cur, err)
+	}
+}
+
+// A reload's Reconfigure returns once State() shows the new config: the daemon replans
+// from State() straight after, and a caller of Reload reads /pools. (CI run 22 saw the
+// old threshold after a successful Reload: the ack came before the publish.)
+func TestReconfigureReturnsWhenPublished(t *testing.T) {
+	s, src, _ := start(t, 0.5, false)
+	src.sets <- nodes("")
+	waitState(t, s, "synced", func(st *State) bool { return st.Synced && pooled(st) == 4 })
+	for i := range 300 {
+		cfg := &config.Service{Name: "web_80", DepoolThreshold: float64(i%10+1) / 10}
+		if err := s.Reconfigure(context.Background(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		if st := s.State(); st.Config != cfg || st.Snapshot.Threshold != cfg.DepoolThreshold {
+			t.Fatalf("reconfigure %d returned before its publish: threshold %v, want %v", i, st.Snapshot.Threshold, cfg.DepoolThreshold)
+		}
+	}
+}
+
+// A Reconfigure sent to a service that has stopped returns at once (its input queue
+// is buffered, so the send succeeds), rather than waiting out its ctx.
+func TestReconfigureOfStoppedService(t *testing.T) {
+	src := chanSource{sets: make(chan source.Set, 8)}
+	s := New(&config.Service{Name: "web_80"}, Deps{Source: src, Store: &memStore{}, Log: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Run(ctx)
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer rcancel()
+	err := s.Reconfigure(rctx, &config.Service{Name: "web_80"})
+	if !errors.Is(err, ErrStopped) {
+		t.Fatalf("reconfigure of a stopped service: %v, want ErrStopped", err)
 	}
 }
 
