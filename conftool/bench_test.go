@@ -177,8 +177,9 @@ func startEtcdProcess(b *testing.B, fsync bool) string {
 	if out, err := exec.Command(gotool, "build", "-o", bin, "github.com/kubal/kubal/conftool/internal/etcdserver").CombinedOutput(); err != nil {
 		b.Skipf("cannot build the etcd server binary: %v\n%s", err, out)
 	}
-	client := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(b))
-	args := []string{"-dir", filepath.Join(dir, "data"), "-client", client, "-peer", fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(b))}
+	ports := testutil.FreePorts(b, 2)
+	client := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	args := []string{"-dir", filepath.Join(dir, "data"), "-client", client, "-peer", fmt.Sprintf("127.0.0.1:%d", ports[1])}
 	if !fsync {
 		args = append(args, "-nofsync")
 	}

@@ -39,12 +39,13 @@ func newMembers(tb testing.TB, n int) []*member {
 	tb.Helper()
 	ms := make([]*member, n)
 	var cluster []string
+	ports := testutil.FreePorts(tb, 2*n)
 	for i := range ms {
 		m := &member{
 			name:      fmt.Sprintf("m%d", i),
 			dir:       tb.TempDir(),
-			clientURL: url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb))},
-			peerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(tb))},
+			clientURL: url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i])},
+			peerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])},
 		}
 		ms[i] = m
 		cluster = append(cluster, m.name+"="+m.peerURL.String())

@@ -37,15 +37,28 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	return took
 }
 
-// FreePort returns a TCP port that is free on 127.0.0.1 now.
+// FreePort returns a TCP port that is free on 127.0.0.1 now. For several ports at
+// once use FreePorts: two FreePort calls in a row can return the same port.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return FreePorts(t, 1)[0]
+}
+
+// FreePorts returns n distinct TCP ports that are free on 127.0.0.1 now. Each is held
+// until all are chosen: the kernel hands a just-closed port out again (a 3-member etcd
+// cluster once got the same peer port twice).
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // SyncBuffer is a log sink that tests can read while other goroutines write to it.
