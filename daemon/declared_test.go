@@ -312,8 +312,11 @@ func TestKubernetesDeclaredPoolsNodesAfterTheirFirstCheck(t *testing.T) {
 				"vip-ranges = 192.0.2.0/28\npool-unchecked = "+tt.unchecked+"\n# monitors: each Service's defaults\n")
 			fake := ipvs.NewFake()
 			_, stop := startDaemonWith(t, conf, fake)
-			createLB(t, ctx, c, "checked", corev1.ServiceExternalTrafficPolicyLocal,
-				func(s *corev1.ServiceSpec) { s.HealthCheckNodePort = int32(hcPort) })
+			// The node port too: one the API server picked itself was once hcPort
+			// ("provided port is already allocated").
+			createLB(t, ctx, c, "checked", corev1.ServiceExternalTrafficPolicyLocal, func(s *corev1.ServiceSpec) {
+				s.HealthCheckNodePort, s.Ports[0].NodePort = int32(hcPort), int32(hcPort+1)
+			})
 			createSlice(t, ctx, c, "checked", "node-a", "node-b")
 			dests := func() (map[string]bool, bool) {
 				for k, p := range fake.Table() {

@@ -2,6 +2,7 @@ package k8ssource
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubal/kubal/config"
+	"github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/source"
 )
 
@@ -30,12 +32,13 @@ type tcpProxy struct {
 
 func newTCPProxy(t *testing.T, target string) *tcpProxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: the proxy closes its port for the outage and must get
+	// it back.
+	ports, err := k8s.ReusablePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpProxy{addr: l.Addr().String(), target: target, conns: map[net.Conn]struct{}{}}
-	l.Close()
+	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), target: target, conns: map[net.Conn]struct{}{}}
 	if err := p.up(); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -119,7 +120,7 @@ func Start(ctx context.Context, tokens ...Token) (r *Rig, err error) {
 	if err := r.writeSecrets(tokens); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	ports, err := ReusablePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -379,21 +380,43 @@ func waitHTTP(ctx context.Context, p *proc, url, token string, timeout time.Dura
 	}
 }
 
-func freePorts(n int) ([]int, error) {
+// ReusablePorts returns n distinct TCP ports free on 127.0.0.1, chosen below the
+// kernel's ephemeral range: a test that stops a server for an outage and starts it again
+// on the same port must not find the port taken meanwhile. A port from the ephemeral
+// range (Listen on port 0, any outgoing connection) was: another test's HTTP server
+// answered the stopped API server's clients, and the restart failed with "address
+// already in use".
+func ReusablePorts(n int) ([]int, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	const from = 10000
+	if low-from < 1000 {
+		return nil, fmt.Errorf("the ephemeral port range starts at %d: too few ports below it for the rig", low)
+	}
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
 			l.Close()
 		}
 	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 1000 {
+			return nil, fmt.Errorf("no free port in %d-%d after %d tries", from, low-1, tries)
+		}
+		port := from + mrand.IntN(low-from)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return nil, err
+			continue // taken
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
 }
