@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kubal/kubal/config"
-	"github.com/kubal/kubal/integration/k8s"
+	"github.com/kubal/kubal/internal/testutil"
 	"github.com/kubal/kubal/source"
 )
 
@@ -32,13 +32,8 @@ type tcpProxy struct {
 
 func newTCPProxy(t *testing.T, target string) *tcpProxy {
 	t.Helper()
-	// Below the ephemeral range: the proxy closes its port for the outage and must get
-	// it back.
-	ports, err := k8s.ReusablePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), target: target, conns: map[net.Conn]struct{}{}}
+	// The proxy closes its port for the outage and must get it back (testutil.Ports).
+	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t)), target: target, conns: map[net.Conn]struct{}{}}
 	if err := p.up(); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +21,7 @@ import (
 
 	k8srig "github.com/kubal/kubal/integration/k8s"
 	"github.com/kubal/kubal/integration/vmrig"
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // The ServiceAccount of configs/k8s/rbac.yaml, known to the rig's API server by a
@@ -138,7 +138,7 @@ exec /payload/e2e.test -test.v -test.run '^TestE2E$' -test.timeout 7m
 // startEtcd runs the cached etcd binary on a free loopback port (the conftool cluster).
 func startEtcd(t *testing.T) int {
 	_, bin, _ := k8srig.Binaries()
-	ports := freePorts(t, 2)
+	ports := testutil.FreePorts(t, 2)
 	dir := t.TempDir()
 	cmd := exec.Command(bin, "-data-dir="+filepath.Join(dir, "data"),
 		fmt.Sprintf("-listen-client=http://127.0.0.1:%d", ports[0]),
@@ -214,23 +214,6 @@ func createObjects(t *testing.T, cs kubernetes.Interface) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-func freePorts(t *testing.T, n int) []int {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		must(t, err)
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
 
 func must(t *testing.T, err error) {
 	t.Helper()

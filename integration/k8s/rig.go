@@ -15,8 +15,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,6 +29,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kubal/kubal/internal/testutil"
 )
 
 // Versions built by setup.sh.
@@ -120,7 +120,7 @@ func Start(ctx context.Context, tokens ...Token) (r *Rig, err error) {
 	if err := r.writeSecrets(tokens); err != nil {
 		return nil, err
 	}
-	ports, err := ReusablePorts(3)
+	ports, err := testutil.Ports(3) // below the ephemeral range: the API server restarts on its port
 	if err != nil {
 		return nil, err
 	}
@@ -378,45 +378,4 @@ func waitHTTP(ctx context.Context, p *proc, url, token string, timeout time.Dura
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// ReusablePorts returns n distinct TCP ports free on 127.0.0.1, chosen below the
-// kernel's ephemeral range: a test that stops a server for an outage and starts it again
-// on the same port must not find the port taken meanwhile. A port from the ephemeral
-// range (Listen on port 0, any outgoing connection) was: another test's HTTP server
-// answered the stopped API server's clients, and the restart failed with "address
-// already in use".
-func ReusablePorts(n int) ([]int, error) {
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil {
-				low = v
-			}
-		}
-	}
-	const from = 10000
-	if low-from < 1000 {
-		return nil, fmt.Errorf("the ephemeral port range starts at %d: too few ports below it for the rig", low)
-	}
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for tries := 0; len(ports) < n; tries++ {
-		if tries == 1000 {
-			return nil, fmt.Errorf("no free port in %d-%d after %d tries", from, low-1, tries)
-		}
-		port := from + mrand.IntN(low-from)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue // taken
-		}
-		ls = append(ls, l)
-		ports = append(ports, port)
-	}
-	return ports, nil
 }

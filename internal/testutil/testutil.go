@@ -5,7 +5,11 @@ package testutil
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,28 +41,62 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	return took
 }
 
-// FreePort returns a TCP port that is free on 127.0.0.1 now. For several ports at
-// once use FreePorts: two FreePort calls in a row can return the same port.
+// FreePort returns a TCP port that is free on 127.0.0.1 now (see FreePorts).
 func FreePort(t testing.TB) int {
 	t.Helper()
 	return FreePorts(t, 1)[0]
 }
 
-// FreePorts returns n distinct TCP ports that are free on 127.0.0.1 now. Each is held
-// until all are chosen: the kernel hands a just-closed port out again (a 3-member etcd
-// cluster once got the same peer port twice).
+// FreePorts returns n distinct TCP ports that are free on 127.0.0.1 now (see Ports).
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	ports, err := Ports(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
+}
+
+// Ports returns n distinct TCP ports free on 127.0.0.1 now, chosen at random below the
+// kernel's ephemeral range, each held until all are chosen. Two flakes taught both:
+//   - a port from the ephemeral range (Listen on port 0, any outgoing connection) can be
+//     taken by anyone while a test has it released: another test's HTTP server answered
+//     a stopped API server's clients, and its restart failed "address already in use";
+//   - the kernel hands a just-closed port out again: a 3-member etcd cluster got the
+//     same peer port twice from Listen on port 0.
+func Ports(n int) ([]int, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	const from = 10000
+	if low-from < 1000 {
+		return nil, fmt.Errorf("the ephemeral port range starts at %d: too few ports below it for tests", low)
+	}
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 1000 {
+			return nil, fmt.Errorf("no free port in %d-%d after %d tries", from, low-1, tries)
+		}
+		port := from + rand.IntN(low-from)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken
+		}
+		ls = append(ls, l)
+		ports = append(ports, port)
+	}
+	return ports, nil
 }
 
 // SyncBuffer is a log sink that tests can read while other goroutines write to it.
